@@ -1,0 +1,204 @@
+"""Dataset analysis: per-split sizes, class balance, angle distribution, and figures.
+
+Figures are drawn with matplotlib's Agg canvas (no pyplot, no display needed) and
+written as PNG through :func:`hnets._io.atomic_write`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from .._io import atomic_write
+from .cache import SPLITS, SplitArrays, load_split, read_manifest
+from .rotmnist import locate_variant
+
+__all__ = ["dataset_stats", "format_stats", "write_stats_figures"]
+
+_GRID_ROWS, _GRID_COLS = 4, 8
+_ANGLE_BINS = 36
+
+
+def dataset_stats(
+    root: str | os.PathLike[str] | None = None,
+    variant: str | None = None,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """Sample counts, class balance and angle summary of every split.
+
+    Args:
+        root: data directory or variant directory (as for :class:`RotMNIST`).
+        variant: which variant (``None``: as for :class:`RotMNIST`).
+        limit: only the first ``limit`` samples of each split.
+
+    Returns:
+        ``{"variant", "root", "source", "seed", "splits": {split: {"n", "counts"
+        (10 ints), "percent" (10 floats), "angles" ({"min", "max", "mean",
+        "std"} in radians, or None)}}}``.
+    """
+    vdir = locate_variant(root, variant)
+    manifest = read_manifest(vdir)
+    splits = {}
+    for split in SPLITS:
+        arrays = load_split(
+            vdir, split, limit=limit, fields=("labels", "angles"), manifest=manifest
+        )
+        splits[split] = _split_stats(arrays)
+    source = manifest.get("source")
+    return {
+        "variant": manifest["variant"],
+        "root": str(vdir),
+        "source": source.get("kind") if isinstance(source, dict) else None,
+        "seed": manifest.get("seed"),
+        "splits": splits,
+    }
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    """A plain-text report of :func:`dataset_stats`: sizes, then the class balance table."""
+    splits = stats["splits"]
+    lines = [f"Rot-MNIST variant {stats['variant']!r} in {stats['root']}", ""]
+    lines.append(f"{'split':<8}{'samples':>9}  angles (degrees)")
+    for split, entry in splits.items():
+        angles = entry["angles"]
+        span = (
+            f"{math.degrees(angles['min']):6.1f} to {math.degrees(angles['max']):6.1f}"
+            if angles
+            else "unknown"
+        )
+        lines.append(f"{split:<8}{entry['n']:>9}  {span}")
+    lines += [
+        "",
+        "class balance: count (percent)",
+        f"{'digit':<7}" + "".join(f"{s:>18}" for s in splits),
+    ]
+    for digit in range(10):
+        cells = "".join(
+            f"{entry['counts'][digit]:>9} ({entry['percent'][digit]:5.2f}%)"
+            for entry in splits.values()
+        )
+        lines.append(f"{digit:<7}{cells}")
+    return "\n".join(lines)
+
+
+def write_stats_figures(
+    root: str | os.PathLike[str] | None,
+    out_dir: str | os.PathLike[str],
+    variant: str | None = None,
+    limit: int | None = None,
+) -> list[Path]:
+    """Write the analysis figures as PNG files into ``out_dir``.
+
+    Files: ``samples_<split>.png`` (a grid of the first digits with their labels
+    and angles), ``class_histogram.png`` (percent per digit and split) and, when
+    the angles are known, ``angle_histogram.png``.
+
+    Args:
+        root: data directory or variant directory.
+        out_dir: where the figures go (created).
+        variant: which variant.
+        limit: use only the first ``limit`` samples of each split.
+
+    Returns:
+        The paths written.
+    """
+    vdir = locate_variant(root, variant)
+    manifest = read_manifest(vdir)
+    data = {split: load_split(vdir, split, limit=limit, manifest=manifest) for split in SPLITS}
+    out_dir = Path(out_dir)
+    title = f"Rot-MNIST ({manifest['variant']})"
+    written = []
+    for split, arrays in data.items():
+        path = out_dir / f"samples_{split}.png"
+        _save(_sample_grid(arrays, f"{title}, {split}"), path)
+        written.append(path)
+    path = out_dir / "class_histogram.png"
+    _save(_class_histogram(data, title), path)
+    written.append(path)
+    if all(arrays.angles is not None for arrays in data.values()):
+        path = out_dir / "angle_histogram.png"
+        _save(_angle_histogram(data, title), path)
+        written.append(path)
+    return written
+
+
+def _split_stats(arrays: SplitArrays) -> dict[str, Any]:
+    n = len(arrays)
+    counts = np.bincount(arrays.labels, minlength=10)[:10]
+    percent = counts * (100.0 / n) if n else np.zeros(10)
+    angles = None
+    if arrays.angles is not None and n:
+        a = arrays.angles.astype(np.float64)
+        angles = {"min": a.min(), "max": a.max(), "mean": a.mean(), "std": a.std()}
+        angles = {k: float(v) for k, v in angles.items()}
+    return {
+        "n": n,
+        "counts": [int(c) for c in counts],
+        "percent": [float(p) for p in percent],
+        "angles": angles,
+    }
+
+
+def _sample_grid(arrays: SplitArrays, title: str) -> Figure:
+    fig = Figure(figsize=(_GRID_COLS * 1.1, _GRID_ROWS * 1.3))
+    fig.suptitle(title)
+    for i in range(_GRID_ROWS * _GRID_COLS):
+        ax = fig.add_subplot(_GRID_ROWS, _GRID_COLS, i + 1)
+        ax.set_axis_off()
+        if i >= len(arrays):
+            continue
+        ax.imshow(arrays.images[i], cmap="gray", vmin=0.0, vmax=1.0)
+        label = f"{int(arrays.labels[i])}"
+        if arrays.angles is not None:
+            label += f" ({math.degrees(float(arrays.angles[i])):.0f}°)"
+        ax.set_title(label, fontsize=8)
+    return fig
+
+
+def _class_histogram(data: dict[str, SplitArrays], title: str) -> Figure:
+    fig = Figure(figsize=(7, 3.5), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / len(data)
+    top = 0.0
+    for k, (split, arrays) in enumerate(data.items()):
+        stats = _split_stats(arrays)
+        top = max(top, *stats["percent"])
+        ax.bar(
+            np.arange(10) + (k - (len(data) - 1) / 2) * width,
+            stats["percent"],
+            width,
+            label=f"{split} (n={stats['n']})",
+        )
+    ax.set_xticks(range(10))
+    ax.set_xlabel("digit")
+    ax.set_ylabel("percent of split")
+    ax.set_title(f"{title}: class balance")
+    ax.set_ylim(0.0, 1.3 * top if top > 0 else 1.0)
+    ax.legend(fontsize=8, ncols=len(data), loc="upper center")
+    return fig
+
+
+def _angle_histogram(data: dict[str, SplitArrays], title: str) -> Figure:
+    fig = Figure(figsize=(7, 3.5), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    bins = np.linspace(0.0, 360.0, _ANGLE_BINS + 1)
+    for split, arrays in data.items():
+        ax.hist(np.degrees(arrays.angles), bins=bins, density=True, histtype="step", label=split)
+    ax.set_xlabel("rotation angle (degrees)")
+    ax.set_ylabel("density")
+    ax.set_title(f"{title}: angles")
+    ax.legend(fontsize=8, ncols=len(data), loc="lower center")
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> None:
+    FigureCanvasAgg(fig)
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=100)
+    path.chmod(0o644)  # atomic_write's temporary file is private
