@@ -1,0 +1,157 @@
+"""Side-by-side speed measurements (``hnets bench``).
+
+Every comparison runs its candidates interleaved in one process (A, B, A, B, ...)
+and reports medians and ratios: absolute times drift on a shared machine, ratios
+measured side by side much less. Never run it while something else loads the CPU.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models import HNetMNIST
+from .nn import HConv2d
+
+__all__ = ["compare", "bench_conv", "bench_models", "dense_equivalent_cnn", "machine_description"]
+
+
+@dataclass
+class Timing:
+    """Median seconds per call of one candidate, and its ratio to the first candidate."""
+
+    name: str
+    median_s: float
+    ratio: float
+
+
+def compare(candidates: dict[str, Callable[[], object]], *, repeats: int = 9, warmup: int = 2
+            ) -> list[Timing]:
+    """Time callables interleaved; ratios are relative to the first candidate."""
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    medians = {name: statistics.median(v) for name, v in samples.items()}
+    base = next(iter(medians.values()))
+    return [Timing(name, m, m / base) for name, m in medians.items()]
+
+
+def machine_description() -> str:
+    """CPU model, thread count and torch version, for the README's provenance lines."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def bench_conv(*, batch: int = 46, channels: int = 16, order: int = 1, kernel_size: int = 5,
+               size: int = 28, repeats: int = 9) -> list[Timing]:
+    """Forward + backward of :class:`HConv2d` against ``F.conv2d`` on the dense real shape.
+
+    The dense shape has ``channels * (order + 1) * 2`` input and output channels (64
+    for the defaults). Candidates: dense NCHW (the baseline), dense channels-last
+    (what a tuned plain layer gets), and ``HConv2d`` with each implementation.
+    """
+    torch.manual_seed(0)
+    dense_ch = channels * (order + 1) * 2
+    x = torch.randn(batch, dense_ch, size, size, requires_grad=True)
+    x_cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(dense_ch, dense_ch, kernel_size, kernel_size, requires_grad=True)
+    convs = {impl: HConv2d(channels, channels, kernel_size, max_order=order, impl=impl)
+             for impl in ("dense", "gauss")}
+    z = convs["dense"](torch.randn(batch, channels, order + 1, 2, size, size)).detach()
+    z.requires_grad_()
+    pad = kernel_size // 2
+
+    def run_dense(inp: torch.Tensor) -> Callable[[], None]:
+        return lambda: F.conv2d(inp, w, padding=pad).sum().backward()
+
+    def run_h(impl: str) -> Callable[[], None]:
+        return lambda: convs[impl](z).sum().backward()
+
+    return compare({
+        f"F.conv2d {dense_ch}->{dense_ch} (NCHW)": run_dense(x),
+        f"F.conv2d {dense_ch}->{dense_ch} (channels-last)": run_dense(x_cl),
+        "HConv2d impl=dense": run_h("dense"),
+        "HConv2d impl=gauss": run_h("gauss"),
+    }, repeats=repeats)
+
+
+def dense_equivalent_cnn(model: HNetMNIST) -> nn.Sequential:
+    """A plain CNN whose convolutions have the dense real shapes of ``model``'s.
+
+    Each ``HConv2d`` with ``C_in`` channels of ``M_in`` orders and ``C_out`` of ``M_out``
+    becomes ``nn.Conv2d(2 * C_in * M_in, 2 * C_out * M_out)`` with the same kernel,
+    followed by BatchNorm + ReLU, with the same pooling; global average pooling and
+    a linear read-out close it.
+    """
+    layers: list[nn.Module] = []
+    convs = [m for m in model.modules() if isinstance(m, HConv2d)]
+    pools_after = {1, 3}
+    for i, conv in enumerate(convs):
+        cin = 1 if i == 0 else conv.in_channels * (conv.in_max_order + 1) * 2
+        cout = conv.out_channels * (conv.max_order + 1) * 2
+        layers.append(nn.Conv2d(cin, cout, conv.kernel_size, padding=conv.padding, bias=False))
+        if i < len(convs) - 1:
+            layers += [nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+        if i in pools_after:
+            layers.append(nn.AvgPool2d(2))
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cout, 10)]
+    return nn.Sequential(*layers)
+
+
+def bench_models(*, batch: int = 46, repeats: int = 7) -> dict[str, list[Timing]]:
+    """Training-step and inference throughput of :class:`HNetMNIST` against its dense-equivalent CNN."""
+    torch.manual_seed(0)
+    hnet = HNetMNIST()
+    plain = dense_equivalent_cnn(hnet)
+    plain_cl = dense_equivalent_cnn(hnet).to(memory_format=torch.channels_last)
+    models = {"dense-equivalent CNN (NCHW)": plain,
+              "dense-equivalent CNN (channels-last)": plain_cl,
+              "HNetMNIST": hnet}
+    x = torch.rand(batch, 1, 28, 28)
+    y = torch.randint(0, 10, (batch,))
+    optimisers = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in models.items()}
+
+    def train_step(name: str) -> Callable[[], None]:
+        model, opt = models[name], optimisers[name]
+
+        def step() -> None:
+            model.train()
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        return step
+
+    def infer(name: str) -> Callable[[], None]:
+        model = models[name]
+
+        def run() -> None:
+            model.eval()
+            with torch.inference_mode():
+                model(x)
+        return run
+
+    return {
+        "train": compare({k: train_step(k) for k in models}, repeats=repeats),
+        "inference": compare({k: infer(k) for k in models}, repeats=repeats),
+    }

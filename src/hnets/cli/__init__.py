@@ -1,0 +1,62 @@
+"""The ``hnets`` command line: argument parsing only.
+
+Each subcommand module (``data``, ``experiment``, ``tools``) adds its parsers with a
+``register(subparsers)`` function and binds a handler that calls one library
+function. Errors caused by the user's input (:class:`hnets.errors.HNetsError`,
+missing files, bad images) are printed as one line ``hnets: error: ...`` with a
+non-zero exit; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from ..errors import HNetsError
+
+__all__ = ["main", "build_parser"]
+
+_SUBCOMMAND_MODULES = ("data", "experiment", "tools")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="hnets",
+        description="Harmonic Networks for PyTorch: data, training, evaluation and export.",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show full tracebacks instead of one-line errors"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in _SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:  # a subcommand group not written yet
+            if exc.name == f"{__name__}.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hnets`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = args.handler(args)
+    except KeyboardInterrupt:
+        print("hnets: interrupted", file=sys.stderr)
+        return 130
+    except (HNetsError, OSError, ValueError) as exc:
+        if args.debug:
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"hnets: error: {message}", file=sys.stderr)
+        return 2 if isinstance(exc, HNetsError) else 1
+    return int(result or 0)

@@ -1,0 +1,79 @@
+r"""Magnitude batch normalisation: :class:`HBatchNorm`."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .functional import check_harmonic, from_pixel_major, pair_dot, to_pixel_major
+
+__all__ = ["HBatchNorm"]
+
+
+class HBatchNorm(nn.Module):
+    r"""Batch normalisation of magnitudes, per channel and rotation order, phase kept:
+
+    .. math::
+
+        z_{c,m} \;\mapsto\; \gamma_{c,m}\, \frac{z_{c,m}}{\sqrt{E[|z_{c,m}|^2] + \epsilon}}
+
+    where the expectation runs over the batch and all positions. Each stream is only
+    multiplied by a positive real number that does not depend on the position, so
+    the layer is exactly rotation equivariant in training *and* eval mode, unlike
+    batch norm applied to real and imaginary parts separately (which breaks the
+    coupling of the two parts that a rotation relies on). There is no shift: a
+    shift of the magnitude belongs in the bias of the :class:`HNonLinearity` that
+    follows (it is how the original "batch norm with ReLU" block is built here).
+
+    In training mode the batch statistic is used and a running estimate is updated
+    with ``momentum``; in eval mode the running estimate is used.
+
+    Shape:
+        ``(B, C, M, 2, H, W)`` -> same shape.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        max_order: int = 1,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        affine: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.channels = channels
+        self.max_order = max_order
+        self.eps = eps
+        self.momentum = momentum
+        factory = {"device": device, "dtype": dtype}
+        shape = (channels, max_order + 1)
+        if affine:
+            self.weight = nn.Parameter(torch.ones(shape, **factory))
+        else:
+            self.register_parameter("weight", None)
+        self.register_buffer("running_power", torch.ones(shape, **factory))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        check_harmonic(z, channels=self.channels, orders=self.max_order + 1, where="HBatchNorm")
+        pairs = to_pixel_major(z)  # (B, H, W, C, M, 2)
+        if self.training:
+            pf = pairs if pairs.dtype in (torch.float32, torch.float64) else pairs.float()
+            power = pair_dot(pf, pf).mean(dim=(0, 1, 2))  # (C, M)
+            with torch.no_grad():
+                self.running_power.lerp_(power.detach().to(self.running_power.dtype), self.momentum)
+                self.num_batches_tracked.add_(1)
+        else:
+            power = self.running_power
+        scale = (power + self.eps).rsqrt()
+        if self.weight is not None:
+            scale = scale * self.weight.to(scale.dtype)
+        return from_pixel_major(pairs * scale.to(z.dtype).unsqueeze(-1))
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.channels}, max_order={self.max_order}, eps={self.eps}, "
+            f"momentum={self.momentum}, affine={self.weight is not None}"
+        )

@@ -1,0 +1,107 @@
+r"""Magnitude nonlinearity: :class:`HNonLinearity`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .functional import check_harmonic, from_pixel_major, pair_dot, to_pixel_major
+
+__all__ = ["HNonLinearity"]
+
+
+class _MagnitudeReLU(torch.autograd.Function):
+    """``z * relu(|z|_eps + b) / |z|_eps`` on pixel-major pairs ``(..., C, M, 2)``.
+
+    Autograd through the composed ops stores and revisits about twice as many
+    full-size tensors; this version saves ``z``, ``|z|_eps`` and the factor and does
+    the backward in a handful of contiguous passes: with ``s = relu(|z| + b) / |z|``,
+    ``u = Re(conj(g) z) / |z|`` and the mask ``1[|z| + b > 0]``, the input gradient
+    is ``g s + z u (mask - s) / |z|`` and the bias gradient is ``sum(u * mask)``.
+    """
+
+    @staticmethod
+    def forward(ctx, pairs: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:  # noqa: ANN001
+        mag = pair_dot(pairs, pairs).add_(eps).sqrt_()
+        scale = (mag + bias).clamp_min_(0.0).div_(mag)
+        ctx.save_for_backward(pairs, mag, scale, bias)
+        return pairs * scale.unsqueeze(-1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
+        pairs, mag, scale, bias = ctx.saved_tensors
+        u = pair_dot(grad, pairs).div_(mag)
+        mask = (mag + bias) > 0
+        grad_bias = None
+        if ctx.needs_input_grad[1]:
+            grad_bias = torch.where(mask, u, 0.0).flatten(0, -3).sum(dim=0)
+        k = torch.where(mask, 1.0 - scale, -scale).mul_(u).div_(mag)
+        grad_pairs = torch.addcmul(grad * scale.unsqueeze(-1), pairs, k.unsqueeze(-1))
+        return grad_pairs.contiguous(), grad_bias, None
+
+
+class HNonLinearity(nn.Module):
+    r"""A real function of each stream's magnitude, phase kept:
+
+    .. math::
+
+        z \;\mapsto\; z\, \frac{f(|z|_\epsilon + b_{c,m})}{|z|_\epsilon},
+        \qquad |z|_\epsilon = \sqrt{\operatorname{Re}(z)^2 + \operatorname{Im}(z)^2 + \epsilon}
+
+    with a learned bias :math:`b` per channel and rotation order. The factor only
+    depends on :math:`|z|`, which rotations leave unchanged, so the layer is exactly
+    rotation equivariant. :math:`\epsilon` (default ``1e-6``) keeps the value and the
+    gradient finite at :math:`z = 0`, where the phase is undefined.
+
+    Args:
+        channels: number of channels ``C``.
+        max_order: highest rotation order (``M = max_order + 1`` streams per channel).
+        fn: the real function :math:`f` (default ReLU); must map 0 to 0 for the output
+            to vanish where the input does.
+        eps: the :math:`\epsilon` above.
+
+    The biases start at 0 (the layer then passes magnitudes through unchanged) and
+    are learned.
+
+    Shape:
+        ``(B, C, M, 2, H, W)`` -> same shape.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        max_order: int = 1,
+        fn: Callable[[torch.Tensor], torch.Tensor] = F.relu,
+        eps: float = 1e-6,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.channels = channels
+        self.max_order = max_order
+        self.fn = fn
+        self.eps = eps
+        self.bias = nn.Parameter(torch.zeros(channels, max_order + 1, device=device, dtype=dtype))
+
+    def scale(self, z: torch.Tensor) -> torch.Tensor:
+        """The real factor ``f(|z| + b) / |z|`` in pixel-major layout ``(B, H, W, C, M)``, float32 or wider."""
+        pairs = to_pixel_major(z)
+        if pairs.dtype not in (torch.float32, torch.float64):
+            pairs = pairs.float()
+        mag = pair_dot(pairs, pairs).add(self.eps).sqrt()
+        return self.fn(mag + self.bias.to(mag.dtype)) / mag
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        check_harmonic(z, channels=self.channels, orders=self.max_order + 1, where="HNonLinearity")
+        if self.fn is F.relu and z.dtype in (torch.float32, torch.float64):
+            out = _MagnitudeReLU.apply(to_pixel_major(z), self.bias.to(z.dtype), self.eps)
+        else:
+            out = to_pixel_major(z) * self.scale(z).to(z.dtype).unsqueeze(-1)
+        return from_pixel_major(out)
+
+    def extra_repr(self) -> str:
+        name = getattr(self.fn, "__name__", type(self.fn).__name__)
+        return f"{self.channels}, max_order={self.max_order}, fn={name}, eps={self.eps}"
