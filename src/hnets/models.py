@@ -35,11 +35,21 @@ def _scaled(width: float, channels: tuple[int, ...]) -> tuple[int, ...]:
 class _HBlock(nn.Module):
     """``HConv2d`` -> (``HBatchNorm``) -> ``HNonLinearity``."""
 
-    def __init__(self, cin: int, cout: int, *, in_order: int, order: int, batch_norm: bool,
-                 kernel_size: int, n_rings: int | None) -> None:
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        *,
+        in_order: int,
+        order: int,
+        batch_norm: bool,
+        kernel_size: int,
+        n_rings: int | None,
+    ) -> None:
         super().__init__()
-        self.conv = HConv2d(cin, cout, kernel_size, max_order=order, in_max_order=in_order,
-                            n_rings=n_rings)
+        self.conv = HConv2d(
+            cin, cout, kernel_size, max_order=order, in_max_order=in_order, n_rings=n_rings
+        )
         self.bn = HBatchNorm(cout, order) if batch_norm else nn.Identity()
         self.act = HNonLinearity(cout, order)
 
@@ -63,21 +73,45 @@ class HNetMNIST(nn.Module):
         ``(B, 1, 28, 28)`` in ``[0, 1]`` -> logits ``(B, n_classes)``.
     """
 
-    def __init__(self, *, n_classes: int = 10, width: float = 1.0, max_order: int = 1,
-                 kernel_size: int = 5, n_rings: int | None = 4, in_channels: int = 1) -> None:
+    def __init__(
+        self,
+        *,
+        n_classes: int = 10,
+        width: float = 1.0,
+        max_order: int = 1,
+        kernel_size: int = 5,
+        n_rings: int | None = 4,
+        in_channels: int = 1,
+    ) -> None:
         super().__init__()
         c1, c2, c3 = _scaled(width, (8, 16, 32))
-        spec = [(in_channels, c1, False), (c1, c1, True), (c1, c2, False), (c2, c2, True),
-                (c2, c3, False), (c3, c3, True)]
+        spec = [
+            (in_channels, c1, False),
+            (c1, c1, True),
+            (c1, c2, False),
+            (c2, c2, True),
+            (c2, c3, False),
+            (c3, c3, True),
+        ]
         blocks: list[nn.Module] = []
         for i, (cin, cout, bn) in enumerate(spec):
-            blocks.append(_HBlock(cin, cout, in_order=0 if i == 0 else max_order, order=max_order,
-                                  batch_norm=bn, kernel_size=kernel_size, n_rings=n_rings))
+            blocks.append(
+                _HBlock(
+                    cin,
+                    cout,
+                    in_order=0 if i == 0 else max_order,
+                    order=max_order,
+                    batch_norm=bn,
+                    kernel_size=kernel_size,
+                    n_rings=n_rings,
+                )
+            )
             if i in (1, 3):
                 blocks.append(HAvgPool2d(2))
         self.features = nn.Sequential(*blocks)
-        self.head = HConv2d(c3, n_classes, kernel_size, max_order=0, in_max_order=max_order,
-                            n_rings=n_rings)
+        self.head = HConv2d(
+            c3, n_classes, kernel_size, max_order=0, in_max_order=max_order, n_rings=n_rings
+        )
         self.bias = nn.Parameter(torch.zeros(n_classes))
         self.register_buffer("input_scale", torch.tensor(1.0 / _INPUT_STD), persistent=False)
 
@@ -97,15 +131,24 @@ class RegularCNN(nn.Module):
         ``(B, 1, 28, 28)`` in ``[0, 1]`` -> logits ``(B, n_classes)``.
     """
 
-    def __init__(self, *, n_classes: int = 10, width: float = 1.0, in_channels: int = 1,
-                 channels: tuple[int, ...] = (12, 12, 24, 24, 30, 30)) -> None:
+    def __init__(
+        self,
+        *,
+        n_classes: int = 10,
+        width: float = 1.0,
+        in_channels: int = 1,
+        channels: tuple[int, ...] = (12, 12, 24, 24, 30, 30),
+    ) -> None:
         super().__init__()
         chans = _scaled(width, tuple(channels))
         layers: list[nn.Module] = []
         cin = in_channels
         for i, cout in enumerate(chans):
-            layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
-                       nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            ]
             if i in (1, 3):
                 layers.append(nn.MaxPool2d(2))
             cin = cout

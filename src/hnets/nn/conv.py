@@ -149,9 +149,7 @@ class HConv2d(nn.Module):
         n_filter_orders = max(self.max_order, self.in_max_order) + 1
         factory = {"device": device, "dtype": dtype}
         basis = harmonic_basis(kernel_size, n_filter_orders - 1, self.n_rings)
-        self.register_buffer(
-            "basis", _complex_basis_matrix(basis).to(**factory), persistent=False
-        )
+        self.register_buffer("basis", _complex_basis_matrix(basis).to(**factory), persistent=False)
         # which filter (index into orders -F+1..F-1 laid out as 0..F-1, then -1..-(F-1))
         # connects input order mi to output order mo
         index = torch.empty(self.max_order + 1, self.in_max_order + 1, dtype=torch.long)
@@ -164,7 +162,9 @@ class HConv2d(nn.Module):
             torch.empty(n_filter_orders, out_channels, in_channels, self.n_rings, **factory)
         )
         if phase:
-            self.phase = nn.Parameter(torch.empty(n_filter_orders, out_channels, in_channels, **factory))
+            self.phase = nn.Parameter(
+                torch.empty(n_filter_orders, out_channels, in_channels, **factory)
+            )
         else:
             self.register_parameter("phase", None)
         if bias:
@@ -220,7 +220,13 @@ class HConv2d(nn.Module):
         bank = torch.cat([w, conj], dim=0)[self.order_index]  # (Mo, Mi, o, i, 2, k, k)
         bank = bank.permute(4, 2, 0, 3, 1, 5, 6)  # (2, o, Mo, i, Mi, k, k)
         k = self.kernel_size
-        shape = (2, self.out_channels * (self.max_order + 1), self.in_channels * (self.in_max_order + 1), k, k)
+        shape = (
+            2,
+            self.out_channels * (self.max_order + 1),
+            self.in_channels * (self.in_max_order + 1),
+            k,
+            k,
+        )
         real, imag = bank.reshape(shape).unbind(0)
         return real, imag
 
@@ -250,9 +256,7 @@ class HConv2d(nn.Module):
 
     def _filters(self) -> tuple[torch.Tensor, ...]:
         use_cache = (
-            not self.training
-            and not torch.is_grad_enabled()
-            and not torch.compiler.is_compiling()
+            not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
         )
         if not use_cache:
             return self._synthesise()

@@ -37,7 +37,9 @@ def check_harmonic(
             f"got a tensor of shape {tuple(z.shape)} (use hnets.lift() on real images)"
         )
     if channels is not None and z.shape[1] != channels:
-        raise ValueError(f"{where} expects {channels} channels; got {z.shape[1]} ({tuple(z.shape)})")
+        raise ValueError(
+            f"{where} expects {channels} channels; got {z.shape[1]} ({tuple(z.shape)})"
+        )
     if orders is not None and z.shape[2] != orders:
         raise ValueError(
             f"{where} expects {orders} rotation orders (0..{orders - 1}); got {z.shape[2]} "
@@ -68,7 +70,9 @@ def pair_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def lift(x: torch.Tensor) -> torch.Tensor:
     """Real maps ``(B, C, H, W)`` -> harmonic maps of order 0 ``(B, C, 1, 2, H, W)`` (zero imaginary part)."""
     if x.dim() != 4:
-        raise ValueError(f"lift expects real maps shaped (batch, channels, height, width); got {tuple(x.shape)}")
+        raise ValueError(
+            f"lift expects real maps shaped (batch, channels, height, width); got {tuple(x.shape)}"
+        )
     return torch.stack([x, torch.zeros_like(x)], dim=2).unsqueeze(2)
 
 

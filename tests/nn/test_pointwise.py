@@ -1,0 +1,148 @@
+"""HNonLinearity, HBatchNorm, HAvgPool2d, lift and magnitude."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hnets import HAvgPool2d, HBatchNorm, HConv2d, HNonLinearity, lift, magnitude, rot90_harmonic
+
+
+def _maps(*shape, seed=0, dtype=torch.float32):
+    torch.manual_seed(seed)
+    return torch.randn(*shape, dtype=dtype)
+
+
+def test_nonlinearity_formula_and_phase():
+    nl = HNonLinearity(3, max_order=1)
+    with torch.no_grad():
+        nl.bias.copy_(torch.tensor([[-0.5, 0.2], [0.0, -2.0], [1.0, 0.3]]))
+    z = _maps(2, 3, 2, 2, 4, 4)
+    out = nl(z)
+    mag = (z.square().sum(3, keepdim=True) + nl.eps).sqrt()
+    expected = z * F.relu(mag + nl.bias.view(1, 3, 2, 1, 1, 1)) / mag
+    torch.testing.assert_close(out, expected)
+    # the phase is kept wherever the output is non-zero
+    keep = out.square().sum(3) > 1e-12
+    cos = (out * z).sum(3)[keep] / (magnitude(out)[keep] * magnitude(z)[keep])
+    torch.testing.assert_close(cos, torch.ones_like(cos))
+
+
+def test_nonlinearity_custom_function_and_generic_path_agree():
+    z = _maps(2, 3, 2, 2, 5, 5).requires_grad_()
+    fast = HNonLinearity(3)
+    slow = HNonLinearity(3, fn=lambda t: torch.clamp(t, min=0.0))
+    with torch.no_grad():
+        fast.bias.normal_()
+        slow.bias.copy_(fast.bias)
+    (fast(z) * z).sum().backward()
+    g_fast, gb_fast = z.grad.clone(), fast.bias.grad.clone()
+    z.grad = None
+    (slow(z) * z).sum().backward()
+    torch.testing.assert_close(g_fast, z.grad)
+    torch.testing.assert_close(gb_fast, slow.bias.grad)
+
+
+def test_nonlinearity_is_finite_at_zero():
+    nl = HNonLinearity(1, max_order=0)
+    with torch.no_grad():
+        nl.bias.fill_(0.5)
+    z = torch.zeros(1, 1, 1, 2, 3, 3, requires_grad=True)
+    out = nl(z)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(z.grad).all()
+
+
+@pytest.mark.parametrize("fn", [F.relu, torch.tanh, F.softplus])
+def test_nonlinearity_gradcheck(fn):
+    nl = HNonLinearity(2, max_order=1, fn=fn).double()
+    with torch.no_grad():
+        nl.bias.normal_()
+    z = _maps(1, 2, 2, 2, 3, 3, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(nl, (z,))
+    b = nl.bias.detach().clone().requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda b: torch.func.functional_call(nl, {"bias": b}, (z.detach(),)), (b,)
+    )
+
+
+def test_batchnorm_normalises_power_per_channel_and_order():
+    bn = HBatchNorm(3, max_order=1)
+    z = _maps(8, 3, 2, 2, 6, 6) * torch.tensor([1.0, 5.0, 0.1]).view(1, 3, 1, 1, 1, 1)
+    out = bn(z)
+    power = out.square().sum(3).mean(dim=(0, 3, 4))
+    torch.testing.assert_close(power, torch.ones(3, 2), atol=1e-3, rtol=1e-3)
+    # the phase is kept: out is z times a positive number per (channel, order)
+    ratio = out / z
+    assert (ratio > 0).all()
+    assert torch.allclose(ratio, ratio[:1, :, :, :1, :1, :1].expand_as(ratio), rtol=1e-4)
+
+
+def test_batchnorm_running_statistics_and_eval():
+    bn = HBatchNorm(2, max_order=1, momentum=0.5)
+    z = _maps(4, 2, 2, 2, 5, 5) * 3.0
+    bn(z)
+    power = z.square().sum(3).mean(dim=(0, 3, 4))
+    torch.testing.assert_close(bn.running_power, 0.5 + 0.5 * power)
+    assert bn.num_batches_tracked.item() == 1
+    bn.eval()
+    torch.testing.assert_close(bn(z), z * (bn.running_power + bn.eps).rsqrt().view(1, 2, 2, 1, 1, 1))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_gradcheck(training):
+    bn = HBatchNorm(2, max_order=1).double().train(training)
+    z = _maps(2, 2, 2, 2, 3, 3, dtype=torch.float64).requires_grad_()
+
+    def run(z):
+        bn.running_power.fill_(1.5)  # keep the buffers fixed between gradcheck's calls
+        return bn(z)
+
+    assert torch.autograd.gradcheck(run, (z,))
+
+
+def test_pool_is_mean_of_each_part_and_gradcheck():
+    pool = HAvgPool2d(2)
+    z = _maps(2, 3, 2, 2, 6, 6, dtype=torch.float64).requires_grad_()
+    out = pool(z)
+    assert out.shape == (2, 3, 2, 2, 3, 3)
+    torch.testing.assert_close(out[..., 0, 0], z[..., :2, :2].mean(dim=(-2, -1)))
+    assert torch.autograd.gradcheck(pool, (z,))
+
+
+def test_lift_and_magnitude():
+    x = _maps(2, 3, 5, 5, dtype=torch.float64).requires_grad_()
+    z = lift(x)
+    assert z.shape == (2, 3, 1, 2, 5, 5)
+    torch.testing.assert_close(z[:, :, 0, 0], x)
+    assert z[:, :, 0, 1].abs().max() == 0
+    torch.testing.assert_close(magnitude(z)[:, :, 0], x.abs())
+    assert torch.autograd.gradcheck(lambda x: magnitude(lift(x), eps=1e-6), (x,))
+    with pytest.raises(ValueError, match="lift expects"):
+        lift(torch.randn(3, 5, 5))
+
+
+@pytest.mark.parametrize("turns", [1, 2, 3])
+@pytest.mark.parametrize("training", [True, False])
+def test_six_layer_stack_is_exactly_equivariant(turns, training):
+    """conv, nonlinearity, batch norm and pooling composed: float32 round-off only."""
+    torch.manual_seed(turns)
+    layers = [HConv2d(2, 6, 5, max_order=2, in_max_order=0), HNonLinearity(6, 2)]
+    for i in range(5):
+        layers += [HConv2d(6, 6, 5 if i % 2 else 3, max_order=2), HBatchNorm(6, 2),
+                   HNonLinearity(6, 2)]
+        if i in (1, 3):
+            layers.append(HAvgPool2d(2))
+    stack = torch.nn.Sequential(*layers)
+    x = lift(torch.randn(3, 2, 24, 24))
+    stack.train()
+    stack(x)  # one step of running statistics
+    stack.train(training)
+    with torch.no_grad():
+        for m in stack:
+            if isinstance(m, HNonLinearity):
+                m.bias.uniform_(-0.3, 0.1)
+        out = stack(x)
+        turned = stack(rot90_harmonic(x, turns))
+    # the maps are far from rotation invariant, so a wrong action could not pass by accident
+    assert (rot90_harmonic(out, turns) - out).abs().max() > 100 * 1e-5
+    torch.testing.assert_close(turned, rot90_harmonic(out, turns), atol=1e-5, rtol=0)

@@ -1,0 +1,63 @@
+"""Models and the registry."""
+
+import pytest
+import torch
+
+import hnets
+from hnets import HConv2d, build_model, count_parameters
+
+
+def test_hnet_architecture_and_parameter_count():
+    model = build_model("hnet")
+    convs = [m for m in model.modules() if isinstance(m, HConv2d)]
+    assert [c.out_channels for c in convs] == [8, 8, 16, 16, 32, 32, 10]
+    assert all(c.kernel_size == 5 and c.n_rings == 4 for c in convs)
+    assert convs[0].in_max_order == 0 and convs[-1].max_order == 0
+    assert count_parameters(model) == 23466
+
+
+def test_cnn_has_about_the_same_number_of_parameters():
+    hnet, cnn = count_parameters(build_model("hnet")), count_parameters(build_model("cnn"))
+    assert abs(cnn - hnet) / hnet < 0.10
+
+
+@pytest.mark.parametrize("name", ["hnet", "cnn"])
+@pytest.mark.parametrize("batch", [1, 5])
+def test_images_in_logits_out(name, batch):
+    model = build_model(name)
+    out = model(torch.rand(batch, 1, 28, 28))
+    assert out.shape == (batch, 10)
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.rand(batch, 1, 28, 28)).shape == (batch, 10)
+
+
+def test_hnet_every_parameter_learns():
+    torch.manual_seed(0)
+    model = build_model("hnet")
+    model(torch.rand(4, 1, 28, 28)).logsumexp(1).sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and (p.grad != 0).all(), name
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_hnet_logits_are_invariant_to_quarter_turns(training):
+    torch.manual_seed(0)
+    model = build_model("hnet").train(training)
+    x = torch.rand(6, 1, 28, 28)
+    with torch.no_grad():
+        logits = model(x)
+        for k in (1, 2, 3):
+            torch.testing.assert_close(model(torch.rot90(x, k, dims=(-2, -1))), logits,
+                                       atol=1e-5, rtol=1e-5)
+
+
+def test_registry_options_and_errors():
+    wide = build_model("hnet", width=1.5, max_order=2)
+    assert wide.hnets_config == {"name": "hnet", "options": {"width": 1.5, "max_order": 2}}
+    assert count_parameters(wide) > count_parameters(build_model("hnet"))
+    assert hnets.model_names() == ["cnn", "hnet"]
+    with pytest.raises(ValueError, match="unknown model 'resnet'"):
+        build_model("resnet")
+    with pytest.raises(ValueError, match="bad options"):
+        build_model("cnn", max_order=2)
