@@ -90,7 +90,7 @@ def test_rot90_error_helper_for_layers_and_models():
     model = hnets.build_model("hnet").eval()
     x = torch.rand(2, 1, 28, 28)
     hnet_error = rot90_error(model, x, k=3)
-    assert hnet_error < 1e-5
+    assert hnet_error < 5e-5  # logits are sums over space: float32 round-off of their scale
     cnn = hnets.build_model("cnn").eval()
     assert rot90_error(cnn, x) > 50 * max(hnet_error, 1e-6)  # a plain CNN is not invariant
 
