@@ -109,8 +109,8 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _summary(path: Path) -> str:
-    from ..data.cache import read_manifest
+    from ..data.cache import SPLITS, read_manifest
 
     sizes = read_manifest(path)["sizes"]
-    counts = ", ".join(f"{split} {n}" for split, n in sizes.items())
+    counts = ", ".join(f"{split} {sizes[split]}" for split in SPLITS)
     return f"Rot-MNIST ready in {path} ({counts})"

@@ -1,0 +1,46 @@
+"""Two ``prepare`` runs at once: both succeed, one dataset, identical to any other build."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from hnets.data.cache import read_manifest, verify_variant
+
+_PREPARE = (
+    "import sys; from hnets.cli import main; "
+    "sys.exit(main(['data', 'prepare', '--from-mnist', sys.argv[1], '--data-dir', sys.argv[2], "
+    "'--no-progress']))"
+)
+
+
+def _digests(vdir: Path) -> dict[str, str]:
+    splits = read_manifest(vdir)["splits"]
+    return {
+        f"{split}/{field}": meta["sha256"]
+        for split, entry in splits.items()
+        for field, meta in entry["files"].items()
+    }
+
+
+def test_two_processes_prepare_at_once(tmp_path: Path, mnist_dir: Path, standin_root: Path):
+    root = tmp_path / "shared-data"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _PREPARE, str(mnist_dir), str(root)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = [(proc.wait(timeout=120), *proc.communicate()) for proc in procs]
+    for code, out, err in results:
+        assert code == 0, err
+        assert "Rot-MNIST ready in" in out and "train 10000, valid 2000, test 50000" in out
+    assert sorted(p.name for p in root.iterdir()) == ["rotmnist-standin"]  # no temp dirs left
+    vdir = root / "rotmnist-standin"
+    verify_variant(vdir)
+    # Determinism: a build in other processes has the session build's exact bytes.
+    assert _digests(vdir) == _digests(standin_root / "rotmnist-standin")
