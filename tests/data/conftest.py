@@ -217,6 +217,18 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}/mnist_rotation_new.zip"
 
 
+def digests(vdir: Path) -> dict[str, str]:
+    """``split/field`` -> sha256 of every array file, from a variant's manifest."""
+    from hnets.data.cache import read_manifest
+
+    splits = read_manifest(vdir)["splits"]
+    return {
+        f"{split}/{field}": meta["sha256"]
+        for split, entry in splits.items()
+        for field, meta in entry["files"].items()
+    }
+
+
 def tree(root: Path) -> list[str]:
     """Every path under ``root`` (relative), for "nothing left behind" checks."""
     if not root.exists():
@@ -237,6 +249,7 @@ def kit() -> SimpleNamespace:
         write_synthetic_variant=write_synthetic_variant,
         closed_port_url=closed_port_url,
         tree=tree,
+        digests=digests,
         AMAT_TRAIN_VALID=AMAT_TRAIN_VALID,
         AMAT_TEST=AMAT_TEST,
     )

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hnets.data.cache import read_manifest, verify_variant
+from hnets.data.cache import verify_variant
 
 _PREPARE = (
     "import sys; from hnets.cli import main; "
@@ -15,16 +15,7 @@ _PREPARE = (
 )
 
 
-def _digests(vdir: Path) -> dict[str, str]:
-    splits = read_manifest(vdir)["splits"]
-    return {
-        f"{split}/{field}": meta["sha256"]
-        for split, entry in splits.items()
-        for field, meta in entry["files"].items()
-    }
-
-
-def test_two_processes_prepare_at_once(tmp_path: Path, mnist_dir: Path, standin_root: Path):
+def test_two_processes_prepare_at_once(tmp_path: Path, mnist_dir: Path, standin_root: Path, kit):
     root = tmp_path / "shared-data"
     procs = [
         subprocess.Popen(
@@ -43,4 +34,4 @@ def test_two_processes_prepare_at_once(tmp_path: Path, mnist_dir: Path, standin_
     vdir = root / "rotmnist-standin"
     verify_variant(vdir)
     # Determinism: a build in other processes has the session build's exact bytes.
-    assert _digests(vdir) == _digests(standin_root / "rotmnist-standin")
+    assert kit.digests(vdir) == kit.digests(standin_root / "rotmnist-standin")

@@ -153,7 +153,7 @@ def test_amat_skips_blank_lines_and_accepts_crlf(kit) -> None:
         (" ".join(["0"] * 784) + "\n", "line 2 has 784 values, expected 785"),
         (" ".join(["0"] * 784) + " 11\n", "label 11.0 of image 1 is not in 0-9"),
         (" ".join(["0"] * 784) + " 2.5\n", "label 2.5 of image 1 is not in 0-9"),
-        (" ".join(["0"] * 783) + " abc 1\n", "'abc' is not a number"),
+        (" ".join(["0"] * 783) + " abc 1\n", "line 2: 'abc' is not a number"),
         (" ".join(["0"] * 783) + " 1.5 1\n", "pixel value 1.5 outside"),
         (" ".join(["0"] * 783) + " nan 1\n", "pixel value nan outside"),
     ],

@@ -18,15 +18,6 @@ from hnets.data.mnist import MNIST_FILES, STANDIN_SIZES, standin_indices
 from hnets.errors import DataError
 
 
-def digests(vdir: Path) -> dict[str, str]:
-    manifest = read_manifest(vdir)
-    return {
-        f"{split}/{field}": meta["sha256"]
-        for split, entry in manifest["splits"].items()
-        for field, meta in entry["files"].items()
-    }
-
-
 def test_full_build_protocol_and_sizes(standin_root: Path) -> None:
     build_seconds = float((standin_root / "build_seconds.txt").read_text())
     assert build_seconds < 60, f"stand-in build took {build_seconds:.1f} s"
@@ -61,10 +52,10 @@ def test_split_indices_are_disjoint_and_from_the_training_file() -> None:
         standin_indices(np.random.default_rng(0), 50_000)
 
 
-def test_upright_variant_shares_digits_and_test_split(standin_root: Path, mnist_dir: Path):
+def test_upright_variant_shares_digits_and_test_split(standin_root: Path, mnist_dir: Path, kit):
     vdir = prepare_from_mnist(mnist_dir, standin_root, upright=True, progress=False)
     assert vdir.name == "rotmnist-upright"
-    upright, standin = digests(vdir), digests(standin_root / "rotmnist-standin")
+    upright, standin = kit.digests(vdir), kit.digests(standin_root / "rotmnist-standin")
     for field in ("images", "labels", "angles"):
         assert upright[f"test/{field}"] == standin[f"test/{field}"]
     assert upright["train/images"] != standin["train/images"]

@@ -22,8 +22,9 @@ import urllib.request
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
+from typing import IO
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .._io import atomic_write
 from ..errors import DataError
@@ -203,7 +204,10 @@ def _extract_member(
         raise DataError(f"{archive}: corrupt member {info.filename!r} ({exc})") from None
 
 
-def _stream(response, fh, url: str, total: int | None, progress: bool, hint: str):
+def _stream(
+    response: IO[bytes], fh: IO[bytes], url: str, total: int | None, progress: bool, hint: str
+) -> tuple[int, str]:
+    """Copy the response body to ``fh``; return the byte count and md5 hex digest."""
     digest = hashlib.md5()
     got = 0
     name = url.rsplit("/", 1)[-1] or url
@@ -225,8 +229,9 @@ def _stream(response, fh, url: str, total: int | None, progress: bool, hint: str
     return got, digest.hexdigest()
 
 
-def _content_length(response) -> int | None:
-    value = response.headers.get("Content-Length") if hasattr(response, "headers") else None
+def _content_length(response: object) -> int | None:
+    headers = getattr(response, "headers", None)
+    value = headers.get("Content-Length") if headers is not None else None
     try:
         return int(value) if value is not None else None
     except ValueError:

@@ -87,7 +87,7 @@ NPZ_FILES = {
     "test": "rotated_test.npz",
 }
 _PIXELS = IMAGE_SIZE * IMAGE_SIZE
-_AMAT_CHUNK = 2048  # lines converted to floats at a time
+_AMAT_CHUNK = 2048  # rows converted to floats at a time
 _PIXEL_TOLERANCE = 1e-4
 _MAX_NPY_BYTES = 1 << 30
 
@@ -322,7 +322,7 @@ def locate_variant(root: str | os.PathLike[str] | None, variant: str | None = No
 def _parse_amat_lines(lines: Iterable[bytes], name: str) -> tuple[np.ndarray, np.ndarray]:
     blocks: list[np.ndarray] = []
     tokens: list[bytes] = []
-    first_line = 0
+    line_numbers: list[int] = []  # of the rows in ``tokens``, for error messages
     for lineno, line in enumerate(lines, 1):
         values = line.split()
         if not values:
@@ -332,14 +332,13 @@ def _parse_amat_lines(lines: Iterable[bytes], name: str) -> tuple[np.ndarray, np
                 f"{name}: line {lineno} has {len(values)} values, expected {_PIXELS + 1} "
                 "(784 pixels and a label)"
             )
-        if not tokens:
-            first_line = lineno
         tokens.extend(values)
-        if len(tokens) >= _AMAT_CHUNK * (_PIXELS + 1):
-            blocks.append(_to_floats(tokens, name, first_line))
-            tokens = []
+        line_numbers.append(lineno)
+        if len(line_numbers) == _AMAT_CHUNK:
+            blocks.append(_to_floats(tokens, name, line_numbers))
+            tokens, line_numbers = [], []
     if tokens:
-        blocks.append(_to_floats(tokens, name, first_line))
+        blocks.append(_to_floats(tokens, name, line_numbers))
     if not blocks:
         raise DataError(f"{name}: no images")
     table = np.concatenate(blocks).reshape(-1, _PIXELS + 1)
@@ -348,19 +347,19 @@ def _parse_amat_lines(lines: Iterable[bytes], name: str) -> tuple[np.ndarray, np
     return _untranspose(images), labels
 
 
-def _to_floats(tokens: list[bytes], name: str, first_line: int) -> np.ndarray:
+def _to_floats(tokens: list[bytes], name: str, line_numbers: list[int]) -> np.ndarray:
     try:
         return np.array(tokens, dtype=np.float64)
     except (ValueError, OverflowError):
         pass
     for i, token in enumerate(tokens):
         try:
-            float(token)
+            np.float64(token)
         except (ValueError, OverflowError):
-            lineno = first_line + i // (_PIXELS + 1)  # a bound: blank lines are skipped
             shown = token[:20].decode("ascii", "replace")
-            raise DataError(f"{name}: {shown!r} is not a number (line {lineno} or later)") from None
-    raise DataError(f"{name}: values that are not numbers near line {first_line}")
+            lineno = line_numbers[i // (_PIXELS + 1)]
+            raise DataError(f"{name}: line {lineno}: {shown!r} is not a number") from None
+    raise DataError(f"{name}: values that are not numbers near line {line_numbers[0]}")
 
 
 def _check_pixels(pixels: np.ndarray, name: str) -> np.ndarray:
