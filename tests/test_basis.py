@@ -42,7 +42,9 @@ def test_angular_part_is_the_circular_harmonic(k):
         z = basis[m, :, 0] + 1j * basis[m, :, 1]
         total = z.sum(axis=0)
         nz = np.abs(total) > 1e-9
-        np.testing.assert_allclose(total[nz] / np.abs(total[nz]), np.exp(1j * m * phi[nz]), atol=1e-12)
+        np.testing.assert_allclose(
+            total[nz] / np.abs(total[nz]), np.exp(1j * m * phi[nz]), atol=1e-12
+        )
 
 
 @pytest.mark.parametrize("k", [3, 5, 7, 9])

@@ -35,8 +35,9 @@ def _smooth_disc_images(batch, channels, size, sigma=1.5, seed=0):
     r = torch.arange(-6, 7, dtype=torch.float64)
     g = torch.exp(-(r**2) / (2 * sigma**2))
     g = g / g.sum()
-    x = F.conv2d(F.conv2d(x, g.view(1, 1, 1, -1), padding=(0, 6)), g.view(1, 1, -1, 1),
-                 padding=(6, 0))
+    x = F.conv2d(
+        F.conv2d(x, g.view(1, 1, 1, -1), padding=(0, 6)), g.view(1, 1, -1, 1), padding=(6, 0)
+    )
     c = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     rho = (c.view(-1, 1) ** 2 + c.view(1, -1) ** 2).sqrt()
     edge = size / 2 - 4

@@ -48,8 +48,9 @@ def test_hnet_logits_are_invariant_to_quarter_turns(training):
     with torch.no_grad():
         logits = model(x)
         for k in (1, 2, 3):
-            torch.testing.assert_close(model(torch.rot90(x, k, dims=(-2, -1))), logits,
-                                       atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                model(torch.rot90(x, k, dims=(-2, -1))), logits, atol=1e-5, rtol=1e-5
+            )
 
 
 def test_registry_options_and_errors():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,8 +33,9 @@ class Timing:
     ratio: float
 
 
-def compare(candidates: dict[str, Callable[[], object]], *, repeats: int = 9, warmup: int = 2
-            ) -> list[Timing]:
+def compare(
+    candidates: dict[str, Callable[[], object]], *, repeats: int = 9, warmup: int = 2
+) -> list[Timing]:
     """Time callables interleaved; ratios are relative to the first candidate."""
     for fn in candidates.values():
         for _ in range(warmup):
@@ -63,8 +65,15 @@ def machine_description() -> str:
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
-def bench_conv(*, batch: int = 46, channels: int = 16, order: int = 1, kernel_size: int = 5,
-               size: int = 28, repeats: int = 9) -> list[Timing]:
+def bench_conv(
+    *,
+    batch: int = 46,
+    channels: int = 16,
+    order: int = 1,
+    kernel_size: int = 5,
+    size: int = 28,
+    repeats: int = 9,
+) -> list[Timing]:
     """Forward + backward of :class:`HConv2d` against ``F.conv2d`` on the dense real shape.
 
     The dense shape has ``channels * (order + 1) * 2`` input and output channels (64
@@ -76,8 +85,10 @@ def bench_conv(*, batch: int = 46, channels: int = 16, order: int = 1, kernel_si
     x = torch.randn(batch, dense_ch, size, size, requires_grad=True)
     x_cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
     w = torch.randn(dense_ch, dense_ch, kernel_size, kernel_size, requires_grad=True)
-    convs = {impl: HConv2d(channels, channels, kernel_size, max_order=order, impl=impl)
-             for impl in ("dense", "gauss")}
+    convs = {
+        impl: HConv2d(channels, channels, kernel_size, max_order=order, impl=impl)
+        for impl in ("dense", "gauss")
+    }
     z = convs["dense"](torch.randn(batch, channels, order + 1, 2, size, size)).detach()
     z.requires_grad_()
     pad = kernel_size // 2
@@ -88,12 +99,15 @@ def bench_conv(*, batch: int = 46, channels: int = 16, order: int = 1, kernel_si
     def run_h(impl: str) -> Callable[[], None]:
         return lambda: convs[impl](z).sum().backward()
 
-    return compare({
-        f"F.conv2d {dense_ch}->{dense_ch} (NCHW)": run_dense(x),
-        f"F.conv2d {dense_ch}->{dense_ch} (channels-last)": run_dense(x_cl),
-        "HConv2d impl=dense": run_h("dense"),
-        "HConv2d impl=gauss": run_h("gauss"),
-    }, repeats=repeats)
+    return compare(
+        {
+            f"F.conv2d {dense_ch}->{dense_ch} (NCHW)": run_dense(x),
+            f"F.conv2d {dense_ch}->{dense_ch} (channels-last)": run_dense(x_cl),
+            "HConv2d impl=dense": run_h("dense"),
+            "HConv2d impl=gauss": run_h("gauss"),
+        },
+        repeats=repeats,
+    )
 
 
 def dense_equivalent_cnn(model: HNetMNIST) -> nn.Sequential:
@@ -120,17 +134,21 @@ def dense_equivalent_cnn(model: HNetMNIST) -> nn.Sequential:
 
 
 def bench_models(*, batch: int = 46, repeats: int = 7) -> dict[str, list[Timing]]:
-    """Training-step and inference throughput of :class:`HNetMNIST` against its dense-equivalent CNN."""
+    """Training-step and inference throughput of :class:`HNetMNIST` vs its dense-equivalent CNN."""
     torch.manual_seed(0)
     hnet = HNetMNIST()
     plain = dense_equivalent_cnn(hnet)
     plain_cl = dense_equivalent_cnn(hnet).to(memory_format=torch.channels_last)
-    models = {"dense-equivalent CNN (NCHW)": plain,
-              "dense-equivalent CNN (channels-last)": plain_cl,
-              "HNetMNIST": hnet}
+    models = {
+        "dense-equivalent CNN (NCHW)": plain,
+        "dense-equivalent CNN (channels-last)": plain_cl,
+        "HNetMNIST": hnet,
+    }
     x = torch.rand(batch, 1, 28, 28)
     y = torch.randint(0, 10, (batch,))
-    optimisers = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in models.items()}
+    optimisers = {
+        k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in models.items()
+    }
 
     def train_step(name: str) -> Callable[[], None]:
         model, opt = models[name], optimisers[name]
@@ -140,6 +158,7 @@ def bench_models(*, batch: int = 46, repeats: int = 7) -> dict[str, list[Timing]
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), y).backward()
             opt.step()
+
         return step
 
     def infer(name: str) -> Callable[[], None]:
@@ -149,9 +168,95 @@ def bench_models(*, batch: int = 46, repeats: int = 7) -> dict[str, list[Timing]
             model.eval()
             with torch.inference_mode():
                 model(x)
+
         return run
 
     return {
         "train": compare({k: train_step(k) for k in models}, repeats=repeats),
         "inference": compare({k: infer(k) for k in models}, repeats=repeats),
     }
+
+
+_MEMORY_PROBE = r"""
+import resource, sys, torch, torch.nn.functional as F
+from hnets.bench import dense_equivalent_cnn
+from hnets.models import HNetMNIST
+torch.manual_seed(0)
+which, batch = sys.argv[1], int(sys.argv[2])
+hnet = HNetMNIST()
+model = hnet if which == "hnet" else dense_equivalent_cnn(hnet)
+opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+x, y = torch.rand(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+def rss_kib():
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() // 1024
+before = rss_kib()
+for _ in range(3):
+    opt.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+def bench_memory(*, batch: int = 46) -> dict[str, float]:
+    """Peak extra resident memory (MiB) of three training steps, each model in a fresh process.
+
+    Linux only (reads ``/proc``); measured as the peak RSS during the steps minus the
+    RSS just before them, so imports and the model itself are excluded.
+    """
+    import subprocess
+
+    result = {}
+    for which in ("dense-equivalent CNN (NCHW)", "HNetMNIST"):
+        arg = "hnet" if which == "HNetMNIST" else "cnn"
+        out = subprocess.run(
+            [sys.executable, "-c", _MEMORY_PROBE, arg, str(batch)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        result[which] = int(out.stdout.strip().splitlines()[-1]) / 1024
+    return result
+
+
+def to_jsonable(report: dict) -> dict:
+    """Timings as plain dicts for ``--json``."""
+
+    def convert(value):  # noqa: ANN001, ANN202
+        if isinstance(value, Timing):
+            return {"name": value.name, "median_ms": value.median_s * 1e3, "ratio": value.ratio}
+        if isinstance(value, dict):
+            return {k: convert(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [convert(v) for v in value]
+        return value
+
+    return convert(report)
+
+
+def format_report(report: dict) -> str:
+    """Human-readable tables of a ``hnets bench`` run."""
+    lines = [f"machine: {report['machine']}"]
+    if "conv" in report:
+        lines += [
+            "",
+            "HConv2d forward+backward vs F.conv2d on the dense real shape "
+            "(16 -> 16 channels, orders 1 -> 1, 5x5, 28x28):",
+        ]
+        lines += [
+            f"  {t.name:42s} {t.median_s * 1e3:8.2f} ms   ratio {t.ratio:.2f}"
+            for t in report["conv"]
+        ]
+    if "models" in report:
+        for part, timings in report["models"].items():
+            lines += ["", f"{part} throughput (images/s, higher is better; speed-up vs first row):"]
+            for t in timings:
+                lines.append(
+                    f"  {t.name:42s} {report['batch'] / t.median_s:8.0f} img/s"
+                    f"   speed-up {1 / t.ratio:.2f}x"
+                )
+    if "memory" in report:
+        lines += ["", "peak extra memory of a training step (MiB):"]
+        lines += [f"  {k:42s} {v:8.1f}" for k, v in report["memory"].items()]
+    return "\n".join(lines)

@@ -5,7 +5,8 @@ rotation by :math:`k \cdot 90` degrees means
 ``f(rot90_harmonic(z, k)) == rot90_harmonic(f(z), k)``; for a model from images to
 logits it means invariance, ``f(rot90(x, k)) == f(x)``. For other angles the pixel
 grid cannot be rotated exactly; :func:`rotate_harmonic` resamples with bilinear
-interpolation (:func:`hnets.data.rotate_images`), and errors are measured inside the inscribed disc, where rotated
+interpolation (:func:`hnets.data.rotate_images`), and errors are measured inside the
+inscribed disc, where rotated
 content stays inside the image.
 """
 
@@ -45,7 +46,10 @@ def rot90_error(module: nn.Module, x: torch.Tensor, k: int = 1) -> float:
 
 
 def rotate_harmonic(z: torch.Tensor, angle: float) -> torch.Tensor:
-    r"""The action of a rotation by ``angle`` on a harmonic map: resample, then order :math:`m` times :math:`e^{im\theta}`."""
+    r"""A rotation by ``angle`` acting on a harmonic map.
+
+    Resamples every map, then multiplies order :math:`m` by :math:`e^{im\theta}`.
+    """
     check_harmonic(z, channels=None, orders=None, where="rotate_harmonic")
     b, c, m, two, h, w = z.shape
     spun = rotate_images(z.reshape(b, c * m * two, h, w), angle).view(b, c, m, two, h, w)
@@ -58,7 +62,7 @@ def rotate_harmonic(z: torch.Tensor, angle: float) -> torch.Tensor:
 def disc_mask(
     size: int, radius: float | None = None, *, device: torch.device | str | None = None
 ) -> torch.Tensor:
-    """Boolean ``(size, size)`` mask of pixels within ``radius`` (default ``size/2 - 1``) of the centre."""
+    """Boolean ``(size, size)`` mask: pixels within ``radius`` (default ``size/2 - 1``)."""
     radius = size / 2 - 1 if radius is None else radius
     coords = torch.arange(size, device=device, dtype=torch.float64) - (size - 1) / 2
     return coords.view(-1, 1) ** 2 + coords.view(1, -1) ** 2 <= radius**2

@@ -170,7 +170,7 @@ def model_names() -> list[str]:
 
 
 def build_model(name: str, **options: Any) -> nn.Module:
-    """Build a model by name (``"hnet"`` or ``"cnn"``) with keyword options (``width``, ``max_order``, ...).
+    """Build a model by name (``"hnet"`` or ``"cnn"``) with options (``width``, ``max_order``, ...).
 
     The returned module carries ``model.hnets_config = {"name": ..., "options": ...}``,
     everything :func:`hnets.load_model` needs to rebuild it.

@@ -1,4 +1,4 @@
-"""HConv2d: the maths against a slow reference, exact quarter-turn equivariance, gradients, caching."""
+"""HConv2d: maths against a slow reference, exact quarter-turn equivariance, gradients, cache."""
 
 import itertools
 
@@ -12,8 +12,9 @@ from hnets.basis import harmonic_basis
 
 def _reference(conv: HConv2d, z: torch.Tensor) -> torch.Tensor:
     """Slow, independent complex implementation: one complex conv2d per (out order, in order)."""
-    basis = harmonic_basis(conv.kernel_size, conv.weight.shape[0] - 1, conv.n_rings,
-                           dtype=torch.float64)
+    basis = harmonic_basis(
+        conv.kernel_size, conv.weight.shape[0] - 1, conv.n_rings, dtype=torch.float64
+    )
     b_c = torch.complex(basis[:, :, 0], basis[:, :, 1])  # (F, R, k, k)
     w = conv.weight.detach().double()
     beta = conv.phase.detach().double() if conv.phase is not None else torch.zeros(w.shape[:3])
@@ -118,7 +119,9 @@ def test_gradcheck_float64():
     inputs = tuple(getattr(conv, n).detach().clone().requires_grad_() for n in names)
 
     def by_params(*tensors):
-        return torch.func.functional_call(conv, dict(zip(names, tensors)), (z.detach(),))
+        return torch.func.functional_call(
+            conv, dict(zip(names, tensors, strict=True)), (z.detach(),)
+        )
 
     assert torch.autograd.gradcheck(by_params, inputs)
 

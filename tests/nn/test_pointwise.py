@@ -85,7 +85,9 @@ def test_batchnorm_running_statistics_and_eval():
     torch.testing.assert_close(bn.running_power, 0.5 + 0.5 * power)
     assert bn.num_batches_tracked.item() == 1
     bn.eval()
-    torch.testing.assert_close(bn(z), z * (bn.running_power + bn.eps).rsqrt().view(1, 2, 2, 1, 1, 1))
+    torch.testing.assert_close(
+        bn(z), z * (bn.running_power + bn.eps).rsqrt().view(1, 2, 2, 1, 1, 1)
+    )
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -128,8 +130,11 @@ def test_six_layer_stack_is_exactly_equivariant(turns, training):
     torch.manual_seed(turns)
     layers = [HConv2d(2, 6, 5, max_order=2, in_max_order=0), HNonLinearity(6, 2)]
     for i in range(5):
-        layers += [HConv2d(6, 6, 5 if i % 2 else 3, max_order=2), HBatchNorm(6, 2),
-                   HNonLinearity(6, 2)]
+        layers += [
+            HConv2d(6, 6, 5 if i % 2 else 3, max_order=2),
+            HBatchNorm(6, 2),
+            HNonLinearity(6, 2),
+        ]
         if i in (1, 3):
             layers.append(HAvgPool2d(2))
     stack = torch.nn.Sequential(*layers)

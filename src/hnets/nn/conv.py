@@ -245,7 +245,7 @@ class HConv2d(nn.Module):
         return dense.reshape(real.shape[0] * 2, real.shape[1] * 2, k, k)
 
     def gauss_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Gauss's three real filter banks ``(W_r, W_r + W_i, W_i - W_r)``, each ``(out * Mo, in * Mi, k, k)``."""
+        """Gauss's real banks ``(W_r, W_r + W_i, W_i - W_r)``, each ``(out*Mo, in*Mi, k, k)``."""
         real, imag = self.filter_blocks()
         return real, real + imag, imag - real
 

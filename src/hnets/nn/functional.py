@@ -63,12 +63,12 @@ def from_pixel_major(p: torch.Tensor) -> torch.Tensor:
 
 
 def pair_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a_re * b_re + a_im * b_im`` over a trailing pair dimension (faster than ``(a * b).sum(-1)``)."""
+    """``a_re * b_re + a_im * b_im`` over a trailing pair dimension (faster than a sum)."""
     return torch.addcmul(a[..., 0] * b[..., 0], a[..., 1], b[..., 1])
 
 
 def lift(x: torch.Tensor) -> torch.Tensor:
-    """Real maps ``(B, C, H, W)`` -> harmonic maps of order 0 ``(B, C, 1, 2, H, W)`` (zero imaginary part)."""
+    """Real maps ``(B, C, H, W)`` -> order-0 harmonic maps ``(B, C, 1, 2, H, W)`` (real)."""
     if x.dim() != 4:
         raise ValueError(
             f"lift expects real maps shaped (batch, channels, height, width); got {tuple(x.shape)}"

@@ -1,0 +1,56 @@
+# Two commands do all the set-up on a fresh machine:
+#   make train   create .venv if needed, install, get the data, train the H-Net, test it
+#   make test    create .venv if needed, install with the dev extras, run the test suite
+# Offline, the data step builds the Rot-MNIST stand-in from the MNIST files in
+# $HNETS_MNIST_DIR (this repository's CI and dev machines: ../shared/data/mnist).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+EPOCHS ?=
+OUT ?= runs/hnet
+MODEL ?= hnet
+TRAIN_ARGS ?=
+SHARED_MNIST := $(wildcard ../shared/data/mnist/train-images-idx3-ubyte.gz)
+ifeq ($(HNETS_MNIST_DIR),)
+ifneq ($(SHARED_MNIST),)
+export HNETS_MNIST_DIR := $(abspath ../shared/data/mnist)
+endif
+endif
+
+.PHONY: train demo test venv bench lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+train: venv
+	$(BIN)/hnets data prepare
+	$(BIN)/hnets train --model $(MODEL) --out $(OUT) $(if $(EPOCHS),--epochs $(EPOCHS)) $(TRAIN_ARGS)
+	$(BIN)/hnets test --checkpoint $(OUT)
+	@echo "results: $(OUT)/summary.json, $(OUT)/metrics.jsonl, $(OUT)/curves.png, $(OUT)/confusion.png"
+
+demo: venv
+	$(BIN)/hnets data prepare
+	$(BIN)/hnets train --model hnet --epochs 1 --limit-train 2000 --limit-eval 2000 --out runs/demo --overwrite
+	$(BIN)/hnets test --checkpoint runs/demo --limit 2000
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+bench: venv
+	$(BIN)/hnets bench
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

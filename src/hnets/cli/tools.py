@@ -1,0 +1,124 @@
+"""``hnets bench``, ``hnets export``, ``hnets robustness`` and ``hnets equivariance``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["register"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser(
+        "bench", help="side-by-side speed of HConv2d and HNetMNIST vs plain CNNs"
+    )
+    bench.add_argument("--repeats", type=int, default=9, help="timed repetitions per candidate")
+    bench.add_argument("--batch-size", type=int, default=46)
+    bench.add_argument("--only", choices=["conv", "models", "memory"], help="run one part only")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.set_defaults(handler=_bench)
+
+    exp = sub.add_parser("export", help="export a checkpoint to plain PyTorch and/or ONNX")
+    exp.add_argument("--checkpoint", required=True, help="checkpoint directory (from hnets train)")
+    exp.add_argument("--onnx", help="write an ONNX model here and check it with onnxruntime")
+    exp.add_argument("--torchscript", help="write a TorchScript model here")
+    exp.add_argument(
+        "--check-images",
+        type=int,
+        default=512,
+        help="test images used to compare the exported model with the original",
+    )
+    exp.add_argument("--data-dir")
+    exp.add_argument("--variant")
+    exp.set_defaults(handler=_export)
+
+    rob = sub.add_parser("robustness", help="test accuracy with every image rotated further")
+    rob.add_argument(
+        "--checkpoint",
+        action="append",
+        required=True,
+        help="checkpoint directory; repeat to compare models on one figure",
+    )
+    rob.add_argument("--step", type=float, default=15.0, help="angle step in degrees")
+    rob.add_argument("--limit", type=int, help="use the first N test images")
+    rob.add_argument("--data-dir")
+    rob.add_argument("--variant")
+    rob.add_argument("--out", default="robustness", help="output directory for JSON, CSV, figure")
+    rob.set_defaults(handler=_robustness)
+
+    eqv = sub.add_parser("equivariance", help="how logits and feature maps change under rotations")
+    eqv.add_argument("--checkpoint", required=True)
+    eqv.add_argument("--digits", type=int, default=8, help="number of test digits")
+    eqv.add_argument("--angles", default="90,180,270,15,30,45", help="degrees, comma-separated")
+    eqv.add_argument("--data-dir")
+    eqv.add_argument("--variant")
+    eqv.add_argument("--out", default="equivariance", help="output directory for JSON and figure")
+    eqv.set_defaults(handler=_equivariance)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .. import bench
+
+    report: dict[str, object] = {"machine": bench.machine_description(), "batch": args.batch_size}
+    if args.only in (None, "conv"):
+        report["conv"] = bench.bench_conv(batch=args.batch_size, repeats=args.repeats)
+    if args.only in (None, "models"):
+        report["models"] = bench.bench_models(batch=args.batch_size, repeats=args.repeats)
+    if args.only in (None, "memory"):
+        report["memory"] = bench.bench_memory(batch=args.batch_size)
+    if args.json:
+        print(json.dumps(bench.to_jsonable(report), indent=2))
+    else:
+        print(bench.format_report(report))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ..export import export_checkpoint
+
+    result = export_checkpoint(
+        args.checkpoint,
+        onnx_path=args.onnx,
+        script_path=args.torchscript,
+        n_images=args.check_images,
+        data_dir=args.data_dir,
+        variant=args.variant,
+    )
+    for line in result["lines"]:
+        print(line)
+    return 0
+
+
+def _robustness(args: argparse.Namespace) -> int:
+    from ..studies import robustness_study
+
+    result = robustness_study(
+        args.checkpoint,
+        step_degrees=args.step,
+        limit=args.limit,
+        data_dir=args.data_dir,
+        variant=args.variant,
+        out_dir=Path(args.out),
+    )
+    print(result["table"])
+    print(f"wrote {', '.join(str(p) for p in result['files'])}", file=sys.stderr)
+    return 0
+
+
+def _equivariance(args: argparse.Namespace) -> int:
+    from ..studies import equivariance_study
+
+    angles = [float(a) for a in args.angles.split(",") if a.strip()]
+    result = equivariance_study(
+        args.checkpoint,
+        n_digits=args.digits,
+        angles_degrees=angles,
+        data_dir=args.data_dir,
+        variant=args.variant,
+        out_dir=Path(args.out),
+    )
+    print(result["table"])
+    print(f"wrote {', '.join(str(p) for p in result['files'])}", file=sys.stderr)
+    return 0

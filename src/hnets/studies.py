@@ -1,0 +1,249 @@
+"""The rotation studies behind ``hnets robustness`` and ``hnets equivariance``.
+
+* :func:`robustness_curve`: test accuracy when every image is rotated further by
+  0, 15, ..., 345 degrees. An equivariant model with an invariant read-out should
+  be flat up to discretisation; a plain CNN only knows the orientations it saw.
+* :func:`feature_equivariance`: how much the logits and each layer's feature maps
+  deviate from rotating with the input, per angle.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._io import atomic_write, write_json
+from .data import RotMNIST, ensure_dataset, rotate_images
+from .equivariance import disc_mask
+
+__all__ = [
+    "robustness_curve",
+    "robustness_study",
+    "feature_equivariance",
+    "equivariance_study",
+]
+
+
+def _accuracy(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int
+) -> float:
+    correct = 0
+    with torch.inference_mode():
+        for start in range(0, len(labels), batch_size):
+            logits = model(images[start : start + batch_size])
+            correct += int((logits.argmax(1) == labels[start : start + batch_size]).sum())
+    return correct / len(labels)
+
+
+def robustness_curve(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    angles_degrees: Sequence[float],
+    *,
+    batch_size: int = 500,
+) -> list[float]:
+    """Accuracy of ``model`` with all ``images`` rotated by each angle (bilinear, about centre)."""
+    model.eval()
+    accuracies = []
+    for degrees in angles_degrees:
+        turned = images if degrees % 360 == 0 else rotate_images(images, math.radians(degrees))
+        accuracies.append(_accuracy(model, turned, labels, batch_size))
+    return accuracies
+
+
+def _load(checkpoint: str | Path) -> tuple[nn.Module, str]:
+    from .checkpoint import load_model
+
+    model = load_model(checkpoint)
+    return model, model.hnets_config["name"]
+
+
+def _label(checkpoint: str | Path, name: str) -> str:
+    return f"{name} ({Path(checkpoint).name})"
+
+
+def _save_figure(fig: Any, path: Path) -> Path:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    with atomic_write(path, "wb") as fh:
+        fh.write(buffer.getvalue())
+    return path
+
+
+def robustness_study(
+    checkpoints: Sequence[str | Path],
+    *,
+    step_degrees: float = 15.0,
+    limit: int | None = None,
+    data_dir: str | Path | None = None,
+    variant: str | None = None,
+    out_dir: Path = Path("robustness"),
+) -> dict[str, Any]:
+    """Run :func:`robustness_curve` for each checkpoint; write JSON, CSV and one figure."""
+    from matplotlib.figure import Figure
+
+    if step_degrees <= 0 or step_degrees > 360:
+        raise ValueError(f"--step must be in (0, 360] degrees; got {step_degrees}")
+    root = ensure_dataset(data_dir, variant)
+    test = RotMNIST(root, "test", limit=limit)
+    angles = [i * step_degrees for i in range(int(math.ceil(360 / step_degrees - 1e-9)))]
+    curves: dict[str, list[float]] = {}
+    for checkpoint in checkpoints:
+        model, name = _load(checkpoint)
+        curves[_label(checkpoint, name)] = robustness_curve(model, test.images, test.labels, angles)
+    result = {
+        "angles_degrees": angles,
+        "n_images": len(test),
+        "data": str(root),
+        "variant": test.variant,
+        "accuracy": curves,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = [out_dir / "robustness.json", out_dir / "robustness.csv", out_dir / "robustness.png"]
+    write_json(files[0], result)
+    with atomic_write(files[1], "w") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["angle_degrees", *curves])
+        for i, angle in enumerate(angles):
+            writer.writerow([angle, *(f"{curves[k][i]:.5f}" for k in curves)])
+    fig = Figure(figsize=(7.0, 4.0), layout="constrained")
+    ax = fig.subplots()
+    for label, accs in curves.items():
+        ax.plot(angles, [100 * a for a in accs], "o-", label=label)
+    ax.set_xlabel("extra rotation of every test image (degrees)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_xticks(range(0, 361, 45))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"Rot-MNIST ({test.variant}), {len(test)} test images")
+    _save_figure(fig, files[2])
+    header = "angle  " + "  ".join(f"{k:>28s}" for k in curves)
+    rows = [
+        f"{a:5.0f}  " + "  ".join(f"{100 * curves[k][i]:27.2f}%" for k in curves)
+        for i, a in enumerate(angles)
+    ]
+    return {"result": result, "files": files, "table": "\n".join([header, *rows])}
+
+
+def _feature_maps(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Per-layer maps ``(B, C, H, W)``; for harmonic maps, magnitudes summed over orders."""
+    maps: list[torch.Tensor] = []
+
+    def keep(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        if output.dim() == 6:  # harmonic map: |z| summed over rotation orders
+            maps.append(output.square().sum(dim=3).sqrt().sum(dim=2))
+        elif output.dim() == 4:
+            maps.append(output)
+
+    features = getattr(model, "features", None)
+    layers = list(features.children()) if isinstance(features, nn.Sequential) else []
+    handles = [layer.register_forward_hook(keep) for layer in layers]
+    try:
+        with torch.inference_mode():
+            logits = model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [logits, *maps]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+def feature_equivariance(
+    model: nn.Module, images: torch.Tensor, angles_degrees: Sequence[float]
+) -> dict[str, Any]:
+    """Relative deviation of logits and of each layer's maps from following a rotation of the input.
+
+    For each angle: ``|f(R x) - f(x)| / |f(x)|`` for the logits (invariance) and, per
+    layer, ``|F(R x) - R F(x)| / |R F(x)|`` inside the central disc of each map.
+    Quarter turns rotate the grid exactly; other angles resample (bilinear).
+    """
+    model.eval()
+    base = _feature_maps(model, images)
+    report: dict[str, Any] = {"angles_degrees": list(angles_degrees), "logits": [], "layers": []}
+    for degrees in angles_degrees:
+        quarter = degrees % 90 == 0
+        k = int(degrees // 90) % 4
+
+        def turn(
+            t: torch.Tensor, degrees: float = degrees, k: int = k, q: bool = quarter
+        ) -> torch.Tensor:
+            return (
+                torch.rot90(t, k, dims=(-2, -1)) if q else rotate_images(t, math.radians(degrees))
+            )
+
+        turned = _feature_maps(model, turn(images))
+        report["logits"].append(_rel(turned[0], base[0]))
+        per_layer = []
+        for got, ref in zip(turned[1:], base[1:], strict=True):
+            mask = disc_mask(ref.shape[-1], ref.shape[-1] / 2 - 1.5)
+            per_layer.append(_rel(got[..., mask], turn(ref)[..., mask]))
+        report["layers"].append(per_layer)
+    return report
+
+
+def equivariance_study(
+    checkpoint: str | Path,
+    *,
+    n_digits: int = 8,
+    angles_degrees: Sequence[float] = (90, 180, 270, 15, 30, 45),
+    data_dir: str | Path | None = None,
+    variant: str | None = None,
+    out_dir: Path = Path("equivariance"),
+) -> dict[str, Any]:
+    """:func:`feature_equivariance` on a few test digits; JSON report and a feature-map figure."""
+    from matplotlib.figure import Figure
+
+    if n_digits < 1:
+        raise ValueError(f"--digits must be >= 1; got {n_digits}")
+    model, name = _load(checkpoint)
+    test = RotMNIST(ensure_dataset(data_dir, variant), "test", limit=n_digits)
+    report = feature_equivariance(model, test.images, angles_degrees)
+    report.update({"model": name, "checkpoint": str(checkpoint), "n_digits": len(test)})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = [out_dir / "equivariance.json", out_dir / "feature_maps.png"]
+    write_json(files[0], report)
+
+    # figure: a digit, the digit turned by 45 degrees, and one mid-level map for both
+    digit = test.images[:1]
+    angle = 45.0
+    turned = rotate_images(digit, math.radians(angle))
+    maps = _feature_maps(model, torch.cat([digit, turned]))
+    layer = min(2, len(maps) - 2)
+    chosen = maps[1 + layer] if len(maps) > 1 else None
+    fig = Figure(figsize=(8.0, 4.2), layout="constrained")
+    axes = fig.subplots(2, 3)
+    titles = ["digit", f"layer {layer + 1} map", f"layer {layer + 1} map, turned back"]
+    for row, (img, rot) in enumerate(((digit, 0.0), (turned, angle))):
+        axes[row, 0].imshow(img[0, 0], cmap="gray")
+        if chosen is not None:
+            fmap = chosen[row : row + 1, :1]
+            axes[row, 1].imshow(fmap[0, 0], cmap="magma")
+            back = rotate_images(fmap, -math.radians(rot)) if rot else fmap
+            axes[row, 2].imshow(back[0, 0], cmap="magma")
+        for col in range(3):
+            axes[row, col].set_xticks([])
+            axes[row, col].set_yticks([])
+            axes[row, col].set_title(f"{titles[col]}{' (input +45°)' if row else ''}", fontsize=9)
+    fig.suptitle(f"{name}: feature maps follow the input's rotation", fontsize=10)
+    _save_figure(fig, files[1])
+
+    n_layers = len(report["layers"][0]) if report["layers"] else 0
+    header = "angle   logits  " + "  ".join(f"layer{i + 1:>2d}" for i in range(n_layers))
+    rows = [
+        f"{a:5.0f}  {lg:8.2e}  " + "  ".join(f"{v:7.1e}" for v in layers)
+        for a, lg, layers in zip(
+            report["angles_degrees"], report["logits"], report["layers"], strict=True
+        )
+    ]
+    return {"report": report, "files": files, "table": "\n".join([header, *rows])}
