@@ -4,6 +4,7 @@ Layers (:mod:`hnets.nn`) consume and produce harmonic feature maps shaped
 ``(batch, channels, orders, 2, height, width)``.
 """
 
+from .checkpoint import load_model, save_model
 from .models import HNetMNIST, RegularCNN, build_model, count_parameters, model_names
 from .nn import (
     HAvgPool2d,
@@ -32,5 +33,7 @@ __all__ = [
     "build_model",
     "model_names",
     "count_parameters",
+    "load_model",
+    "save_model",
     "__version__",
 ]

@@ -1,0 +1,272 @@
+"""``hnets train``, ``hnets test`` and ``hnets predict``: argument parsing only."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from ..training import DEVICES, OPTIMIZERS, SCHEDULES, TRAIN_SPLITS, TrainConfig
+
+__all__ = ["register"]
+
+_VARIANTS = ("original", "standin", "upright")
+#: ``hnets train`` options that map one to one onto :class:`TrainConfig` fields.
+_CONFIG_FLAGS = {f.name for f in dataclasses.fields(TrainConfig)} - {"model_options"}
+_MODEL_OPTION_FLAGS = ("width", "max_order")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``train``, ``test`` and ``predict`` commands."""
+    _add_train(subparsers)
+    _add_test(subparsers)
+    _add_predict(subparsers)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    d = TrainConfig()
+    p = sub.add_parser(
+        "train",
+        help="train a model on Rot-MNIST",
+        description=(
+            "Train an H-Net or a CNN on Rot-MNIST. Writes model.safetensors and config.json "
+            "(the best model by validation accuracy), checkpoint.pt (for --resume), "
+            "metrics.jsonl, and at the end summary.json (test accuracy on the whole test "
+            "split) and curves.png. Runs unchanged under torchrun for several processes."
+        ),
+    )
+    # Defaults are left out (SUPPRESS) so that --resume can tell the options given from
+    # those taken from the saved run; the help shows TrainConfig's defaults.
+    s = argparse.SUPPRESS
+    p.add_argument("--model", default=s, help=f"hnet or cnn (default {d.model})")
+    p.add_argument("--epochs", type=int, default=s, help=f"(default {d.epochs})")
+    p.add_argument(
+        "--batch-size", type=int, default=s, help=f"per process (default {d.batch_size})"
+    )
+    p.add_argument("--lr", type=float, default=s, help=f"peak learning rate (default {d.lr})")
+    p.add_argument("--schedule", default=s, help=f"{', '.join(SCHEDULES)} (default {d.schedule})")
+    p.add_argument(
+        "--warmup-epochs", type=float, default=s, help=f"linear warmup (default {d.warmup_epochs})"
+    )
+    p.add_argument(
+        "--optimizer", default=s, help=f"{', '.join(OPTIMIZERS)} (default {d.optimizer})"
+    )
+    p.add_argument("--weight-decay", type=float, default=s, help=f"(default {d.weight_decay})")
+    p.add_argument(
+        "--label-smoothing", type=float, default=s, help=f"(default {d.label_smoothing})"
+    )
+    p.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=s,
+        help=f"rotate training images randomly (default {d.augment})",
+    )
+    p.add_argument(
+        "--train-split",
+        default=s,
+        help=f"{' or '.join(TRAIN_SPLITS)}; train+valid skips validation and keeps "
+        f"the last epoch (default {d.train_split})",
+    )
+    p.add_argument("--width", type=float, default=s, help="channel multiplier (default 1)")
+    p.add_argument(
+        "--max-order", type=int, default=s, help="highest rotation order of the hnet (default 1)"
+    )
+    p.add_argument("--seed", type=int, default=s, help=f"(default {d.seed})")
+    p.add_argument("--device", default=s, help=f"{', '.join(DEVICES)} (default {d.device})")
+    p.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=s,
+        help="mixed precision on CUDA (default off)",
+    )
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=s,
+        help="torch.compile the model (default off)",
+    )
+    p.add_argument(
+        "--data-dir", default=s, help="where data lives (default: $HNETS_DATA or ~/.cache/hnets)"
+    )
+    p.add_argument(
+        "--variant",
+        dest="data_variant",
+        default=s,
+        help=f"{', '.join(_VARIANTS)} (default: original if prepared, else standin)",
+    )
+    p.add_argument("--limit-train", type=int, default=s, help="use the first N training images")
+    p.add_argument(
+        "--limit-eval", type=int, default=s, help="use the first N validation and test images"
+    )
+    p.add_argument("--eval-batch-size", type=int, default=s, help=f"(default {d.eval_batch_size})")
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=s,
+        help=f"DataLoader workers; 0 indexes in-memory tensors (default {d.num_workers})",
+    )
+    p.add_argument("--out", help="run directory (default runs/<model>)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from checkpoint.pt (options not given "
+        "are taken from it; --epochs may grow)",
+    )
+    mode.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars or epoch lines")
+    p.set_defaults(handler=_train)
+
+
+def _add_test(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "test",
+        help="evaluate a saved model on Rot-MNIST",
+        description=(
+            "Print accuracy, error, per-class accuracy and the confusion matrix of a saved "
+            "model, and save the confusion-matrix figure (confusion.png in the checkpoint "
+            "directory, or --figure)."
+        ),
+    )
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help="a model directory")
+    p.add_argument("--split", default="test", help="valid or test (default test)")
+    p.add_argument("--data-dir", help="where data lives (default: $HNETS_DATA or ~/.cache/hnets)")
+    p.add_argument("--variant", help="data variant (default: the one the model was trained on)")
+    p.add_argument("--limit", type=int, help="use only the first N images")
+    p.add_argument("--batch-size", type=int, default=500, help="(default 500)")
+    p.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} (default auto)")
+    p.add_argument("--figure", metavar="PATH", help="where to save the confusion matrix figure")
+    p.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
+    p.set_defaults(handler=_test)
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="classify digit images",
+        description=(
+            "Classify image files (PNG, JPEG, PGM, BMP...) with a saved model. Each image is "
+            "converted to grayscale, inverted if the digit is dark on light paper, cropped, "
+            "fitted into 20x20 and centred by mass in 28x28, as MNIST was made."
+        ),
+    )
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help="a model directory")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--top", type=int, default=3, help="classes shown per image (default 3)")
+    p.add_argument("--batch-size", type=int, default=256, help="(default 256)")
+    p.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} (default auto)")
+    p.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
+    p.set_defaults(handler=_predict)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ..training import CHECKPOINT_FILE, load_run_config, train
+
+    given = {name: getattr(args, name) for name in _CONFIG_FLAGS if hasattr(args, name)}
+    options = {name: getattr(args, name) for name in _MODEL_OPTION_FLAGS if hasattr(args, name)}
+    out = Path(args.out) if args.out else Path("runs") / str(given.get("model", TrainConfig.model))
+    base = TrainConfig()
+    if args.resume and (out / CHECKPOINT_FILE).exists():
+        base = load_run_config(out)
+    config = dataclasses.replace(base, **given, model_options={**base.model_options, **options})
+    summary = train(
+        config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
+    )
+    if summary:  # rank 0
+        data = summary["data"]
+        kind = "stand-in " if data["standin"] else ""
+        print(
+            f"test accuracy {summary['test_accuracy']:.2%} (error {summary['test_error']:.2%}) "
+            f"on {summary['test_n']} {kind}Rot-MNIST test images ({data['variant']}); "
+            f"best epoch {summary['best_epoch']}"
+        )
+        print(
+            f"results in {out}: model.safetensors, config.json, summary.json, metrics.jsonl, "
+            "curves.png"
+        )
+    return 0
+
+
+def _test(args: argparse.Namespace) -> int:
+    from ..checkpoint import load_model
+    from ..data import RotMNIST, ensure_dataset
+    from ..evaluation import evaluate, plot_confusion
+    from ..training import resolve_device
+
+    if args.split not in ("valid", "test"):
+        raise ValueError(f"--split must be valid or test, got {args.split!r}")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError("--limit must be at least 1")
+    device = resolve_device(args.device)
+    model = load_model(args.checkpoint, device)
+    config = model.hnets_checkpoint
+    variant = args.variant or config.get("extra", {}).get("data_variant")
+    data = RotMNIST(
+        ensure_dataset(args.data_dir, variant, progress=not args.json), args.split, limit=args.limit
+    )
+    result = evaluate(model, data.images, data.labels, batch_size=args.batch_size)
+    ckpt = Path(args.checkpoint)
+    figure = (
+        Path(args.figure)
+        if args.figure
+        else (ckpt.parent if ckpt.is_file() else ckpt) / ("confusion.png")
+    )
+    title = f"{config['model']} on Rot-MNIST {data.variant} {args.split}: {result['accuracy']:.2%}"
+    plot_confusion(result["confusion"], figure, title=title)
+    if args.json:
+        report = {
+            "checkpoint": str(ckpt),
+            "model": config["model"],
+            "split": args.split,
+            "variant": data.variant,
+            **result,
+            "figure": str(figure),
+        }
+        print(json.dumps(report))
+        return 0
+    print(
+        f"{config['model']} from {ckpt} on Rot-MNIST {data.variant}, {args.split} split, "
+        f"{result['n']} images"
+    )
+    print(
+        f"accuracy {result['accuracy']:.2%}   error {result['error']:.2%}   "
+        f"loss {result['loss']:.4f}"
+    )
+    print("per-class accuracy:")
+    print(
+        "  " + "  ".join(f"{c}: {_percent(a)}" for c, a in enumerate(result["per_class_accuracy"]))
+    )
+    print("confusion matrix (rows: true digit, columns: predicted):")
+    print(_format_matrix(result["confusion"]))
+    print(f"wrote {figure}")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from ..checkpoint import load_model
+    from ..evaluation import iter_predictions
+    from ..training import resolve_device
+
+    device = resolve_device(args.device)
+    model = load_model(args.checkpoint, device)
+    results = iter_predictions(model, args.images, batch_size=args.batch_size, top=args.top)
+    if args.json:
+        print(json.dumps({"checkpoint": str(args.checkpoint), "predictions": list(results)}))
+        return 0
+    for result in results:
+        ranked = " | ".join(f"{r['label']} {r['probability']:.1%}" for r in result["top"])
+        print(f"{result['path']}: {result['label']}   ({ranked})")
+    return 0
+
+
+def _percent(value: float | None) -> str:
+    return "  n/a" if value is None else f"{value:.1%}"
+
+
+def _format_matrix(matrix: list[list[Any]]) -> str:
+    width = max(5, *(len(str(v)) + 1 for row in matrix for v in row))
+    header = "     " + "".join(f"{c:>{width}}" for c in range(len(matrix)))
+    rows = [f"  {i:>2} " + "".join(f"{v:>{width}}" for v in row) for i, row in enumerate(matrix)]
+    return "\n".join([header, *rows])

@@ -1,0 +1,207 @@
+"""Test metrics, predictions on image files, and the figures that report them.
+
+:func:`evaluate` scores a model on in-memory tensors (every image counts: no
+batch is dropped); :func:`predict` / :func:`iter_predictions` classify image files
+in batches, decoding only one batch at a time; :func:`plot_confusion` and
+:func:`plot_curves` draw the figures, written atomically as PNG.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import math
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._io import atomic_write
+from .images import load_image
+
+__all__ = ["evaluate", "predict", "iter_predictions", "plot_confusion", "plot_curves"]
+
+
+def evaluate(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    batch_size: int = 500,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Accuracy, loss and confusion matrix of ``model`` on every image given.
+
+    The model is put in eval mode (and left there) and run under
+    ``torch.inference_mode``; batches move to ``device`` (default: where the
+    model's parameters are) one at a time.
+
+    Args:
+        model: images ``(B, 1, 28, 28)`` -> logits ``(B, C)``.
+        images: ``(N, 1, 28, 28)``.
+        labels: ``(N,)`` integers in ``0..C-1``.
+        batch_size: images per forward pass.
+        device: where to run.
+
+    Returns:
+        ``accuracy`` and ``error`` (fractions), ``n``, ``correct``, ``loss`` (mean
+        cross-entropy, no label smoothing), ``per_class_accuracy`` (a list of ``C``
+        fractions, ``None`` for a class with no images) and ``confusion`` (``C x C``
+        counts, rows the true class, columns the prediction).
+    """
+    n = int(labels.shape[0])
+    if n == 0 or images.shape[0] != n:
+        raise ValueError(
+            f"need as many images as labels (and at least one): {images.shape[0]}, {n}"
+        )
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device) if device is not None else _model_device(model)
+    model.eval()
+    loss_sum, confusion = 0.0, None
+    with torch.inference_mode():
+        for start in range(0, n, batch_size):
+            x = images[start : start + batch_size].to(device, non_blocking=True)
+            y = labels[start : start + batch_size].to(device, non_blocking=True).long()
+            logits = model(x).float()
+            n_classes = logits.shape[1]
+            if confusion is None:
+                confusion = torch.zeros(n_classes * n_classes, dtype=torch.long, device=device)
+            if int(y.min()) < 0 or int(y.max()) >= n_classes:
+                raise ValueError(f"labels must lie in 0..{n_classes - 1}")
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            confusion += torch.bincount(
+                y * n_classes + logits.argmax(dim=1), minlength=n_classes**2
+            )
+    matrix = confusion.view(n_classes, n_classes).cpu()
+    correct = int(matrix.diagonal().sum())
+    per_class = [
+        (int(matrix[c, c]) / int(row_total)) if int(row_total) else None
+        for c, row_total in enumerate(matrix.sum(dim=1))
+    ]
+    return {
+        "accuracy": correct / n,
+        "error": 1.0 - correct / n,
+        "n": n,
+        "correct": correct,
+        "loss": loss_sum / n,
+        "per_class_accuracy": per_class,
+        "confusion": matrix.tolist(),
+    }
+
+
+def iter_predictions(
+    model: nn.Module,
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    batch_size: int = 256,
+    top: int = 3,
+    device: str | torch.device | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Classify image files, yielding one result per file in order.
+
+    Images are decoded and preprocessed (:func:`hnets.images.load_image`)
+    ``batch_size`` at a time, so memory stays bounded however many files there are.
+
+    Yields:
+        ``{"path", "label", "probability", "top": [{"label", "probability"}, ...]}``
+        with the ``top`` most probable classes, most probable first.
+
+    Raises:
+        HNetsError: a file that is not a readable image (named in the message).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if top < 1:
+        raise ValueError(f"top must be >= 1, got {top}")
+    device = torch.device(device) if device is not None else _model_device(model)
+    model.eval()
+    iterator = iter(paths)
+    while batch := list(itertools.islice(iterator, batch_size)):
+        x = torch.stack([load_image(path) for path in batch]).to(device)
+        with torch.inference_mode():
+            probs = torch.softmax(model(x).float(), dim=1).cpu()
+        values, classes = probs.topk(min(top, probs.shape[1]), dim=1)
+        for path, p, c in zip(batch, values.tolist(), classes.tolist(), strict=True):
+            ranked = [{"label": int(k), "probability": float(v)} for k, v in zip(c, p, strict=True)]
+            yield {
+                "path": str(path),
+                "label": ranked[0]["label"],
+                "probability": ranked[0]["probability"],
+                "top": ranked,
+            }
+
+
+def predict(
+    model: nn.Module,
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    batch_size: int = 256,
+    top: int = 3,
+    device: str | torch.device | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`iter_predictions` collected into a list (results are small; images are not kept)."""
+    return list(iter_predictions(model, paths, batch_size=batch_size, top=top, device=device))
+
+
+def plot_confusion(
+    confusion: Sequence[Sequence[int]], path: str | os.PathLike[str], *, title: str = ""
+) -> Path:
+    """Draw a confusion matrix (rows true, columns predicted; counts and row shares)."""
+    from matplotlib.figure import Figure
+
+    matrix = torch.tensor(confusion, dtype=torch.float64)
+    n_classes = matrix.shape[0]
+    shares = matrix / matrix.sum(dim=1, keepdim=True).clamp(min=1)
+    fig = Figure(figsize=(6.4, 5.6), layout="constrained")
+    ax = fig.subplots()
+    im = ax.imshow(shares.numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
+    for i, j in itertools.product(range(n_classes), repeat=2):
+        if matrix[i, j] > 0:
+            colour = "white" if shares[i, j] > 0.5 else "black"
+            ax.text(
+                j, i, f"{int(matrix[i, j])}", ha="center", va="center", fontsize=7, color=colour
+            )
+    ax.set_xticks(range(n_classes))
+    ax.set_yticks(range(n_classes))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or "confusion matrix")
+    fig.colorbar(im, ax=ax, label="share of the true class")
+    return _write_figure(fig, path)
+
+
+def plot_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Loss and accuracy against epoch, training and validation (from ``metrics.jsonl`` rows)."""
+    from matplotlib.figure import Figure
+
+    epochs = [row["epoch"] for row in history]
+    fig = Figure(figsize=(9.6, 3.8), layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
+        ax.plot(epochs, [row[f"train_{key}"] for row in history], "o-", label="train")
+        valid = [row.get(f"valid_{key}") for row in history]
+        if any(v is not None for v in valid):
+            ax.plot(epochs, [math.nan if v is None else v for v in valid], "s-", label="valid")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _write_figure(fig, path)
+
+
+def _write_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    with atomic_write(path, "wb") as fh:
+        fh.write(buffer.getvalue())
+    return Path(path)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    param = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return param.device if param is not None else torch.device("cpu")
