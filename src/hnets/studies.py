@@ -225,12 +225,12 @@ def equivariance_study(
     axes = fig.subplots(2, 3)
     titles = ["digit", f"layer {layer + 1} map", f"layer {layer + 1} map, turned back"]
     for row, (img, rot) in enumerate(((digit, 0.0), (turned, angle))):
-        axes[row, 0].imshow(img[0, 0], cmap="gray")
+        axes[row, 0].imshow(img[0, 0].numpy(), cmap="gray")
         if chosen is not None:
             fmap = chosen[row : row + 1, :1]
-            axes[row, 1].imshow(fmap[0, 0], cmap="magma")
+            axes[row, 1].imshow(fmap[0, 0].numpy(), cmap="magma")
             back = rotate_images(fmap, -math.radians(rot)) if rot else fmap
-            axes[row, 2].imshow(back[0, 0], cmap="magma")
+            axes[row, 2].imshow(back[0, 0].numpy(), cmap="magma")
         for col in range(3):
             axes[row, col].set_xticks([])
             axes[row, col].set_yticks([])

@@ -1,0 +1,111 @@
+"""``hnets bench``, ``export``, ``robustness`` and ``equivariance`` from the command line."""
+
+import json
+
+import pytest
+import torch
+
+import hnets
+from hnets.checkpoint import save_model
+from hnets.cli import main
+
+
+@pytest.fixture
+def checkpoints(tmp_path):
+    torch.manual_seed(0)
+    paths = {}
+    for name in ("hnet", "cnn"):
+        model = hnets.build_model(name)
+        model.train()
+        model(torch.rand(8, 1, 28, 28))
+        save_model(model.eval(), tmp_path / name)
+        paths[name] = tmp_path / name
+    return paths
+
+
+def test_export_writes_checked_onnx_and_torchscript(checkpoints, data_env, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    onnx, script = tmp_path / "m.onnx", tmp_path / "m.pt"
+    code = main(
+        [
+            "export",
+            "--checkpoint",
+            str(checkpoints["hnet"]),
+            "--onnx",
+            str(onnx),
+            "--torchscript",
+            str(script),
+            "--check-images",
+            "64",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert onnx.stat().st_size > 10_000 and script.stat().st_size > 10_000
+    assert "0 predictions changed" in out and "images/s" in out
+
+
+def test_robustness_writes_json_csv_and_figure(checkpoints, data_env, tmp_path, capsys):
+    out_dir = tmp_path / "rob"
+    code = main(
+        [
+            "robustness",
+            "--checkpoint",
+            str(checkpoints["hnet"]),
+            "--checkpoint",
+            str(checkpoints["cnn"]),
+            "--limit",
+            "40",
+            "--step",
+            "90",
+            "--out",
+            str(out_dir),
+        ]
+    )
+    assert code == 0
+    result = json.loads((out_dir / "robustness.json").read_text())
+    assert result["angles_degrees"] == [0, 90, 180, 270]
+    hnet_curve = next(v for k, v in result["accuracy"].items() if k.startswith("hnet"))
+    assert len(set(hnet_curve)) == 1  # quarter turns change nothing for the H-Net
+    assert (out_dir / "robustness.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out_dir / "robustness.csv").read_text().startswith("angle_degrees,")
+
+
+def test_equivariance_report(checkpoints, data_env, tmp_path, capsys):
+    out_dir = tmp_path / "eqv"
+    code = main(
+        [
+            "equivariance",
+            "--checkpoint",
+            str(checkpoints["hnet"]),
+            "--digits",
+            "2",
+            "--angles",
+            "90,30",
+            "--out",
+            str(out_dir),
+        ]
+    )
+    assert code == 0
+    report = json.loads((out_dir / "equivariance.json").read_text())
+    assert report["logits"][0] < 1e-5 < report["logits"][1]
+    assert (out_dir / "feature_maps.png").stat().st_size > 1000
+
+
+def test_bench_conv_prints_json_with_ratios(capsys):
+    assert main(["bench", "--only", "conv", "--repeats", "1", "--batch-size", "4", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["conv"][0]["ratio"] == 1.0 and len(report["conv"]) == 4
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["export", "--checkpoint", "/nonexistent/ckpt"], "nonexistent"),
+        (["robustness", "--checkpoint", "/nonexistent/ckpt", "--step", "0"], "--step"),
+    ],
+)
+def test_bad_input_is_one_line(args, message, data_env, capsys):
+    assert main(args) != 0
+    err = capsys.readouterr().err
+    assert err.startswith("hnets: error:") and message in err and len(err.strip().splitlines()) == 1

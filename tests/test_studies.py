@@ -1,0 +1,46 @@
+"""Robustness curves and feature-map equivariance reports."""
+
+import math
+
+import torch
+
+import hnets
+from hnets.studies import feature_equivariance, robustness_curve
+
+
+class _Oriented(torch.nn.Module):
+    """Predicts class 1 when the top half is brighter than the bottom half: orientation-bound."""
+
+    def forward(self, x):
+        top, bottom = x[..., :14, :].sum((1, 2, 3)), x[..., 14:, :].sum((1, 2, 3))
+        return torch.stack([bottom, top], dim=1)
+
+
+def test_robustness_curve_flat_for_hnet_not_for_orientation_bound_model():
+    torch.manual_seed(0)
+    images = torch.zeros(20, 1, 28, 28)
+    images[:10, :, 2:10, 8:20] = 1.0  # bright top -> class 1
+    images[10:, :, 18:26, 8:20] = 1.0  # bright bottom -> class 0
+    labels = torch.tensor([1] * 10 + [0] * 10)
+    angles = [0, 90, 180, 270]
+    oriented = robustness_curve(_Oriented(), images, labels, angles)
+    assert oriented[0] == 1.0 and oriented[2] == 0.0
+    hnet = hnets.build_model("hnet").eval()
+    curve = robustness_curve(hnet, images, labels, angles)
+    assert max(curve) - min(curve) == 0.0  # quarter turns: identical predictions
+
+
+def test_feature_equivariance_report_quarter_turns_exact_other_angles_small():
+    torch.manual_seed(0)
+    model = hnets.build_model("hnet").eval()
+    images = torch.rand(3, 1, 28, 28)
+    report = feature_equivariance(model, images, [90, 180, 45])
+    assert report["logits"][0] < 1e-5 and report["logits"][1] < 1e-5
+    assert max(report["layers"][0]) < 1e-5
+    assert 1e-4 < report["logits"][2] < 0.2
+    n_layers = len(report["layers"][0])
+    assert n_layers == len(list(model.features.children()))
+    cnn = hnets.build_model("cnn").eval()
+    cnn_report = feature_equivariance(cnn, images, [90])
+    assert cnn_report["logits"][0] > 100 * max(report["logits"][0], 1e-7)
+    assert math.isfinite(sum(cnn_report["layers"][0]))
