@@ -42,6 +42,20 @@ def data_env(monkeypatch: pytest.MonkeyPatch, rotmnist_root: Path) -> Path:
 
 
 @pytest.fixture
+def one_thread():
+    """Run torch on one thread for the test (restored afterwards).
+
+    On a small shared machine two busy-waiting OpenMP threads competing with other
+    processes run ~20 times slower than one; a fixed count also keeps results
+    comparable with the subprocesses, which get ``OMP_NUM_THREADS=1``.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def run_hnets(data_env: Path) -> Callable[..., subprocess.CompletedProcess]:
     """Run ``python -m hnets ARGS...`` in a subprocess with the test's data directory."""
 
@@ -59,9 +73,10 @@ def run_hnets(data_env: Path) -> Callable[..., subprocess.CompletedProcess]:
 
 
 def subprocess_env(data_root: Path) -> dict[str, str]:
-    """The environment for a child ``hnets`` process: our data, no MNIST fallback."""
+    """The environment for a child ``hnets`` process: our data, no MNIST fallback, one thread."""
     env = {k: v for k, v in os.environ.items() if k != "HNETS_MNIST_DIR"}
     env["HNETS_DATA"] = str(data_root)
+    env["OMP_NUM_THREADS"] = "1"  # see one_thread
     return env
 
 

@@ -26,6 +26,8 @@ from hnets.checkpoint import (
 )
 from hnets.errors import CheckpointError, HNetsError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _trained_a_little(name: str, **options) -> nn.Module:
     """A model whose parameters and BN statistics differ from a fresh one."""

@@ -271,12 +271,14 @@ def _train(
     progress: bool,
 ) -> dict[str, Any]:
     device = world.device
+    # -- model (first: bad options fail before anything is touched), data, optimizer --
+    _seed_everything(config.seed)
+    try:
+        model = build_model(config.model, **config.model_options).to(device)
+    except ValueError as exc:
+        raise ValueError(f"model {config.model!r} with {config.model_options}: {exc}") from None
     saved = _claim_out_dir(out_dir, config, world, resume=resume, overwrite=overwrite)
     data = _Data.load(config, world, progress)
-
-    # -- model, optimizer, mixed precision -------------------------------------------
-    _seed_everything(config.seed)
-    model = build_model(config.model, **config.model_options).to(device)
     optimizer = _make_optimizer(config, model)
     amp_dtype = _amp_dtype(config, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)

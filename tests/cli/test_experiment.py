@@ -1,0 +1,207 @@
+"""``hnets train``, ``test`` and ``predict`` end to end through ``hnets.cli.main``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hnets import build_model, save_model
+from hnets.cli import main
+from hnets.data import RotMNIST
+from hnets.errors import HNetsError
+
+from ..conftest import MNIST_SOURCE
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+QUICK = [
+    "--epochs",
+    "1",
+    "--batch-size",
+    "32",
+    "--limit-train",
+    "64",
+    "--limit-eval",
+    "100",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
+
+
+def one_error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("hnets: error: ") and "\n" not in err, err
+    assert "Traceback" not in captured.err
+    return err
+
+
+def digit_png(path, index: int) -> str:
+    """A stand-in test digit, enlarged and saved as an 8-bit PNG (as a user would have it)."""
+    image = RotMNIST(None, "test", variant="standin", limit=index + 1).images[index, 0]
+    pixels = (image.numpy() * 255).astype(np.uint8)
+    Image.fromarray(pixels).resize((112, 112), Image.BILINEAR).save(path)
+    return str(path)
+
+
+@pytest.mark.slow
+def test_prepare_train_test_predict_resume(tmp_path, data_env, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "prepare", "--from-mnist", str(MNIST_SOURCE), "--no-progress"]) == 0
+    capsys.readouterr()
+
+    hnet = tmp_path / "hnet-run"
+    assert main(["train", "--model", "hnet", "--width", "0.5", *QUICK, "--out", str(hnet)]) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy" in out and str(hnet) in out
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "checkpoint.pt",
+        "metrics.jsonl",
+        "summary.json",
+        "curves.png",
+    ):
+        assert (hnet / name).is_file(), name
+    summary = json.loads((hnet / "summary.json").read_text())
+    assert f"{summary['test_accuracy']:.2%}" in out and summary["test_n"] == 100
+
+    # the cnn goes to the default directory runs/cnn
+    assert main(["train", "--model", "cnn", "--width", "0.5", *QUICK]) == 0
+    capsys.readouterr()
+    cnn = tmp_path / "runs" / "cnn"
+    assert json.loads((cnn / "summary.json").read_text())["config"]["model"] == "cnn"
+
+    # test --json: one JSON object on stdout and nothing else
+    assert main(["test", "--checkpoint", str(hnet), "--limit", "50", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n"] == 50 and report["error"] == pytest.approx(1 - report["accuracy"])
+    assert report["variant"] == "standin" and len(report["confusion"]) == 10
+    assert (hnet / "confusion.png").read_bytes().startswith(b"\x89PNG")
+    # the full test split slice agrees with the summary written by training
+    assert main(["test", "--checkpoint", str(hnet), "--limit", "100", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == summary["test_accuracy"]
+
+    figure = tmp_path / "figs" / "cm.png"
+    assert (
+        main(
+            [
+                "test",
+                "--checkpoint",
+                str(cnn),
+                "--split",
+                "valid",
+                "--limit",
+                "40",
+                "--figure",
+                str(figure),
+            ]
+        )
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert "accuracy" in text and "per-class accuracy" in text and "confusion matrix" in text
+    assert "valid split, 40 images" in text and figure.is_file()
+
+    images = [digit_png(tmp_path / f"digit{i}.png", i) for i in range(3)]
+    assert main(["predict", "--checkpoint", str(cnn), *images, "--top", "2", "--json"]) == 0
+    predictions = json.loads(capsys.readouterr().out)["predictions"]
+    assert [p["path"] for p in predictions] == images
+    assert all(len(p["top"]) == 2 and 0 <= p["label"] <= 9 for p in predictions)
+    assert main(["predict", "--checkpoint", str(cnn), *images]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and all(
+        line.startswith(path) for line, path in zip(lines, images, strict=True)
+    )
+
+    # resume: options not given come from the saved run; --epochs extends it
+    assert main(["train", "--out", str(hnet), "--resume", "--epochs", "2", "--no-progress"]) == 0
+    capsys.readouterr()
+    rows = (hnet / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
+    resumed = json.loads((hnet / "summary.json").read_text())
+    assert resumed["epochs"] == 2 and resumed["config"]["model_options"] == {"width": 0.5}
+    assert resumed["config"]["limit_train"] == 64
+
+
+@pytest.mark.parametrize(
+    ("args", "message", "code"),
+    [
+        (["--model", "resnet"], "unknown model 'resnet'", 1),
+        (["--schedule", "linear"], "schedule must be one of", 1),
+        (["--epochs", "0"], "epochs must be an integer >= 1", 1),
+        (["--width", "0.5", "--max-order", "-1"], "'max_order': -1", 1),
+    ],
+)
+def test_bad_training_options_are_one_line(tmp_path, data_env, capsys, args, message, code):
+    out = tmp_path / "run"
+    assert main(["train", *QUICK, *args, "--out", str(out)]) == code
+    assert message in one_error_line(capsys)
+    assert not out.exists()
+
+
+def test_an_existing_run_is_refused_and_left_alone(tmp_path, data_env, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    assert main(["train", "--model", "cnn", *QUICK, "--out", str(out)]) == 2
+    assert "already holds a run" in one_error_line(capsys)
+    assert (out / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"]
+    assert main(["train", "--model", "cnn", *QUICK, "--out", str(out), "--resume"]) == 2
+    assert "no checkpoint.pt" in one_error_line(capsys)
+    with pytest.raises(SystemExit) as info:  # argparse: the two exclude each other
+        main(["train", "--out", str(out), "--resume", "--overwrite"])
+    assert info.value.code == 2
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    return save_model(
+        build_model("cnn", width=0.5), tmp_path / "model", extra={"data_variant": "standin"}
+    )
+
+
+def test_bad_checkpoints_are_one_line(tmp_path, data_env, capsys, model_dir):
+    assert main(["test", "--checkpoint", str(tmp_path / "absent")]) == 2
+    assert "no such checkpoint directory" in one_error_line(capsys)
+    save_model(build_model("hnet", width=0.5), tmp_path / "hnet")
+    (model_dir / "model.safetensors").write_bytes(
+        (tmp_path / "hnet" / "model.safetensors").read_bytes()
+    )
+    for argv in (
+        ["test", "--checkpoint", str(model_dir)],
+        ["predict", "--checkpoint", str(model_dir), "x.png"],
+    ):
+        assert main(argv) == 2
+        assert "do not belong to model 'cnn'" in one_error_line(capsys)
+    (model_dir / "model.safetensors").unlink()
+    assert main(["test", "--checkpoint", str(model_dir)]) == 2
+    assert "model.safetensors: file not found" in one_error_line(capsys)
+    assert main(["test", "--checkpoint", str(tmp_path / "hnet"), "--split", "train"]) == 1
+    assert "--split must be valid or test" in one_error_line(capsys)
+    with pytest.raises(HNetsError):  # --debug shows the real exception
+        main(["--debug", "test", "--checkpoint", str(tmp_path / "absent")])
+
+
+def test_bad_images_are_one_line_naming_the_file(tmp_path, data_env, capsys, model_dir):
+    good = tmp_path / "good.png"
+    Image.new("L", (30, 30), 0).save(good)
+    full = (tmp_path / "good.png").read_bytes()
+    cases = {
+        "truncated.png": full[: len(full) // 2],
+        "notes.txt": b"just some text\n",
+        "random.jpg": np.random.default_rng(1).bytes(3000),
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        assert main(["predict", "--checkpoint", str(model_dir), str(tmp_path / name)]) == 2
+        assert name in one_error_line(capsys)
+    assert main(["predict", "--checkpoint", str(model_dir), str(good)]) == 2  # all black
+    assert "no digit" in one_error_line(capsys)
+    assert main(["predict", "--checkpoint", str(model_dir), str(tmp_path / "absent.png")]) == 2
+    assert "no such file" in one_error_line(capsys)

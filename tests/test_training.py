@@ -1,0 +1,263 @@
+"""The training loop, in process, on small slices of the stand-in."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import hnets.training as training
+from hnets import load_model
+from hnets.checkpoint import load_training_state, read_model_config
+from hnets.errors import HNetsError
+from hnets.training import TrainConfig, epoch_order, lr_at, shard_positions, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TIMING_KEYS = {"seconds", "train_seconds", "images_per_s"}
+
+
+def tiny(**changes) -> TrainConfig:
+    """An hnet small enough for a training run to take about a second."""
+    base = TrainConfig(
+        model="hnet",
+        model_options={"width": 0.5},
+        epochs=1,
+        batch_size=32,
+        limit_train=64,
+        limit_eval=100,
+        device="cpu",
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def metrics(out_dir) -> list[dict]:
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
+
+
+def weights(out_dir) -> dict[str, torch.Tensor]:
+    return load_file(out_dir / "model.safetensors")
+
+
+def same_weights(a, b) -> bool:
+    wa, wb = weights(a), weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_the_recipe_lives_in_one_place():
+    c = TrainConfig()
+    assert (c.model, c.epochs, c.batch_size, c.optimizer, c.lr, c.weight_decay) == (
+        "hnet",
+        30,
+        64,
+        "adamw",
+        3e-3,
+        1e-4,
+    )
+    assert (c.schedule, c.warmup_epochs, c.label_smoothing, c.augment) == ("cosine", 1, 0.05, True)
+    assert (c.train_split, c.seed) == ("train", 0)
+    assert TrainConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"model": "resnet"},
+        {"epochs": 0},
+        {"lr": -1.0},
+        {"lr": math.nan},
+        {"schedule": "linear"},
+        {"optimizer": "lamb"},
+        {"train_split": "test"},
+        {"device": "tpu"},
+        {"label_smoothing": 1.0},
+        {"limit_train": 0},
+        {"data_variant": "mnist"},
+    ],
+)
+def test_bad_settings_are_refused(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        dataclasses.replace(TrainConfig(), **bad).check()
+    with pytest.raises(ValueError, match="unknown training settings: colour"):
+        TrainConfig.from_dict({"colour": "blue"})
+
+
+def test_schedules():
+    steps = 10
+    cosine = TrainConfig(epochs=10, lr=1.0, warmup_epochs=1)
+    assert [lr_at(cosine, s, steps) for s in range(3)] == pytest.approx([0.1, 0.2, 0.3])
+    assert lr_at(cosine, 9, steps) == pytest.approx(1.0)
+    assert lr_at(cosine, 99, steps) < 1e-3
+    lrs = [lr_at(cosine, s, steps) for s in range(10, 100)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
+    step = dataclasses.replace(cosine, schedule="step", warmup_epochs=0)
+    assert [lr_at(step, e * steps, steps) for e in (0, 4, 5, 7, 8, 9)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01]
+    )
+    constant = dataclasses.replace(cosine, schedule="constant")
+    assert lr_at(constant, 50, steps) == 1.0 and lr_at(constant, 0, steps) == pytest.approx(0.1)
+    onecycle = dataclasses.replace(cosine, schedule="onecycle")
+    lrs = [lr_at(onecycle, s, steps) for s in range(100)]
+    assert lrs[0] == pytest.approx(1 / 25) and max(lrs) == pytest.approx(1.0)
+    assert lrs.index(max(lrs)) in (29, 30) and lrs[-1] < 1e-3
+
+
+def test_the_data_stream_depends_only_on_seed_and_epoch():
+    order, angles = epoch_order(0, 3, 100, augment=True)
+    again, angles2 = epoch_order(0, 3, 100, augment=True)
+    assert torch.equal(order, again) and torch.equal(angles, angles2)
+    assert sorted(order.tolist()) == list(range(100))
+    assert float(angles.min()) >= 0 and float(angles.max()) < 2 * math.pi
+    assert not torch.equal(order, epoch_order(0, 4, 100, augment=True)[0])
+    assert not torch.equal(order, epoch_order(1, 3, 100, augment=True)[0])
+    assert epoch_order(0, 3, 100, augment=False)[1] is None
+
+
+@pytest.mark.parametrize(("n", "world"), [(10, 1), (10, 2), (11, 2), (7, 3), (2, 4)])
+def test_shards_cover_every_sample_with_equal_lengths(n, world):
+    shards = [shard_positions(n, r, world) for r in range(world)]
+    assert len({len(s) for s in shards}) == 1
+    assert set(torch.cat(shards).tolist()) == set(range(n))
+    assert len(torch.cat(shards)) == math.ceil(n / world) * world
+
+
+@pytest.mark.slow
+def test_a_run_writes_everything(tmp_path, data_env):
+    out = tmp_path / "run"
+    summary = train(tiny(epochs=2), out, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.pt",
+        "config.json",
+        "curves.png",
+        "metrics.jsonl",
+        "model.safetensors",
+        "summary.json",
+    ]
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert summary["test_n"] == 100 and summary["test"]["n"] == 100
+    assert summary["test_error"] == pytest.approx(1 - summary["test_accuracy"])
+    assert summary["data"]["variant"] == "standin" and summary["data"]["standin"] is True
+    assert summary["data"]["train_n"] == 64 and summary["parameters"] > 0
+    assert summary["config"]["model_options"] == {"width": 0.5} and summary["seed"] == 0
+    assert summary["device"] == "cpu" and summary["versions"]["torch"]
+    assert 1 <= summary["best_epoch"] <= 2 and summary["epochs"] == 2
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for row in rows:
+        assert {
+            "epoch",
+            "lr",
+            "train_loss",
+            "train_acc",
+            "valid_loss",
+            "valid_acc",
+            "seconds",
+            "images_per_s",
+        } <= set(row)
+        assert row["train_n"] == 64 and 0 <= row["valid_acc"] <= 1
+    best = rows[summary["best_epoch"] - 1]
+    assert summary["valid_accuracy"] == best["valid_acc"]
+    extra = read_model_config(out)["extra"]
+    assert extra["test_accuracy"] == summary["test_accuracy"] and extra["data_variant"] == "standin"
+    assert extra["epoch"] == summary["best_epoch"]
+    assert (out / "curves.png").read_bytes().startswith(PNG_MAGIC)
+    state = load_training_state(out / "checkpoint.pt")
+    assert state["epoch"] == 2 and state["step_in_epoch"] == 0
+    assert {"model", "optimizer", "scheduler", "rng", "best", "config", "history"} <= set(state)
+    # the saved model is the best epoch's, and it reproduces the test accuracy
+    model = load_model(out)
+    from hnets.data import RotMNIST
+
+    test = RotMNIST(data_env, "test", variant="standin", limit=100)
+    with torch.no_grad():
+        accuracy = (model(test.images).argmax(1) == test.labels).float().mean().item()
+    assert accuracy == pytest.approx(summary["test_accuracy"])
+
+
+@pytest.mark.slow
+def test_same_seed_same_result_other_seed_other_result(tmp_path, data_env):
+    first = train(tiny(), tmp_path / "a", progress=False)
+    second = train(tiny(), tmp_path / "b", progress=False)
+    other = train(tiny(seed=1), tmp_path / "c", progress=False)
+    assert metrics(tmp_path / "a") == metrics(tmp_path / "b")
+    assert first["test"] == second["test"]
+    assert same_weights(tmp_path / "a", tmp_path / "b")
+    assert not same_weights(tmp_path / "a", tmp_path / "c")
+    assert metrics(tmp_path / "a") != metrics(tmp_path / "c") or other["test"] != first["test"]
+
+
+@pytest.mark.slow
+def test_loader_workers_see_the_same_data_stream(tmp_path, data_env):
+    train(tiny(model="cnn"), tmp_path / "a", progress=False)
+    train(tiny(model="cnn", num_workers=1), tmp_path / "b", progress=False)
+    assert metrics(tmp_path / "a") == metrics(tmp_path / "b")
+
+
+@pytest.mark.slow
+def test_an_existing_run_is_never_overwritten_by_accident(tmp_path, data_env):
+    out = tmp_path / "run"
+    train(tiny(), out, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(HNetsError, match="already holds a run") as info:
+        train(tiny(seed=3), out, progress=False)
+    assert "\n" not in str(info.value) and "--resume" in str(info.value)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # a directory with unrelated files is fine to train into
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "README.txt").write_text("mine")
+    train(tiny(), tmp_path / "notes", progress=False)
+    assert (tmp_path / "notes" / "README.txt").read_text() == "mine"
+    # --overwrite starts afresh
+    train(tiny(seed=3), out, overwrite=True, progress=False)
+    assert json.loads((out / "summary.json").read_text())["seed"] == 3
+    assert len(metrics(out)) == 1
+
+
+@pytest.mark.slow
+def test_resume_extends_a_finished_run_and_refuses_other_settings(tmp_path, data_env):
+    out = tmp_path / "run"
+    train(tiny(), out, progress=False)
+    with pytest.raises(HNetsError, match=r"settings differ \(lr 0.003 -> 0.1\)"):
+        train(tiny(lr=0.1, epochs=2), out, resume=True, progress=False)
+    summary = train(tiny(epochs=2), out, resume=True, progress=False)
+    assert [r["epoch"] for r in metrics(out)] == [1, 2] and summary["epochs"] == 2
+    with pytest.raises(HNetsError, match="epochs 2 -> 1"):
+        train(tiny(epochs=1), out, resume=True, progress=False)
+    straight = tmp_path / "straight"
+    train(tiny(epochs=2), straight, progress=False)
+    # extending 1 -> 2 epochs changes the schedule of epoch 2, so only epoch 1 must agree
+    assert metrics(out)[0] == metrics(straight)[0]
+
+
+@pytest.mark.slow
+def test_train_plus_valid_keeps_the_last_epoch(tmp_path, data_env):
+    summary = train(
+        tiny(train_split="train+valid", epochs=2, model="cnn"), tmp_path / "r", progress=False
+    )
+    assert summary["best_epoch"] == 2 and summary["valid_accuracy"] is None
+    assert all(row["valid_acc"] is None for row in metrics(tmp_path / "r"))
+    assert (tmp_path / "r" / "curves.png").is_file()
+
+
+@pytest.mark.slow
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
+    tmp_path, data_env, monkeypatch
+):
+    real = training.lr_at
+
+    def explode_in_epoch_two(config, step, steps_per_epoch):
+        return 1e30 if step >= steps_per_epoch else real(config, step, steps_per_epoch)
+
+    monkeypatch.setattr(training, "lr_at", explode_in_epoch_two)
+    out = tmp_path / "run"
+    with pytest.raises(HNetsError, match=r"NaN or infinite at epoch 2, step \d") as info:
+        train(tiny(epochs=3, optimizer="sgd"), out, progress=False)
+    assert "\n" not in str(info.value) and "epoch 1" in str(info.value)
+    assert load_training_state(out / "checkpoint.pt")["epoch"] == 1
+    assert len(metrics(out)) == 1 and not (out / "summary.json").exists()
+    assert all(torch.isfinite(w).all() for w in weights(out).values())
