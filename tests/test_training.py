@@ -261,3 +261,22 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     assert load_training_state(out / "checkpoint.pt")["epoch"] == 1
     assert len(metrics(out)) == 1 and not (out / "summary.json").exists()
     assert all(torch.isfinite(w).all() for w in weights(out).values())
+
+
+@pytest.mark.slow
+def test_a_checkpoint_whose_contents_do_not_fit_is_refused(tmp_path, data_env):
+    from hnets import build_model
+    from hnets.checkpoint import save_training_state
+
+    out = tmp_path / "run"
+    train(tiny(model="cnn"), out, progress=False)
+    good = load_training_state(out / "checkpoint.pt")
+    save_training_state(
+        out / "checkpoint.pt", {**good, "model": build_model("hnet", width=0.5).state_dict()}
+    )
+    with pytest.raises(HNetsError, match="checkpoint.pt does not fit this run") as info:
+        train(tiny(model="cnn", epochs=2), out, resume=True, progress=False)
+    assert "\n" not in str(info.value)
+    save_training_state(out / "checkpoint.pt", {k: v for k, v in good.items() if k != "history"})
+    with pytest.raises(HNetsError, match="does not fit"):
+        train(tiny(model="cnn", epochs=2), out, resume=True, progress=False)

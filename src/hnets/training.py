@@ -284,7 +284,7 @@ def _train(
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     run = _RunState()
     if saved is not None:
-        run = _restore(saved, model, optimizer, scaler, world)
+        run = _restore(saved, model, optimizer, scaler, out_dir / CHECKPOINT_FILE)
         if world.is_main:
             _rewrite_outputs(out_dir, config, data, run)
     net: nn.Module = torch.compile(model) if config.compile else model
@@ -834,7 +834,7 @@ def _restore(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
-    world: _World,
+    path: Path,
 ) -> _RunState:
     try:
         model.load_state_dict(saved["model"])
@@ -852,7 +852,7 @@ def _restore(
         )
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{CHECKPOINT_FILE} does not fit this run ({reason[:200]})") from None
+        raise CheckpointError(f"{path} does not fit this run ({reason[:200]})") from None
 
 
 def _rewrite_outputs(out_dir: Path, config: TrainConfig, data: _Data, run: _RunState) -> None:
