@@ -18,7 +18,7 @@ from typing import IO, Any
 
 from .errors import HNetsError
 
-__all__ = ["atomic_write", "write_json", "read_json", "append_line"]
+__all__ = ["atomic_write", "write_json", "read_json", "append_line", "save_figure"]
 
 
 @contextlib.contextmanager
@@ -93,3 +93,17 @@ def append_line(path: str | os.PathLike[str], line: str) -> None:
     old = path.read_text() if path.exists() else ""
     with atomic_write(path, "w") as fh:
         fh.write(old + line.rstrip("\n") + "\n")
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 120) -> Path:
+    """Render a matplotlib ``Figure`` to PNG (Agg, no display needed) and write it atomically."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    with atomic_write(path, "wb") as fh:
+        fh.write(buffer.getvalue())
+    return Path(path)

@@ -8,7 +8,6 @@ in batches, decoding only one batch at a time; :func:`plot_confusion` and
 
 from __future__ import annotations
 
-import io
 import itertools
 import math
 import os
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._io import atomic_write
+from ._io import save_figure
 from .images import load_image
 
 __all__ = ["evaluate", "predict", "iter_predictions", "plot_confusion", "plot_curves"]
@@ -172,7 +171,7 @@ def plot_confusion(
     ax.set_ylabel("true")
     ax.set_title(title or "confusion matrix")
     fig.colorbar(im, ax=ax, label="share of the true class")
-    return _write_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
@@ -191,15 +190,7 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike[st
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend()
-    return _write_figure(fig, path)
-
-
-def _write_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    with atomic_write(path, "wb") as fh:
-        fh.write(buffer.getvalue())
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def _model_device(model: nn.Module) -> torch.device:

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._io import atomic_write, write_json
+from ._io import atomic_write, save_figure, write_json
 from .data import RotMNIST, ensure_dataset, rotate_images
 from .equivariance import disc_mask
 
@@ -70,14 +69,6 @@ def _label(checkpoint: str | Path, name: str) -> str:
     return f"{name} ({Path(checkpoint).name})"
 
 
-def _save_figure(fig: Any, path: Path) -> Path:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    with atomic_write(path, "wb") as fh:
-        fh.write(buffer.getvalue())
-    return path
-
-
 def robustness_study(
     checkpoints: Sequence[str | Path],
     *,
@@ -124,7 +115,7 @@ def robustness_study(
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(f"Rot-MNIST ({test.variant}), {len(test)} test images")
-    _save_figure(fig, files[2])
+    save_figure(fig, files[2])
     header = "angle  " + "  ".join(f"{k:>28s}" for k in curves)
     rows = [
         f"{a:5.0f}  " + "  ".join(f"{100 * curves[k][i]:27.2f}%" for k in curves)
@@ -236,7 +227,7 @@ def equivariance_study(
             axes[row, col].set_yticks([])
             axes[row, col].set_title(f"{titles[col]}{' (input +45°)' if row else ''}", fontsize=9)
     fig.suptitle(f"{name}: feature maps follow the input's rotation", fontsize=10)
-    _save_figure(fig, files[1])
+    save_figure(fig, files[1])
 
     n_layers = len(report["layers"][0]) if report["layers"] else 0
     header = "angle   logits  " + "  ".join(f"layer{i + 1:>2d}" for i in range(n_layers))

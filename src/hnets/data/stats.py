@@ -1,7 +1,7 @@
 """Dataset analysis: per-split sizes, class balance, angle distribution, and figures.
 
 Figures are drawn with matplotlib's Agg canvas (no pyplot, no display needed) and
-written as PNG through :func:`hnets._io.atomic_write`.
+written as PNG through :func:`hnets._io.save_figure` (atomic).
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .._io import atomic_write
+from .._io import save_figure
 from .cache import SPLITS, SplitArrays, load_split, read_manifest
 from .rotmnist import locate_variant
 
@@ -198,7 +197,4 @@ def _angle_histogram(data: dict[str, SplitArrays], title: str) -> Figure:
 
 
 def _save(fig: Figure, path: Path) -> None:
-    FigureCanvasAgg(fig)
-    with atomic_write(path, "wb") as fh:
-        fig.savefig(fh, format="png", dpi=100)
-    path.chmod(0o644)  # atomic_write's temporary file is private
+    save_figure(fig, path, dpi=100)
