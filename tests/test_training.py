@@ -31,6 +31,7 @@ def tiny(**changes) -> TrainConfig:
         limit_train=64,
         limit_eval=100,
         device="cpu",
+        train_split="train",
     )
     return dataclasses.replace(base, **changes)
 
@@ -50,17 +51,19 @@ def same_weights(a, b) -> bool:
 
 
 def test_the_recipe_lives_in_one_place():
-    c = TrainConfig()
+    c = TrainConfig().check()
     assert (c.model, c.epochs, c.batch_size, c.optimizer, c.lr, c.weight_decay) == (
         "hnet",
-        30,
+        60,
         64,
         "adamw",
-        3e-3,
+        5e-3,
         1e-4,
     )
     assert (c.schedule, c.warmup_epochs, c.label_smoothing, c.augment) == ("cosine", 1, 0.05, True)
-    assert (c.train_split, c.seed) == ("train", 0)
+    assert (c.train_split, c.seed) == ("train+valid", 0)
+    assert TrainConfig(model="cnn").check().lr == 1e-2  # each model's tuned peak rate
+    assert TrainConfig(model="cnn", lr=0.5).check().lr == 0.5
     assert TrainConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
 
 
@@ -222,7 +225,7 @@ def test_an_existing_run_is_never_overwritten_by_accident(tmp_path, data_env):
 def test_resume_extends_a_finished_run_and_refuses_other_settings(tmp_path, data_env):
     out = tmp_path / "run"
     train(tiny(), out, progress=False)
-    with pytest.raises(HNetsError, match=r"settings differ \(lr 0.003 -> 0.1\)"):
+    with pytest.raises(HNetsError, match=r"settings differ \(lr 0.005 -> 0.1\)"):
         train(tiny(lr=0.1, epochs=2), out, resume=True, progress=False)
     summary = train(tiny(epochs=2), out, resume=True, progress=False)
     assert [r["epoch"] for r in metrics(out)] == [1, 2] and summary["epochs"] == 2

@@ -107,6 +107,10 @@ _SYNC_EVERY = 10  # steps between checks for NaN and Ctrl-C (each check waits fo
 _NO_STEP = 2.0**40
 
 
+#: Peak learning rate of the recipe, per model (chosen on validation error: see the README).
+DEFAULT_LR = {"hnet": 5e-3, "cnn": 1e-2}
+
+
 @dataclass
 class TrainConfig:
     """A training run's settings: plain, JSON-serialisable data (the recipe's defaults here).
@@ -114,7 +118,8 @@ class TrainConfig:
     Attributes:
         model: ``"hnet"`` or ``"cnn"``; ``model_options`` go to :func:`hnets.build_model`
             (``width``, ``max_order``, ...).
-        epochs, batch_size (per process), lr (peak), weight_decay: the usual.
+        epochs, batch_size (per process), lr (peak; ``None`` takes the model's recipe
+            value from :data:`DEFAULT_LR`), weight_decay: the usual.
         schedule: ``cosine`` (linear warmup over ``warmup_epochs``, then cosine to 0),
             ``onecycle`` (cosine up from ``lr/25`` over 30% of the steps, then down to
             ``lr/25e4``), ``step`` (x0.1 at 1/2 and 3/4 of the epochs) or ``constant``;
@@ -140,16 +145,16 @@ class TrainConfig:
 
     model: str = "hnet"
     model_options: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 30
+    epochs: int = 60
     batch_size: int = 64
-    lr: float = 3e-3
+    lr: float | None = None  # None: the model's recipe value, DEFAULT_LR
     schedule: str = "cosine"
     warmup_epochs: float = 1.0
     optimizer: str = "adamw"
     weight_decay: float = 1e-4
     label_smoothing: float = 0.05
     augment: bool = True
-    train_split: str = "train"
+    train_split: str = "train+valid"
     seed: int = 0
     device: str = "auto"
     amp: bool = False
@@ -196,6 +201,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
+        if self.lr is None:
+            self.lr = DEFAULT_LR[self.model]
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         if not 0 <= self.weight_decay < math.inf:
