@@ -5,7 +5,7 @@ import math
 import torch
 
 import hnets
-from hnets.studies import feature_equivariance, robustness_curve
+from hnets.studies import accuracy_by_angle, feature_equivariance, robustness_curve
 
 
 class _Oriented(torch.nn.Module):
@@ -44,3 +44,14 @@ def test_feature_equivariance_report_quarter_turns_exact_other_angles_small():
     cnn_report = feature_equivariance(cnn, images, [90])
     assert cnn_report["logits"][0] > 100 * max(report["logits"][0], 1e-7)
     assert math.isfinite(sum(cnn_report["layers"][0]))
+
+
+def test_accuracy_by_stored_angle_bins_each_image_by_its_own_rotation():
+    images = torch.zeros(8, 1, 28, 28)
+    images[:, :, 2:10, 8:20] = 1.0  # all bright on top -> predicted class 1
+    labels = torch.tensor([1, 1, 1, 1, 0, 0, 0, 0])
+    angles = torch.tensor([0.1, 0.2, 0.3, 0.4, 3.2, 3.3, 3.4, 3.5])  # radians: two bins
+    centres, accs, counts = accuracy_by_angle(_Oriented(), images, labels, angles, 90.0)
+    assert centres == [45.0, 135.0, 225.0, 315.0]
+    assert counts == [4, 0, 4, 0]
+    assert accs[0] == 1.0 and accs[2] == 0.0 and math.isnan(accs[1])

@@ -24,6 +24,7 @@ from .equivariance import disc_mask
 
 __all__ = [
     "robustness_curve",
+    "accuracy_by_angle",
     "robustness_study",
     "feature_equivariance",
     "equivariance_study",
@@ -58,6 +59,41 @@ def robustness_curve(
     return accuracies
 
 
+def accuracy_by_angle(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    angles: torch.Tensor,
+    step_degrees: float,
+    *,
+    batch_size: int = 500,
+) -> tuple[list[float], list[float], list[int]]:
+    """Accuracy binned by each image's own rotation angle (bins of ``step_degrees``).
+
+    Uses the angles stored with the stand-in: no further resampling of the images.
+    Returns the bin centres (degrees), the accuracy in each bin and its image count.
+    """
+    model.eval()
+    with torch.inference_mode():
+        hits = torch.cat(
+            [
+                model(images[i : i + batch_size]).argmax(1) == labels[i : i + batch_size]
+                for i in range(0, len(labels), batch_size)
+            ]
+        )
+    degrees = torch.rad2deg(angles.double()) % 360
+    n_bins = int(math.ceil(360 / step_degrees - 1e-9))
+    bins = (degrees // step_degrees).long().clamp(max=n_bins - 1)
+    centres, accs, counts = [], [], []
+    for b in range(n_bins):
+        picked = bins == b
+        n = int(picked.sum())
+        centres.append((b + 0.5) * step_degrees)
+        accs.append(float(hits[picked].double().mean()) if n else math.nan)
+        counts.append(n)
+    return centres, accs, counts
+
+
 def _load(checkpoint: str | Path) -> tuple[nn.Module, str]:
     from .checkpoint import load_model
 
@@ -77,8 +113,15 @@ def robustness_study(
     data_dir: str | Path | None = None,
     variant: str | None = None,
     out_dir: Path = Path("robustness"),
+    by_stored_angle: bool = False,
 ) -> dict[str, Any]:
-    """Run :func:`robustness_curve` for each checkpoint; write JSON, CSV and one figure."""
+    """Run :func:`robustness_curve` for each checkpoint; write JSON, CSV and one figure.
+
+    With ``by_stored_angle`` the test images are not rotated further: accuracy is
+    binned by the rotation each image already has (:func:`accuracy_by_angle`; the
+    stand-in and upright variants store it), which is what a model trained on
+    upright digits should be judged by.
+    """
     from matplotlib.figure import Figure
 
     if step_degrees <= 0 or step_degrees > 360:
@@ -86,15 +129,28 @@ def robustness_study(
     root = ensure_dataset(data_dir, variant)
     test = RotMNIST(root, "test", limit=limit)
     angles = [i * step_degrees for i in range(int(math.ceil(360 / step_degrees - 1e-9)))]
+    if by_stored_angle and test.angles is None:
+        raise ValueError(
+            f"the {test.variant} data stores no rotation angles: drop --by-stored-angle"
+        )
     curves: dict[str, list[float]] = {}
+    counts: list[int] | None = None
     for checkpoint in checkpoints:
         model, name = _load(checkpoint)
-        curves[_label(checkpoint, name)] = robustness_curve(model, test.images, test.labels, angles)
+        if by_stored_angle:
+            angles, accs, counts = accuracy_by_angle(
+                model, test.images, test.labels, test.angles, step_degrees
+            )
+        else:
+            accs = robustness_curve(model, test.images, test.labels, angles)
+        curves[_label(checkpoint, name)] = accs
     result = {
         "angles_degrees": angles,
         "n_images": len(test),
         "data": str(root),
         "variant": test.variant,
+        "mode": "by stored angle" if by_stored_angle else "extra rotation",
+        "images_per_angle": counts,
         "accuracy": curves,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -109,7 +165,11 @@ def robustness_study(
     ax = fig.subplots()
     for label, accs in curves.items():
         ax.plot(angles, [100 * a for a in accs], "o-", label=label)
-    ax.set_xlabel("extra rotation of every test image (degrees)")
+    ax.set_xlabel(
+        "rotation of the test digit (degrees, bin centre)"
+        if by_stored_angle
+        else "extra rotation of every test image (degrees)"
+    )
     ax.set_ylabel("test accuracy (%)")
     ax.set_xticks(range(0, 361, 45))
     ax.grid(alpha=0.3)

@@ -46,6 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     rob.add_argument("--data-dir")
     rob.add_argument("--variant")
     rob.add_argument("--out", default="robustness", help="output directory for JSON, CSV, figure")
+    rob.add_argument(
+        "--by-stored-angle",
+        action="store_true",
+        help="bin accuracy by each test image's own rotation (stand-in data) "
+        "instead of rotating the images further",
+    )
     rob.set_defaults(handler=_robustness)
 
     eqv = sub.add_parser("equivariance", help="how logits and feature maps change under rotations")
@@ -101,6 +107,7 @@ def _robustness(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         variant=args.variant,
         out_dir=Path(args.out),
+        by_stored_angle=args.by_stored_angle,
     )
     print(result["table"])
     print(f"wrote {', '.join(str(p) for p in result['files'])}", file=sys.stderr)
