@@ -19,7 +19,7 @@ export HNETS_MNIST_DIR := $(abspath ../shared/data/mnist)
 endif
 endif
 
-.PHONY: train demo test venv bench lint clean
+.PHONY: train demo test venv bench bench-e2cnn lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,8 +49,17 @@ test: venv
 bench: venv
 	$(BIN)/hnets bench
 
+# e2cnn 0.2.3 (the latest release) needs NumPy < 2, so it gets a venv of its own
+.venv-e2cnn/bin/python:
+	$(PYTHON) -m venv .venv-e2cnn
+	.venv-e2cnn/bin/python -m pip install --quiet "$(TORCH)" "numpy<2" e2cnn tqdm matplotlib safetensors pillow
+	.venv-e2cnn/bin/python -m pip install --quiet --no-deps -e .
+
+bench-e2cnn: .venv-e2cnn/bin/python
+	.venv-e2cnn/bin/python benchmarks/e2cnn_compare.py
+
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-e2cnn runs .pytest_cache .ruff_cache
