@@ -7,11 +7,14 @@ The e2cnn network mirrors ``HNetMNIST`` layer for layer, on the group SO(2) with
 irreps of frequency 0 and 1 (``Rot2dOnR2(N=-1, maximum_frequency=1)``):
 
 * an H-Net channel holds a complex order-0 stream (two real invariant numbers) and a
-  complex order-1 stream (one frequency-1 irrep): in e2cnn that is the field
-  ``irrep(0) + irrep(0) + irrep(1)``, 4 real dimensions, the same dense width;
+  complex order-1 stream (one frequency-1 irrep): in e2cnn, two fields,
+  ``irrep(0) + irrep(0)`` and ``irrep(1)``, 4 real dimensions, the same dense width;
 * ``R2Conv`` (5x5, SO(2)-steerable basis with its default radial rings), then
-  ``NormNonLinearity('n_relu')`` after odd layers and ``NormBatchNorm`` + the same
-  nonlinearity after even ones, ``PointwiseAvgPool(2)`` after blocks one and two;
+  ``NormNonLinearity('n_relu')`` (a ReLU of each field's norm with a bias: exactly
+  the H-Net's magnitude nonlinearity per stream) after odd layers and
+  ``GNormBatchNorm`` + the same nonlinearity after even ones (``NormBatchNorm``
+  refuses fields that contain trivial irreps), ``PointwiseAvgPool(2)`` after blocks
+  one and two;
 * the last ``R2Conv`` maps to 10 fields of ``irrep(0) + irrep(0)`` (a complex
   order-0 stream per class), ``NormPool`` takes their magnitudes, then a spatial
   mean and a bias per class, as in ``HNetMNIST``.
@@ -28,11 +31,10 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hnets import count_parameters
-from hnets.bench import compare, machine_description
+from hnets.bench import compare_models, machine_description
 from hnets.models import HNetMNIST
 
 
@@ -43,7 +45,6 @@ def build_e2cnn(channels: tuple[int, ...] = (8, 8, 16, 16, 32, 32), n_classes: i
 
     gs = gspaces.Rot2dOnR2(N=-1, maximum_frequency=1)
     irr0, irr1 = gs.irrep(0), gs.irrep(1)
-    h_channel = directsum([irr0, irr0, irr1], name="h-channel")
     complex0 = directsum([irr0, irr0], name="complex-order-0")
 
     class E2HNet(nn.Module):
@@ -53,10 +54,10 @@ def build_e2cnn(channels: tuple[int, ...] = (8, 8, 16, 16, 32, 32), n_classes: i
             layers = []
             in_type = self.input_type
             for i, c in enumerate(channels):
-                out_type = enn.FieldType(gs, c * [h_channel])
+                out_type = enn.FieldType(gs, c * [complex0, irr1])
                 layers.append(enn.R2Conv(in_type, out_type, kernel_size=5, padding=2, bias=False))
                 if i % 2 == 1:
-                    layers.append(enn.NormBatchNorm(out_type))
+                    layers.append(enn.GNormBatchNorm(out_type))
                 layers.append(enn.NormNonLinearity(out_type, function="n_relu", bias=True))
                 if i in (1, 3):
                     layers.append(enn.PointwiseAvgPool(out_type, 2))
@@ -88,36 +89,12 @@ def main(batch: int = 46, repeats: int = 7) -> None:
         builds["e2cnn"].append(time.perf_counter() - start)
     models = {"hnets HNetMNIST": ours, "e2cnn": theirs}
     x = torch.rand(batch, 1, 28, 28)
-    y = torch.randint(0, 10, (batch,))
     with torch.no_grad():
         theirs.eval()
         turned = (theirs(torch.rot90(x, 1, dims=(-2, -1))) - theirs(x)).abs().max().item()
     print(f"e2cnn model: max logit change under a quarter turn {turned:.1e} (sanity check)")
-    opts = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in models.items()}
-
-    def train_step(name: str):
-        model, opt = models[name], opts[name]
-
-        def step() -> None:
-            model.train()
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-
-        return step
-
-    def infer(name: str):
-        model = models[name]
-
-        def run() -> None:
-            model.eval()
-            with torch.no_grad():
-                model(x)
-
-        return run
-
-    train = compare({k: train_step(k) for k in models}, repeats=repeats)
-    inference = compare({k: infer(k) for k in models}, repeats=repeats)
+    timings = compare_models(models, batch=batch, repeats=repeats)
+    train, inference = timings["train"], timings["inference"]
     print(f"\n{'':18s} {'params':>8s} {'build (s)':>10s} {'train img/s':>12s} {'infer img/s':>12s}")
     for i, name in enumerate(models):
         print(
@@ -125,8 +102,9 @@ def main(batch: int = 46, repeats: int = 7) -> None:
             f"{statistics.median(builds[name]):10.3f} {batch / train[i].median_s:12.0f} "
             f"{batch / inference[i].median_s:12.0f}"
         )
+    build_ratio = statistics.median(builds["e2cnn"]) / statistics.median(builds["hnets HNetMNIST"])
     print(
-        f"\nhnets / e2cnn: build {statistics.median(builds['e2cnn']) / statistics.median(builds['hnets HNetMNIST']):.0f}x faster, "
+        f"\nhnets / e2cnn: build {build_ratio:.0f}x faster, "
         f"training {train[1].median_s / train[0].median_s:.2f}x faster, "
         f"inference {inference[1].median_s / inference[0].median_s:.2f}x faster"
     )

@@ -1,0 +1,43 @@
+"""The shipped pretrained models load from a fresh clone and reproduce their reported figures."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import hnets
+from hnets.cli import main
+
+PRETRAINED = Path(__file__).resolve().parents[1] / "pretrained"
+NAMES = ["hnet-rotmnist", "cnn-rotmnist"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_load_model_works_and_carries_its_recipe(name):
+    model = hnets.load_model(PRETRAINED / name)
+    assert not model.training
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    summary = json.loads((PRETRAINED / name / "summary.json").read_text())
+    assert summary["data"]["standin"] is True and summary["test_n"] == 50_000
+    assert hnets.count_parameters(model) == summary["parameters"] <= 35_000
+    assert summary["config"]["train_split"] == "train+valid"
+
+
+def test_pretrained_hnet_is_invariant_to_quarter_turns():
+    model = hnets.load_model(PRETRAINED / "hnet-rotmnist")
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(model(torch.rot90(x, 1, dims=(-2, -1))), model(x),
+                                   atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_hnets_test_reproduces_the_reported_test_accuracy_exactly(name, data_env, capsys):
+    summary = json.loads((PRETRAINED / name / "summary.json").read_text())
+    assert main(["test", "--checkpoint", str(PRETRAINED / name), "--json",
+                 "--figure", str(data_env / f"{name}-confusion.png")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 50_000
+    assert result["accuracy"] == summary["test_accuracy"]
