@@ -40,7 +40,7 @@ train: venv
 
 demo: venv
 	$(BIN)/hnets data prepare
-	$(BIN)/hnets train --model hnet --epochs 1 --limit-train 2000 --limit-eval 2000 --out runs/demo --overwrite
+	$(BIN)/hnets train --model hnet --epochs 3 --train-split train --limit-train 5000 --limit-eval 2000 --out runs/demo --overwrite
 	$(BIN)/hnets test --checkpoint runs/demo --limit 2000
 
 test: venv
