@@ -217,17 +217,17 @@ def export_onnx(model: nn.Module, path: str | Path, *, opset: int = 18) -> Path:
     return path
 
 
-def _throughput(fn, images: torch.Tensor, batch_size: int, repeats: int = 3) -> float:  # noqa: ANN001
-    """Images per second of ``fn`` over ``images`` in batches (best of ``repeats``)."""
-    import time
+_TIMED_IMAGES = 5000
 
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
+
+def _over(fn, images: torch.Tensor, batch_size: int):  # noqa: ANN001, ANN202
+    """A callable that runs ``fn`` on ``images`` batch by batch."""
+
+    def run() -> None:
         for i in range(0, len(images), batch_size):
             fn(images[i : i + batch_size])
-        best = min(best, time.perf_counter() - start)
-    return len(images) / best
+
+    return run
 
 
 def _agreement(logits: torch.Tensor, reference: torch.Tensor) -> tuple[float, int]:
@@ -256,8 +256,9 @@ def export_checkpoint(
     """Export a checkpoint and check the copies against the original on test images.
 
     Plain PyTorch must agree to 1e-5 and ONNX (run by onnxruntime) to 1e-4 in the
-    logits, with identical predictions; both are timed side by side with the
-    original in eval mode. Raises :class:`HNetsError` when a check fails.
+    logits, with identical predictions; all are timed side by side (interleaved,
+    medians) with the original in eval mode on up to 5,000 of the images. Raises
+    :class:`HNetsError` when a check fails.
     """
     from .checkpoint import load_model
     from .data import RotMNIST, ensure_dataset
@@ -291,9 +292,10 @@ def export_checkpoint(
         with torch.inference_mode():
             plain(x)
 
-    speeds = {
-        "original (eval)": _throughput(run_original, images, batch_size),
-        "exported plain PyTorch": _throughput(run_plain, images, batch_size),
+    timed = images[:_TIMED_IMAGES]  # agreement is checked on all images, speed on these
+    candidates = {
+        "original (eval)": _over(run_original, timed, batch_size),
+        "exported plain PyTorch": _over(run_plain, timed, batch_size),
     }
     if script_path is not None:
         from ._io import atomic_write
@@ -328,9 +330,12 @@ def export_checkpoint(
                 f"ONNX model disagrees with the original (max diff {onnx_diff:.2e}, "
                 f"{onnx_changed} predictions changed)"
             )
-        speeds["ONNX (onnxruntime)"] = _throughput(
-            lambda x: session.run(None, {name: x.numpy()}), images, batch_size
+        candidates["ONNX (onnxruntime)"] = _over(
+            lambda x: session.run(None, {name: x.numpy()}), timed, batch_size
         )
+    from .bench import compare
+
+    speeds = {t.name: len(timed) / t.median_s for t in compare(candidates, repeats=5, warmup=1)}
     base = speeds["original (eval)"]
     lines += [f"  {k:24s} {v:8.0f} images/s  ({v / base:.2f}x)" for k, v in speeds.items()]
     return {"lines": lines, "max_diff": diff, "speeds": speeds}

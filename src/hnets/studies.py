@@ -217,11 +217,18 @@ def feature_equivariance(
 
     For each angle: ``|f(R x) - f(x)| / |f(x)|`` for the logits (invariance) and, per
     layer, ``|F(R x) - R F(x)| / |R F(x)|`` inside the central disc of each map.
-    Quarter turns rotate the grid exactly; other angles resample (bilinear).
+    Quarter turns rotate the grid exactly; other angles resample (bilinear), which
+    itself blurs the digit: ``logits_resampling_floor`` is the logits' change under
+    the round trip ``R(-a) R(a) x``, the part of the change that any model would see.
     """
     model.eval()
     base = _feature_maps(model, images)
-    report: dict[str, Any] = {"angles_degrees": list(angles_degrees), "logits": [], "layers": []}
+    report: dict[str, Any] = {
+        "angles_degrees": list(angles_degrees),
+        "logits": [],
+        "logits_resampling_floor": [],
+        "layers": [],
+    }
     for degrees in angles_degrees:
         quarter = degrees % 90 == 0
         k = int(degrees // 90) % 4
@@ -235,6 +242,13 @@ def feature_equivariance(
 
         turned = _feature_maps(model, turn(images))
         report["logits"].append(_rel(turned[0], base[0]))
+        floor = None
+        if not quarter:
+            there_and_back = rotate_images(
+                rotate_images(images, math.radians(degrees)), -math.radians(degrees)
+            )
+            floor = _rel(_feature_maps(model, there_and_back)[0], base[0])
+        report["logits_resampling_floor"].append(floor)
         per_layer = []
         for got, ref in zip(turned[1:], base[1:], strict=True):
             mask = disc_mask(ref.shape[-1], ref.shape[-1] / 2 - 1.5)
@@ -290,11 +304,16 @@ def equivariance_study(
     save_figure(fig, files[1])
 
     n_layers = len(report["layers"][0]) if report["layers"] else 0
-    header = "angle   logits  " + "  ".join(f"layer{i + 1:>2d}" for i in range(n_layers))
+    header = "angle   logits  (floor)  " + "  ".join(f"layer{i + 1:>2d}" for i in range(n_layers))
     rows = [
-        f"{a:5.0f}  {lg:8.2e}  " + "  ".join(f"{v:7.1e}" for v in layers)
-        for a, lg, layers in zip(
-            report["angles_degrees"], report["logits"], report["layers"], strict=True
+        f"{a:5.0f}  {lg:8.2e}  {'    -   ' if fl is None else f'{fl:8.2e}'}  "
+        + "  ".join(f"{v:7.1e}" for v in layers)
+        for a, lg, fl, layers in zip(
+            report["angles_degrees"],
+            report["logits"],
+            report["logits_resampling_floor"],
+            report["layers"],
+            strict=True,
         )
     ]
     return {"report": report, "files": files, "table": "\n".join([header, *rows])}
