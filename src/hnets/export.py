@@ -255,8 +255,9 @@ def export_checkpoint(
 ) -> dict:
     """Export a checkpoint and check the copies against the original on test images.
 
-    Plain PyTorch must agree to 1e-5 and ONNX (run by onnxruntime) to 1e-4 in the
-    logits, with identical predictions; all are timed side by side (interleaved,
+    The logits must agree to 1e-5 (plain PyTorch) or 1e-4 (ONNX) plus 5e-5 of the
+    largest logit (float32 round-off grows with the logits' size), and no
+    prediction may change (ties aside); all are timed side by side (interleaved,
     medians) with the original in eval mode on up to 5,000 of the images. Raises
     :class:`HNetsError` when a check fails.
     """
@@ -266,19 +267,26 @@ def export_checkpoint(
     model = load_model(checkpoint)
     images = RotMNIST(ensure_dataset(data_dir, variant), "test", limit=n_images).images
     plain = export(model)
-    with torch.inference_mode():
-        reference = torch.cat(
-            [model(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-        )
-        exported = torch.cat(
-            [plain(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-        )
+
+    def logits(net) -> torch.Tensor:  # noqa: ANN001
+        with torch.inference_mode():
+            return torch.cat(
+                [net(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+            )
+
+    reference = logits(model)
+    # a trained model's logits reach tens, and float32 round-off grows with them (the
+    # pretrained H-Net's own float32-vs-float64 error is ~1e-4): tolerances are 1e-5
+    # (plain) and 1e-4 (ONNX) plus 5e-5 of the largest logit
+    scale = 5e-5 * reference.abs().max().item()
+    tolerance = 1e-5 + scale
+    exported = logits(plain)
     diff, changed = _agreement(exported, reference)
     lines = [
-        f"plain PyTorch: max |logit difference| {diff:.2e} on {len(images)} test images, "
-        f"{changed} predictions changed"
+        f"plain PyTorch: max |logit difference| {diff:.2e} on {len(images)} test images "
+        f"(largest |logit| {reference.abs().max().item():.1f}), {changed} predictions changed",
     ]
-    if diff > 1e-5 or changed:
+    if diff > tolerance or changed:
         raise HNetsError(
             f"exported model disagrees with the original (max diff {diff:.2e}, "
             f"{changed} predictions changed)"
@@ -322,10 +330,10 @@ def export_checkpoint(
         )
         onnx_diff, onnx_changed = _agreement(onnx_out, reference)
         lines.append(
-            f"ONNX ({onnx_path}): max |logit difference| {onnx_diff:.2e} (onnxruntime), "
+            f"ONNX ({onnx_path}, onnxruntime): max |logit difference| {onnx_diff:.2e}, "
             f"{onnx_changed} predictions changed"
         )
-        if onnx_diff > 1e-4 or onnx_changed:
+        if onnx_diff > 1e-4 + scale or onnx_changed:
             raise HNetsError(
                 f"ONNX model disagrees with the original (max diff {onnx_diff:.2e}, "
                 f"{onnx_changed} predictions changed)"
