@@ -78,10 +78,16 @@ class HConv2d(nn.Module):
     :math:`[0, 2\pi)`.
 
     **Speed.** The basis is a non-persistent buffer built once (it follows
-    ``.to(device, dtype)``). The filter bank comes from one contraction; the complex
-    convolution runs as Gauss's three real products (``(W_r, W_r + W_i, W_i - W_r)``
-    against ``(X_r + X_i, X_i, X_r)``) in one grouped ``conv2d`` call, 3/4 of the
-    work of the equivalent dense real convolution. In eval mode under
+    ``.to(device, dtype)``) and the filter bank comes from one contraction plus an
+    index gather, so synthesis costs next to nothing. All order pairs then go
+    through one real convolution with the dense filter bank
+    (:meth:`dense_weight`), or, with ``impl="gauss"``, through Gauss's three real
+    products (``W_r``, ``W_r + W_i``, ``W_i - W_r`` against ``X_r + X_i``, ``X_i``,
+    ``X_r``), 3/4 of the arithmetic. ``impl="auto"`` takes Gauss's trick only when
+    both sides have at least 64 complex streams: below that, three half-width
+    convolutions cost as much as one full-width one on CPU (``hnets bench``).
+    Outputs are stored channels-last (memory ``(B, H, W, C, M, 2)``), so the next
+    convolution reads them without a copy. In eval mode under
     ``torch.no_grad()``/``torch.inference_mode()`` the synthesised filter is cached
     and reused until a parameter changes, the module changes device or dtype, or
     ``.train()`` is called; the ``state_dict`` is the same in both modes.
@@ -99,6 +105,8 @@ class HConv2d(nn.Module):
         padding: ``"same"`` (``k // 2``), ``"valid"`` (0) or an integer.
         bias: add a learned complex bias to the order-0 output stream (the only
             stream where a constant commutes with rotations).
+        impl: ``"auto"``, ``"dense"`` or ``"gauss"``: how the convolution runs (same
+            result up to float round-off).
 
     Shape:
         - Input: ``(B, in_channels, in_max_order + 1, 2, H, W)``
