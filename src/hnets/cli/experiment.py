@@ -45,7 +45,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-size", type=int, default=s, help=f"per process (default {d.batch_size})"
     )
-    p.add_argument("--lr", type=float, default=s, help="peak learning rate (default: 5e-3 for hnet, 1e-2 for cnn)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=s,
+        help="peak learning rate (default: 5e-3 for hnet, 1e-2 for cnn)",
+    )
     p.add_argument("--schedule", default=s, help=f"{', '.join(SCHEDULES)} (default {d.schedule})")
     p.add_argument(
         "--warmup-epochs", type=float, default=s, help=f"linear warmup (default {d.warmup_epochs})"
