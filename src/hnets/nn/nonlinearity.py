@@ -13,26 +13,36 @@ from .functional import check_harmonic, from_pixel_major, pair_dot, to_pixel_maj
 __all__ = ["HNonLinearity"]
 
 
+def _magnitude_and_factor(
+    pairs: torch.Tensor, bias: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``|z|_eps`` and ``relu(|z|_eps + b) / |z|_eps`` of pixel-major pairs."""
+    mag = pair_dot(pairs, pairs).add_(eps).sqrt_()
+    return mag, (mag + bias).clamp_min_(0.0).div_(mag)
+
+
 class _MagnitudeReLU(torch.autograd.Function):
     """``z * relu(|z|_eps + b) / |z|_eps`` on pixel-major pairs ``(..., C, M, 2)``.
 
     Autograd through the composed ops stores and revisits about twice as many
-    full-size tensors; this version saves ``z``, ``|z|_eps`` and the factor and does
-    the backward in a handful of contiguous passes: with ``s = relu(|z| + b) / |z|``,
+    full-size tensors; this version saves only ``z`` (the factor and ``|z|`` are
+    recomputed in the backward, which costs less than keeping them costs memory) and
+    does the backward in a handful of contiguous passes: with ``s = relu(|z| + b) / |z|``,
     ``u = Re(conj(g) z) / |z|`` and the mask ``1[|z| + b > 0]``, the input gradient
     is ``g s + z u (mask - s) / |z|`` and the bias gradient is ``sum(u * mask)``.
     """
 
     @staticmethod
     def forward(ctx, pairs: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:  # noqa: ANN001
-        mag = pair_dot(pairs, pairs).add_(eps).sqrt_()
-        scale = (mag + bias).clamp_min_(0.0).div_(mag)
-        ctx.save_for_backward(pairs, mag, scale, bias)
+        ctx.save_for_backward(pairs, bias)
+        ctx.eps = eps
+        mag, scale = _magnitude_and_factor(pairs, bias, eps)
         return pairs * scale.unsqueeze(-1)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
-        pairs, mag, scale, bias = ctx.saved_tensors
+        pairs, bias = ctx.saved_tensors
+        mag, scale = _magnitude_and_factor(pairs, bias, ctx.eps)
         u = pair_dot(grad, pairs).div_(mag)
         mask = (mag + bias) > 0
         grad_bias = None
