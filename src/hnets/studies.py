@@ -20,7 +20,7 @@ from torch import nn
 
 from ._io import atomic_write, save_figure, write_json
 from .data import RotMNIST, ensure_dataset, rotate_images
-from .equivariance import disc_mask
+from .equivariance import disc_mask, relative_error
 
 __all__ = [
     "robustness_curve",
@@ -206,10 +206,6 @@ def _feature_maps(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     return [logits, *maps]
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm().clamp_min(1e-12))
-
-
 def feature_equivariance(
     model: nn.Module, images: torch.Tensor, angles_degrees: Sequence[float]
 ) -> dict[str, Any]:
@@ -241,18 +237,18 @@ def feature_equivariance(
             )
 
         turned = _feature_maps(model, turn(images))
-        report["logits"].append(_rel(turned[0], base[0]))
+        report["logits"].append(relative_error(turned[0], base[0]))
         floor = None
         if not quarter:
             there_and_back = rotate_images(
                 rotate_images(images, math.radians(degrees)), -math.radians(degrees)
             )
-            floor = _rel(_feature_maps(model, there_and_back)[0], base[0])
+            floor = relative_error(_feature_maps(model, there_and_back)[0], base[0])
         report["logits_resampling_floor"].append(floor)
         per_layer = []
         for got, ref in zip(turned[1:], base[1:], strict=True):
             mask = disc_mask(ref.shape[-1], ref.shape[-1] / 2 - 1.5)
-            per_layer.append(_rel(got[..., mask], turn(ref)[..., mask]))
+            per_layer.append(relative_error(got, turn(ref), mask))
         report["layers"].append(per_layer)
     return report
 

@@ -115,14 +115,14 @@ def write_stats_figures(
     written = []
     for split, arrays in data.items():
         path = out_dir / f"samples_{split}.png"
-        _save(_sample_grid(arrays, f"{title}, {split}"), path)
+        save_figure(_sample_grid(arrays, f"{title}, {split}"), path, dpi=100)
         written.append(path)
     path = out_dir / "class_histogram.png"
-    _save(_class_histogram(data, title), path)
+    save_figure(_class_histogram(data, title), path, dpi=100)
     written.append(path)
     if all(arrays.angles is not None for arrays in data.values()):
         path = out_dir / "angle_histogram.png"
-        _save(_angle_histogram(data, title), path)
+        save_figure(_angle_histogram(data, title), path, dpi=100)
         written.append(path)
     return written
 
@@ -194,7 +194,3 @@ def _angle_histogram(data: dict[str, SplitArrays], title: str) -> Figure:
     ax.set_title(f"{title}: angles")
     ax.legend(fontsize=8, ncols=len(data), loc="lower center")
     return fig
-
-
-def _save(fig: Figure, path: Path) -> None:
-    save_figure(fig, path, dpi=100)
