@@ -1,8 +1,15 @@
 """The benchmark helpers run and report ratios (timings themselves are never asserted)."""
 
+import pytest
 import torch
 
-from hnets.bench import compare, dense_equivalent_cnn, format_report
+from hnets.bench import (
+    compare,
+    dense_equivalent_cnn,
+    format_report,
+    saved_activation_bytes,
+    training_step_peak_bytes,
+)
 from hnets.models import HNetMNIST
 
 
@@ -33,7 +40,34 @@ def test_format_report_prints_ratios():
             "batch": 46,
             "conv": timings,
             "models": {"train": timings},
-            "memory": {"x": 1.0},
+            "memory": {"x": {"step peak": 1.0}},
         }
     )
     assert "ratio" in text and "speed-up" in text and "MiB" in text
+
+
+def test_training_step_memory_of_the_hnet_stays_below_the_dense_equivalent_cnn():
+    """Issue #2's memory bound, measured exactly (byte counts, not timings)."""
+    hnet = HNetMNIST()
+    plain = dense_equivalent_cnn(hnet)
+    saved = {m: saved_activation_bytes(m, batch=46) for m in (hnet, plain)}
+    assert saved[hnet] <= saved[plain]
+    peak_hnet = training_step_peak_bytes(hnet, batch=46)
+    peak_plain = training_step_peak_bytes(plain, batch=46)
+    if peak_hnet is None:
+        pytest.skip("torch's MemTracker is not available in this build")
+    assert peak_hnet["total"] <= peak_plain["total"]
+    # the tracker sees what a step must hold: the parameters' gradients and AdamW's moments
+    params = sum(p.numel() * p.element_size() for p in hnet.parameters())
+    assert peak_hnet["parameter"] == params
+    assert peak_hnet["optstate"] >= 2 * params
+
+
+def test_saved_activation_bytes_counts_what_autograd_keeps():
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(4 * 28 * 28, 10)
+    )
+    # conv keeps its input (46x1x28x28), linear keeps its input (the flattened conv
+    # output); the loss adds its log-softmax (46x10), the int64 targets and a scalar
+    expected = 46 * 28 * 28 * 4 + 46 * 4 * 28 * 28 * 4 + 46 * 10 * 4 + 46 * 8
+    assert expected <= saved_activation_bytes(net, batch=46) <= expected + 16

@@ -28,16 +28,28 @@ def test_pretrained_hnet_is_invariant_to_quarter_turns():
     model = hnets.load_model(PRETRAINED / "hnet-rotmnist")
     x = torch.rand(4, 1, 28, 28)
     with torch.no_grad():
-        torch.testing.assert_close(model(torch.rot90(x, 1, dims=(-2, -1))), model(x),
-                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            model(torch.rot90(x, 1, dims=(-2, -1))), model(x), atol=1e-4, rtol=1e-4
+        )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_hnets_test_reproduces_the_reported_test_accuracy_exactly(name, data_env, capsys):
     summary = json.loads((PRETRAINED / name / "summary.json").read_text())
-    assert main(["test", "--checkpoint", str(PRETRAINED / name), "--json",
-                 "--figure", str(data_env / f"{name}-confusion.png")]) == 0
+    assert (
+        main(
+            [
+                "test",
+                "--checkpoint",
+                str(PRETRAINED / name),
+                "--json",
+                "--figure",
+                str(data_env / f"{name}-confusion.png"),
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == 50_000
     assert result["accuracy"] == summary["test_accuracy"]

@@ -27,6 +27,8 @@ __all__ = [
     "bench_models",
     "dense_equivalent_cnn",
     "machine_description",
+    "saved_activation_bytes",
+    "training_step_peak_bytes",
 ]
 
 
@@ -218,11 +220,59 @@ def saved_activation_bytes(model: nn.Module, batch: int = 46) -> int:
     return sum(storages.values())
 
 
-def bench_memory(*, batch: int = 46) -> dict[str, float]:
-    """Activation memory (MiB) a training step keeps for its backward, per model."""
+def training_step_peak_bytes(model: nn.Module, batch: int = 46) -> dict[str, int] | None:
+    """Peak memory of one AdamW training step, by kind, measured with torch's ``MemTracker``.
+
+    The step (forward, backward, optimizer step) runs once untracked so that the
+    optimizer state exists, then once under ``torch.distributed._tools.MemTracker``,
+    which follows every tensor storage the step creates or holds (parameters,
+    gradients, optimizer state, activations, temporaries) and records the moment
+    their sum peaks. Returns the bytes of each kind at that moment and ``"total"``,
+    or ``None`` where that (private) tracker is not available in this torch build.
+    """
+    try:
+        from torch.distributed._tools.mem_tracker import MemTracker
+    except ImportError:  # torch built without distributed, or the tool moved
+        return None
+    torch.manual_seed(0)
+    x, y = torch.rand(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def step() -> None:
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    step()
+    tracker = MemTracker()
+    tracker.track_external(model, optimizer)
+    with tracker:
+        step()
+    peak = tracker.get_tracker_snapshot("peak")[torch.device("cpu")]
+    return {
+        ("total" if k == "Total" else getattr(k, "value", str(k)).lower()): int(v)
+        for k, v in peak.items()
+    }
+
+
+def bench_memory(*, batch: int = 46) -> dict[str, dict[str, float]]:
+    """Memory of a training step (MiB), per model: activations kept for the backward
+    (:func:`saved_activation_bytes`) and the step's peak (:func:`training_step_peak_bytes`).
+    """
     hnet = HNetMNIST()
     models = {"dense-equivalent CNN (NCHW)": dense_equivalent_cnn(hnet), "HNetMNIST": hnet}
-    return {name: saved_activation_bytes(m, batch) / 2**20 for name, m in models.items()}
+    report: dict[str, dict[str, float]] = {}
+    for name, model in models.items():
+        row = {"saved activations": saved_activation_bytes(model, batch) / 2**20}
+        peak = training_step_peak_bytes(model, batch)
+        if peak is not None:
+            row["step peak"] = peak["total"] / 2**20
+            row["of which parameters+gradients+optimizer"] = (
+                sum(peak.get(k, 0) for k in ("parameter", "gradient", "optstate")) / 2**20
+            )
+        report[name] = row
+    return report
 
 
 def to_jsonable(report: dict) -> dict:
@@ -262,6 +312,8 @@ def format_report(report: dict) -> str:
                     f"   speed-up {1 / t.ratio:.2f}x"
                 )
     if "memory" in report:
-        lines += ["", "activation memory kept for the backward of a training step (MiB):"]
-        lines += [f"  {k:42s} {v:8.1f}" for k, v in report["memory"].items()]
+        lines += ["", "memory of an AdamW training step (MiB):"]
+        for name, row in report["memory"].items():
+            lines.append(f"  {name}")
+            lines += [f"    {k:40s} {v:8.1f}" for k, v in row.items()]
     return "\n".join(lines)

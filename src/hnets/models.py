@@ -54,7 +54,12 @@ class _HBlock(nn.Module):
         self.act = HNonLinearity(cout, order)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(z)))
+        z = self.conv(z)
+        if isinstance(self.bn, HBatchNorm):
+            # Batch norm's factor applied inside the nonlinearity: the same values as
+            # act(bn(z)), but training keeps one map for the backward instead of two.
+            return self.act(z, scale=self.bn.stream_scale(z))
+        return self.act(z)
 
 
 class HNetMNIST(nn.Module):

@@ -100,7 +100,9 @@ _RUN_FILES = ("config.json", METRICS_FILE, CHECKPOINT_FILE, SUMMARY_FILE)
 _OUTPUT_FILES = (*_RUN_FILES, "model.safetensors", CURVES_FILE, "confusion.png")
 #: Settings that say where and how a run executes, not what it computes: they may
 #: change when a run is resumed.
-_RUNTIME_FIELDS = frozenset({"device", "data_dir", "num_workers", "eval_batch_size", "compile"})
+_RUNTIME_FIELDS = frozenset(
+    {"device", "data_dir", "num_workers", "eval_batch_size", "compile", "test"}
+)
 _SGD_MOMENTUM = 0.9
 _ONECYCLE_WARM = 0.3  # share of the steps spent rising, as torch's OneCycleLR
 _SYNC_EVERY = 10  # steps between checks for NaN and Ctrl-C (each check waits for the device)
@@ -141,6 +143,9 @@ class TrainConfig:
             test), for quick runs.
         eval_batch_size, num_workers: evaluation batch size; ``DataLoader`` workers
             (0: index the in-memory tensors directly, the fastest for this data).
+        test: score the final model on the test split at the end. ``False`` for recipe
+            sweeps, which must be chosen on validation error with the test set unread;
+            ``summary.json`` then has ``null`` test figures.
     """
 
     model: str = "hnet"
@@ -165,6 +170,7 @@ class TrainConfig:
     limit_eval: int | None = None
     eval_batch_size: int = 500
     num_workers: int = 0
+    test: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a JSON-ready dict."""
@@ -936,13 +942,18 @@ def _finish(
     world: _World,
     amp_dtype: torch.dtype | None,
 ) -> dict[str, Any]:
-    """Score the best model once on the whole test split; write the summary and curves."""
+    """Score the best model once on the whole test split; write the summary and curves.
+
+    With ``config.test`` false the test split is not opened and its figures are ``None``.
+    """
     if not world.is_main:
         return {}
     started = time.perf_counter()
-    test_set = RotMNIST(data.vdir, "test", limit=config.limit_eval)
     best = load_model(out_dir, world.device)
-    test = evaluate(best, test_set.images, test_set.labels, batch_size=config.eval_batch_size)
+    test: dict[str, Any] = {"accuracy": None, "error": None, "n": None}
+    if config.test:
+        test_set = RotMNIST(data.vdir, "test", limit=config.limit_eval)
+        test = evaluate(best, test_set.images, test_set.labels, batch_size=config.eval_batch_size)
     eval_seconds = time.perf_counter() - started
     train_seconds = sum(row["train_seconds"] for row in run.history)
     summary = {
@@ -974,10 +985,11 @@ def _finish(
     }
     write_json(out_dir / SUMMARY_FILE, summary)
     plot_curves(run.history, out_dir / CURVES_FILE)
-    update_model_extra(
-        out_dir,
-        {"test_accuracy": test["accuracy"], "test_error": test["error"], "test_n": test["n"]},
-    )
+    if config.test:
+        update_model_extra(
+            out_dir,
+            {"test_accuracy": test["accuracy"], "test_error": test["error"], "test_n": test["n"]},
+        )
     return summary
 
 

@@ -151,3 +151,101 @@ def test_six_layer_stack_is_exactly_equivariant(turns, training):
     # the maps are far from rotation invariant, so a wrong action could not pass by accident
     assert (rot90_harmonic(out, turns) - out).abs().max() > 100 * 1e-5
     torch.testing.assert_close(turned, rot90_harmonic(out, turns), atol=1e-5, rtol=0)
+
+
+def _saved_storages(fn, *inputs):
+    """Data pointers of the storages autograd keeps for ``fn(*inputs)``'s backward."""
+    kept = set()
+
+    def pack(t):
+        kept.add(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn(*inputs)
+    return out, kept
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("fn", [F.relu, F.softplus])
+def test_nonlinearity_with_batchnorm_scale_equals_the_composition(training, fn):
+    torch.manual_seed(3)
+    bn_a, bn_b = HBatchNorm(3, 1), HBatchNorm(3, 1)
+    act_a, act_b = HNonLinearity(3, 1, fn=fn), HNonLinearity(3, 1, fn=fn)
+    with torch.no_grad():
+        for p in (bn_a.weight, act_a.bias):
+            p.uniform_(-1.0, 1.0)
+        bn_a.running_power.uniform_(0.5, 2.0)
+        bn_b.load_state_dict(bn_a.state_dict())
+        act_b.load_state_dict(act_a.state_dict())
+    for m in (bn_a, bn_b, act_a, act_b):
+        m.train(training)
+    z = _maps(4, 3, 2, 2, 6, 6).requires_grad_()
+    g = _maps(4, 3, 2, 2, 6, 6, seed=1)
+    fused = act_a(z, scale=bn_a.stream_scale(z))
+    (fused * g).sum().backward()
+    grads_fused = [z.grad.clone(), bn_a.weight.grad, act_a.bias.grad]
+    z.grad = None
+    plain = act_b(bn_b(z))
+    (plain * g).sum().backward()
+    grads_plain = [z.grad, bn_b.weight.grad, act_b.bias.grad]
+    assert torch.equal(fused, plain)  # the same operations in the same order
+    for a, b in zip(grads_fused, grads_plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bn_a.running_power, bn_b.running_power, rtol=0, atol=0)
+
+
+def test_nonlinearity_with_scale_gradcheck_and_keeps_only_its_input():
+    bn, act = HBatchNorm(2, 1).double(), HNonLinearity(2, 1).double()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        act.bias.uniform_(-0.5, 0.5)
+    z = _maps(2, 2, 2, 2, 4, 4, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda z, w, b: act(z, scale=bn.stream_scale(z)), (z, bn.weight, act.bias)
+    )
+    # hnets layers hand on channels-last maps (memory (B, H, W, C, M, 2)), as here
+    z = _maps(4, 8, 8, 2, 2, 2).permute(0, 3, 4, 5, 1, 2).requires_grad_()
+    bn, act = bn.float(), act.float()
+    params = {bn.weight.untyped_storage().data_ptr(), act.bias.untyped_storage().data_ptr()}
+
+    def full_size_kept(fn):
+        kept = []
+
+        def pack(t):
+            if t.numel() >= z.numel() and t.untyped_storage().data_ptr() not in params:
+                kept.append(t.untyped_storage().data_ptr())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn(z)
+        return set(kept)
+
+    # the composition keeps bn's input and act's input; the fused form only z
+    assert full_size_kept(lambda t: act(t, scale=bn.stream_scale(t))) == {
+        z.untyped_storage().data_ptr()
+    }
+    assert len(full_size_kept(lambda t: act(bn(t)))) == 2
+
+
+def test_nonlinearity_rejects_a_badly_shaped_scale():
+    act = HNonLinearity(3, 1)
+    with pytest.raises(ValueError, match=r"scale must be shaped \(3, 2\)"):
+        act(_maps(1, 3, 2, 2, 4, 4), scale=torch.ones(3))
+
+
+def test_tiled_pool_matches_avg_pool_and_keeps_nothing():
+    pool = HAvgPool2d(2)
+    z = _maps(3, 4, 2, 2, 8, 6).requires_grad_()
+    g = _maps(3, 4, 2, 2, 4, 3, seed=2)
+    out, kept = _saved_storages(pool, z)
+    assert z.untyped_storage().data_ptr() not in kept
+    (out * g).sum().backward()
+    ref_in = z.detach().reshape(3, 16, 8, 6).requires_grad_()
+    ref = F.avg_pool2d(ref_in, 2)
+    (ref * g.reshape(3, 16, 4, 3)).sum().backward()
+    assert torch.equal(out.reshape(3, 16, 4, 3), ref)
+    torch.testing.assert_close(z.grad.reshape(3, 16, 8, 6), ref_in.grad)
+    # windows that do not tile the input take F.avg_pool2d's own path
+    odd = _maps(1, 2, 1, 2, 7, 7, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: HAvgPool2d(3, stride=2)(t), (odd,))

@@ -112,6 +112,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         default=s,
         help=f"DataLoader workers; 0 indexes in-memory tensors (default {d.num_workers})",
     )
+    p.add_argument(
+        "--test",
+        action=argparse.BooleanOptionalAction,
+        default=s,
+        help="score the final model on the test split; --no-test for recipe sweeps "
+        "chosen on validation only (default on)",
+    )
     p.add_argument("--out", help="run directory (default runs/<model>)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
@@ -179,7 +186,11 @@ def _train(args: argparse.Namespace) -> int:
     summary = train(
         config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
     )
-    if summary:  # rank 0
+    if summary and summary["test_n"] is None:  # rank 0, --no-test
+        valid = summary["valid_accuracy"]
+        shown = "no validation" if valid is None else f"best validation accuracy {valid:.2%}"
+        print(f"{shown} (epoch {summary['best_epoch']}); test split not read (--no-test)")
+    elif summary:  # rank 0
         data = summary["data"]
         kind = "stand-in " if data["standin"] else ""
         print(

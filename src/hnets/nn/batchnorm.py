@@ -56,10 +56,18 @@ class HBatchNorm(nn.Module):
         self.register_buffer("running_power", torch.ones(shape, **factory))
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def stream_scale(self, z: torch.Tensor) -> torch.Tensor:
+        """The factor each stream is multiplied by, ``(C, M)`` in ``z``'s dtype.
+
+        In training mode this is where the batch statistic is taken (with gradient)
+        and the running estimate updated, exactly as :meth:`forward` does: calling
+        it instead of :meth:`forward` lets a following :class:`HNonLinearity` apply
+        the factor itself (``act(z, scale=bn.stream_scale(z))``), so that autograd
+        keeps one full-size map for the pair instead of two.
+        """
         check_harmonic(z, channels=self.channels, orders=self.max_order + 1, where="HBatchNorm")
-        pairs = to_pixel_major(z)  # (B, H, W, C, M, 2)
         if self.training:
+            pairs = to_pixel_major(z)  # (B, H, W, C, M, 2)
             pf = pairs if pairs.dtype in (torch.float32, torch.float64) else pairs.float()
             power = pair_dot(pf, pf).mean(dim=(0, 1, 2))  # (C, M)
             with torch.no_grad():
@@ -70,7 +78,11 @@ class HBatchNorm(nn.Module):
         scale = (power + self.eps).rsqrt()
         if self.weight is not None:
             scale = scale * self.weight.to(scale.dtype)
-        return from_pixel_major(pairs * scale.to(z.dtype).unsqueeze(-1))
+        return scale.to(z.dtype)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        scale = self.stream_scale(z)
+        return from_pixel_major(to_pixel_major(z) * scale.unsqueeze(-1))
 
     def extra_repr(self) -> str:
         return (

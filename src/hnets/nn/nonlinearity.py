@@ -22,35 +22,50 @@ def _magnitude_and_factor(
 
 
 class _MagnitudeReLU(torch.autograd.Function):
-    """``z * relu(|z|_eps + b) / |z|_eps`` on pixel-major pairs ``(..., C, M, 2)``.
+    """``y * relu(|y|_eps + b) / |y|_eps``, ``y = z * a``, on pixel-major pairs ``(..., C, M, 2)``.
 
-    Autograd through the composed ops stores and revisits about twice as many
-    full-size tensors; this version saves only ``z`` (the factor and ``|z|`` are
+    ``a`` is an optional positive factor per stream ``(C, M)`` (a batch norm's), ``None``
+    for 1. Autograd through the composed ops stores and revisits about twice as many
+    full-size tensors; this version saves only ``z`` (``y``, the factor and ``|y|`` are
     recomputed in the backward, which costs less than keeping them costs memory) and
-    does the backward in a handful of contiguous passes: with ``s = relu(|z| + b) / |z|``,
-    ``u = Re(conj(g) z) / |z|`` and the mask ``1[|z| + b > 0]``, the input gradient
-    is ``g s + z u (mask - s) / |z|`` and the bias gradient is ``sum(u * mask)``.
+    does the backward in a handful of contiguous passes: with ``s = relu(|y| + b) / |y|``,
+    ``u = Re(conj(g) y) / |y|`` and the mask ``1[|y| + b > 0]``, the gradient at ``y``
+    is ``g_y = g s + y u (mask - s) / |y|``, the bias gradient ``sum(u * mask)``, and
+    then ``g_z = a g_y`` and ``g_a = sum(Re(conj(g_y) z))``.
     """
 
     @staticmethod
-    def forward(ctx, pairs: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:  # noqa: ANN001
-        ctx.save_for_backward(pairs, bias)
+    def forward(  # noqa: ANN205
+        ctx,  # noqa: ANN001
+        pairs: torch.Tensor,
+        scale: torch.Tensor | None,
+        bias: torch.Tensor,
+        eps: float,
+    ):
+        ctx.save_for_backward(pairs, scale, bias)
         ctx.eps = eps
-        mag, scale = _magnitude_and_factor(pairs, bias, eps)
-        return pairs * scale.unsqueeze(-1)
+        y = pairs if scale is None else pairs * scale.unsqueeze(-1)
+        mag, factor = _magnitude_and_factor(y, bias, eps)
+        return y.mul_(factor.unsqueeze(-1)) if scale is not None else y * factor.unsqueeze(-1)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
-        pairs, bias = ctx.saved_tensors
-        mag, scale = _magnitude_and_factor(pairs, bias, ctx.eps)
-        u = pair_dot(grad, pairs).div_(mag)
+        pairs, scale, bias = ctx.saved_tensors
+        y = pairs if scale is None else pairs * scale.unsqueeze(-1)
+        mag, factor = _magnitude_and_factor(y, bias, ctx.eps)
+        u = pair_dot(grad, y).div_(mag)
         mask = (mag + bias) > 0
         grad_bias = None
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[2]:
             grad_bias = torch.where(mask, u, 0.0).flatten(0, -3).sum(dim=0)
-        k = torch.where(mask, 1.0 - scale, -scale).mul_(u).div_(mag)
-        grad_pairs = torch.addcmul(grad * scale.unsqueeze(-1), pairs, k.unsqueeze(-1))
-        return grad_pairs.contiguous(), grad_bias, None
+        k = torch.where(mask, 1.0 - factor, -factor).mul_(u).div_(mag)
+        grad_y = torch.addcmul(grad * factor.unsqueeze(-1), y, k.unsqueeze(-1))
+        if scale is None:
+            return grad_y.contiguous(), None, grad_bias, None
+        grad_scale = None
+        if ctx.needs_input_grad[1]:
+            grad_scale = pair_dot(grad_y, pairs).flatten(0, -3).sum(dim=0)
+        return grad_y.mul_(scale.unsqueeze(-1)).contiguous(), grad_scale, grad_bias, None
 
 
 class HNonLinearity(nn.Module):
@@ -113,12 +128,29 @@ class HNonLinearity(nn.Module):
         mag = pair_dot(pairs, pairs).add(self.eps).sqrt()
         return self.fn(mag + self.bias.to(mag.dtype)) / mag
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """Apply the nonlinearity to ``z``, or to ``z`` times ``scale`` when given.
+
+        ``scale`` is a positive factor per stream ``(C, M)``, typically
+        ``bn.stream_scale(z)`` of a preceding :class:`HBatchNorm`: the result equals
+        ``self(bn(z))`` but training keeps only ``z`` for the backward, not both maps.
+        """
         check_harmonic(z, channels=self.channels, orders=self.max_order + 1, where="HNonLinearity")
+        if scale is not None and scale.shape != self.bias.shape:
+            raise ValueError(
+                f"HNonLinearity scale must be shaped {tuple(self.bias.shape)} (channels, orders); "
+                f"got {tuple(scale.shape)}"
+            )
+        pairs = to_pixel_major(z)
         if self.fn is F.relu and z.dtype in (torch.float32, torch.float64):
-            out = _MagnitudeReLU.apply(to_pixel_major(z), self.bias.to(z.dtype), self.eps)
+            if scale is not None:
+                scale = scale.to(z.dtype)
+            out = _MagnitudeReLU.apply(pairs, scale, self.bias.to(z.dtype), self.eps)
         else:
-            out = to_pixel_major(z) * self.scale(z).to(z.dtype).unsqueeze(-1)
+            if scale is not None:
+                pairs = pairs * scale.to(z.dtype).unsqueeze(-1)
+                z = from_pixel_major(pairs)
+            out = pairs * self.scale(z).to(z.dtype).unsqueeze(-1)
         return from_pixel_major(out)
 
     def extra_repr(self) -> str:

@@ -11,6 +11,28 @@ from .functional import check_harmonic
 __all__ = ["HAvgPool2d"]
 
 
+class _TiledMeanPool(torch.autograd.Function):
+    """``F.avg_pool2d`` with non-overlapping windows that tile the input, saving nothing.
+
+    Autograd's ``avg_pool2d`` keeps its whole input alive for the backward (it only needs
+    the shape); here the backward spreads each output gradient over its ``k x k``
+    window directly, in the channels-last layout hnets maps use.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, k: int) -> torch.Tensor:  # noqa: ANN001
+        ctx.k = k
+        return F.avg_pool2d(x, k, k)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
+        k = ctx.k
+        b, n, h, w = grad.shape
+        g = (grad / (k * k)).permute(0, 2, 3, 1)  # (B, h, w, N)
+        g = g[:, :, None, :, None, :].expand(b, h, k, w, k, n).reshape(b, h * k, w * k, n)
+        return g.permute(0, 3, 1, 2), None
+
+
 class HAvgPool2d(nn.Module):
     """Mean pooling of every real and imaginary map (a linear map, so it keeps phases).
 
@@ -30,7 +52,12 @@ class HAvgPool2d(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         check_harmonic(z, channels=None, orders=None, where="HAvgPool2d")
         b, c, m, two, h, w = z.shape
-        pooled = F.avg_pool2d(z.reshape(b, c * m * two, h, w), self.kernel_size, self.stride)
+        x = z.reshape(b, c * m * two, h, w)
+        k = self.kernel_size
+        if self.stride == k and h % k == 0 and w % k == 0 and torch.is_grad_enabled():
+            pooled = _TiledMeanPool.apply(x, k)
+        else:
+            pooled = F.avg_pool2d(x, k, self.stride)
         return pooled.view(b, c, m, two, *pooled.shape[-2:])
 
     def extra_repr(self) -> str:
