@@ -283,3 +283,22 @@ def test_a_checkpoint_whose_contents_do_not_fit_is_refused(tmp_path, data_env):
     save_training_state(out / "checkpoint.pt", {k: v for k, v in good.items() if k != "history"})
     with pytest.raises(HNetsError, match="does not fit"):
         train(tiny(model="cnn", epochs=2), out, resume=True, progress=False)
+
+
+def test_a_sweep_run_with_test_off_never_opens_the_test_split(tmp_path, data_env, monkeypatch):
+    opened = []
+    real = training.RotMNIST
+
+    def spy(root, split, **kwargs):
+        opened.append(split)
+        return real(root, split, **kwargs)
+
+    monkeypatch.setattr(training, "RotMNIST", spy)
+    summary = train(tiny(test=False), tmp_path / "r", progress=False)
+    assert opened == ["train", "valid"]
+    assert summary["test_accuracy"] is None and summary["test_n"] is None
+    assert summary["valid_accuracy"] is not None
+    assert "test_accuracy" not in read_model_config(tmp_path / "r").get("extra", {})
+    # switching it back on when resuming is allowed: it changes no computation
+    summary = train(tiny(test=True, epochs=2), tmp_path / "r", resume=True, progress=False)
+    assert opened[-1] == "test" and summary["test_n"] == 100

@@ -205,3 +205,26 @@ def test_bad_images_are_one_line_naming_the_file(tmp_path, data_env, capsys, mod
     assert "no digit" in one_error_line(capsys)
     assert main(["predict", "--checkpoint", str(model_dir), str(tmp_path / "absent.png")]) == 2
     assert "no such file" in one_error_line(capsys)
+
+
+def test_train_no_test_reports_validation_only(tmp_path, data_env, capsys):
+    out = tmp_path / "sweep"
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "cnn",
+                "--train-split",
+                "train",
+                "--no-test",
+                "--out",
+                str(out),
+                *QUICK,
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "test split not read (--no-test)" in printed and "best validation accuracy" in printed
+    assert json.loads((out / "summary.json").read_text())["test_accuracy"] is None
