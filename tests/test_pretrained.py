@@ -24,6 +24,23 @@ def test_load_model_works_and_carries_its_recipe(name):
     assert summary["config"]["train_split"] == "train+valid"
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_the_shipped_runs_used_the_recipe_that_hnets_train_defaults_to(name):
+    """So that ``hnets train --model hnet`` reproduces the shipped H-Net (and the CNN)."""
+    from hnets.training import TrainConfig
+
+    summary = json.loads((PRETRAINED / name / "summary.json").read_text())
+    shipped = summary["config"]
+    defaults = TrainConfig(model=shipped["model"]).check().to_dict()
+    where_and_how = {"device", "data_dir", "data_variant", "num_workers", "eval_batch_size", "test"}
+    differing = {
+        k: (shipped.get(k), v)
+        for k, v in defaults.items()
+        if k not in where_and_how and shipped.get(k) != v
+    }
+    assert differing == {}
+
+
 def test_pretrained_hnet_is_invariant_to_quarter_turns():
     model = hnets.load_model(PRETRAINED / "hnet-rotmnist")
     x = torch.rand(4, 1, 28, 28)

@@ -54,7 +54,7 @@ def test_the_recipe_lives_in_one_place():
     c = TrainConfig().check()
     assert (c.model, c.epochs, c.batch_size, c.optimizer, c.lr, c.weight_decay) == (
         "hnet",
-        60,
+        90,
         64,
         "adamw",
         5e-3,
@@ -62,7 +62,11 @@ def test_the_recipe_lives_in_one_place():
     )
     assert (c.schedule, c.warmup_epochs, c.label_smoothing, c.augment) == ("cosine", 1, 0.05, True)
     assert (c.train_split, c.seed) == ("train+valid", 0)
+    assert c.model_options == {"width": 1.2}
     assert TrainConfig(model="cnn").check().lr == 1e-2  # each model's tuned peak rate
+    assert TrainConfig(model="cnn").check().model_options == {"width": 1.15}
+    given = TrainConfig(model_options={"width": 1.0, "max_order": 2}).check()
+    assert given.model_options == {"width": 1.0, "max_order": 2}  # given options win
     assert TrainConfig(model="cnn", lr=0.5).check().lr == 0.5
     assert TrainConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
 

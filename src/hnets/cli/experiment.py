@@ -74,7 +74,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help=f"{' or '.join(TRAIN_SPLITS)}; train+valid skips validation and keeps "
         f"the last epoch (default {d.train_split})",
     )
-    p.add_argument("--width", type=float, default=s, help="channel multiplier (default 1)")
+    p.add_argument(
+        "--width",
+        type=float,
+        default=s,
+        help="channel multiplier (default: 1.2 for hnet, 1.15 for cnn)",
+    )
     p.add_argument(
         "--max-order", type=int, default=s, help="highest rotation order of the hnet (default 1)"
     )
