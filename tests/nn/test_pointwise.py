@@ -168,7 +168,7 @@ def _saved_storages(fn, *inputs):
 
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("fn", [F.relu, F.softplus])
-def test_nonlinearity_with_batchnorm_scale_equals_the_composition(training, fn):
+def test_nonlinearity_fused_with_batchnorm_equals_the_composition(training, fn):
     torch.manual_seed(3)
     bn_a, bn_b = HBatchNorm(3, 1), HBatchNorm(3, 1)
     act_a, act_b = HNonLinearity(3, 1, fn=fn), HNonLinearity(3, 1, fn=fn)
@@ -182,7 +182,7 @@ def test_nonlinearity_with_batchnorm_scale_equals_the_composition(training, fn):
         m.train(training)
     z = _maps(4, 3, 2, 2, 6, 6).requires_grad_()
     g = _maps(4, 3, 2, 2, 6, 6, seed=1)
-    fused = act_a(z, scale=bn_a.stream_scale(z))
+    fused = act_a(z, bn=bn_a)
     (fused * g).sum().backward()
     grads_fused = [z.grad.clone(), bn_a.weight.grad, act_a.bias.grad]
     z.grad = None
@@ -195,18 +195,25 @@ def test_nonlinearity_with_batchnorm_scale_equals_the_composition(training, fn):
     torch.testing.assert_close(bn_a.running_power, bn_b.running_power, rtol=0, atol=0)
 
 
-def test_nonlinearity_with_scale_gradcheck_and_keeps_only_its_input():
-    bn, act = HBatchNorm(2, 1).double(), HNonLinearity(2, 1).double()
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("training", [True, False])
+def test_nonlinearity_fused_with_batchnorm_gradcheck(training, affine):
+    bn, act = HBatchNorm(2, 1, affine=affine).double(), HNonLinearity(2, 1).double()
     with torch.no_grad():
-        bn.weight.uniform_(0.5, 1.5)
+        if affine:
+            bn.weight.uniform_(0.5, 1.5)
+        bn.running_power.uniform_(0.5, 2.0)
         act.bias.uniform_(-0.5, 0.5)
-    z = _maps(2, 2, 2, 2, 4, 4, dtype=torch.float64).requires_grad_()
-    assert torch.autograd.gradcheck(
-        lambda z, w, b: act(z, scale=bn.stream_scale(z)), (z, bn.weight, act.bias)
-    )
+    bn.train(training)
+    z = _maps(3, 2, 2, 2, 4, 4, dtype=torch.float64).requires_grad_()
+    inputs = (z, act.bias) + ((bn.weight,) if affine else ())
+    assert torch.autograd.gradcheck(lambda z, *params: act(z, bn=bn), inputs)
+
+
+def test_nonlinearity_fused_with_batchnorm_keeps_only_its_input():
+    bn, act = HBatchNorm(2, 1), HNonLinearity(2, 1)
     # hnets layers hand on channels-last maps (memory (B, H, W, C, M, 2)), as here
     z = _maps(4, 8, 8, 2, 2, 2).permute(0, 3, 4, 5, 1, 2).requires_grad_()
-    bn, act = bn.float(), act.float()
     params = {bn.weight.untyped_storage().data_ptr(), act.bias.untyped_storage().data_ptr()}
 
     def full_size_kept(fn):
@@ -222,16 +229,14 @@ def test_nonlinearity_with_scale_gradcheck_and_keeps_only_its_input():
         return set(kept)
 
     # the composition keeps bn's input and act's input; the fused form only z
-    assert full_size_kept(lambda t: act(t, scale=bn.stream_scale(t))) == {
-        z.untyped_storage().data_ptr()
-    }
+    assert full_size_kept(lambda t: act(t, bn=bn)) == {z.untyped_storage().data_ptr()}
     assert len(full_size_kept(lambda t: act(bn(t)))) == 2
 
 
-def test_nonlinearity_rejects_a_badly_shaped_scale():
+def test_nonlinearity_refuses_a_batchnorm_of_another_shape():
     act = HNonLinearity(3, 1)
-    with pytest.raises(ValueError, match=r"scale must be shaped \(3, 2\)"):
-        act(_maps(1, 3, 2, 2, 4, 4), scale=torch.ones(3))
+    with pytest.raises(ValueError, match=r"cannot fuse HBatchNorm\(4, max_order=1\)"):
+        act(_maps(1, 3, 2, 2, 4, 4), bn=HBatchNorm(4, 1))
 
 
 def test_tiled_pool_matches_avg_pool_and_keeps_nothing():

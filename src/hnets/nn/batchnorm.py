@@ -56,23 +56,26 @@ class HBatchNorm(nn.Module):
         self.register_buffer("running_power", torch.ones(shape, **factory))
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
 
+    @torch.no_grad()
+    def update_running_power(self, power: torch.Tensor) -> None:
+        """Move the running estimate towards a batch's power ``(C, M)`` by ``momentum``."""
+        self.running_power.lerp_(power.detach().to(self.running_power.dtype), self.momentum)
+        self.num_batches_tracked.add_(1)
+
     def stream_scale(self, z: torch.Tensor) -> torch.Tensor:
         """The factor each stream is multiplied by, ``(C, M)`` in ``z``'s dtype.
 
         In training mode this is where the batch statistic is taken (with gradient)
-        and the running estimate updated, exactly as :meth:`forward` does: calling
-        it instead of :meth:`forward` lets a following :class:`HNonLinearity` apply
-        the factor itself (``act(z, scale=bn.stream_scale(z))``), so that autograd
-        keeps one full-size map for the pair instead of two.
+        and the running estimate updated, exactly as :meth:`forward` does. To follow
+        batch norm by a nonlinearity, prefer ``act(z, bn=bn)`` (see
+        :meth:`HNonLinearity.forward`), which fuses the two.
         """
         check_harmonic(z, channels=self.channels, orders=self.max_order + 1, where="HBatchNorm")
         if self.training:
             pairs = to_pixel_major(z)  # (B, H, W, C, M, 2)
             pf = pairs if pairs.dtype in (torch.float32, torch.float64) else pairs.float()
             power = pair_dot(pf, pf).mean(dim=(0, 1, 2))  # (C, M)
-            with torch.no_grad():
-                self.running_power.lerp_(power.detach().to(self.running_power.dtype), self.momentum)
-                self.num_batches_tracked.add_(1)
+            self.update_running_power(power)
         else:
             power = self.running_power
         scale = (power + self.eps).rsqrt()

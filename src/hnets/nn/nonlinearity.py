@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .batchnorm import HBatchNorm
 from .functional import check_harmonic, from_pixel_major, pair_dot, to_pixel_major
 
 __all__ = ["HNonLinearity"]
@@ -21,17 +22,56 @@ def _magnitude_and_factor(
     return mag, (mag + bias).clamp_min_(0.0).div_(mag)
 
 
+def _relu_backward(
+    grad: torch.Tensor,
+    pairs: torch.Tensor,
+    a: torch.Tensor | None,
+    bias: torch.Tensor,
+    eps: float,
+    *,
+    need_bias: bool,
+    need_scale: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The backward of ``out = y relu(|y|_eps + b) / |y|_eps`` with ``y = a z``, from ``z`` alone.
+
+    With ``inv = 1 / |y|_eps``, the factor ``s = max(1 + b inv, 0)``, the mask
+    ``s > 0`` and ``u = Re(conj(g) y) inv``: the gradient at ``y`` is
+    ``g s + y (1 - s) mask u inv``, at ``z`` that times ``a``. Everything is computed
+    from ``z`` (``|y|^2 = a^2 |z|^2``, ``Re(conj(g) y) = a Re(conj(g) z)``), so ``y`` is
+    never formed.
+
+    Returns ``(gs, kz, grad_a, grad_bias)``: the input gradient is ``g gs + z kz``
+    (``gs``, ``kz`` per stream and position, the caller adds its own terms to ``kz``
+    first), ``grad_a = sum(Re(conj(g_y) z))`` over batch and positions.
+    """
+    qz = pair_dot(pairs, pairs)  # |z|^2
+    gz = pair_dot(grad, pairs)  # Re(conj(g) z)
+    if a is None:
+        inv = (qz + eps).rsqrt_()
+        ainv = inv
+    else:
+        inv = (qz * a.square()).add_(eps).rsqrt_()
+        ainv = inv * a
+    s = (inv * bias).add_(1.0).clamp_min_(0.0)
+    mask = s > 0
+    u = gz * ainv  # Re(conj(g) y) / |y|
+    grad_bias = torch.where(mask, u, 0.0).flatten(0, -3).sum(dim=0) if need_bias else None
+    ky = torch.where(mask, 1.0 - s, 0.0).mul_(u).mul_(ainv)  # a times y's coefficient
+    grad_a = None
+    if need_scale:
+        grad_a = torch.addcmul(s * gz, ky, qz).flatten(0, -3).sum(dim=0)
+    if a is None:
+        return s, ky, grad_a, grad_bias
+    return s.mul_(a), ky.mul_(a), grad_a, grad_bias
+
+
 class _MagnitudeReLU(torch.autograd.Function):
     """``y * relu(|y|_eps + b) / |y|_eps``, ``y = z * a``, on pixel-major pairs ``(..., C, M, 2)``.
 
-    ``a`` is an optional positive factor per stream ``(C, M)`` (a batch norm's), ``None``
-    for 1. Autograd through the composed ops stores and revisits about twice as many
-    full-size tensors; this version saves only ``z`` (``y``, the factor and ``|y|`` are
-    recomputed in the backward, which costs less than keeping them costs memory) and
-    does the backward in a handful of contiguous passes: with ``s = relu(|y| + b) / |y|``,
-    ``u = Re(conj(g) y) / |y|`` and the mask ``1[|y| + b > 0]``, the gradient at ``y``
-    is ``g_y = g s + y u (mask - s) / |y|``, the bias gradient ``sum(u * mask)``, and
-    then ``g_z = a g_y`` and ``g_a = sum(Re(conj(g_y) z))``.
+    ``a`` is an optional positive factor per stream ``(C, M)``, ``None`` for 1.
+    Autograd through the composed ops stores and revisits about twice as many
+    full-size tensors; this version saves only ``z`` and recomputes the rest in a
+    handful of contiguous passes (:func:`_relu_backward`).
     """
 
     @staticmethod
@@ -45,27 +85,70 @@ class _MagnitudeReLU(torch.autograd.Function):
         ctx.save_for_backward(pairs, scale, bias)
         ctx.eps = eps
         y = pairs if scale is None else pairs * scale.unsqueeze(-1)
-        mag, factor = _magnitude_and_factor(y, bias, eps)
+        _, factor = _magnitude_and_factor(y, bias, eps)
         return y.mul_(factor.unsqueeze(-1)) if scale is not None else y * factor.unsqueeze(-1)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
         pairs, scale, bias = ctx.saved_tensors
-        y = pairs if scale is None else pairs * scale.unsqueeze(-1)
-        mag, factor = _magnitude_and_factor(y, bias, ctx.eps)
-        u = pair_dot(grad, y).div_(mag)
-        mask = (mag + bias) > 0
-        grad_bias = None
-        if ctx.needs_input_grad[2]:
-            grad_bias = torch.where(mask, u, 0.0).flatten(0, -3).sum(dim=0)
-        k = torch.where(mask, 1.0 - factor, -factor).mul_(u).div_(mag)
-        grad_y = torch.addcmul(grad * factor.unsqueeze(-1), y, k.unsqueeze(-1))
-        if scale is None:
-            return grad_y.contiguous(), None, grad_bias, None
-        grad_scale = None
-        if ctx.needs_input_grad[1]:
-            grad_scale = pair_dot(grad_y, pairs).flatten(0, -3).sum(dim=0)
-        return grad_y.mul_(scale.unsqueeze(-1)).contiguous(), grad_scale, grad_bias, None
+        grad = grad.contiguous()
+        gs, kz, grad_scale, grad_bias = _relu_backward(
+            grad,
+            pairs,
+            scale,
+            bias,
+            ctx.eps,
+            need_bias=ctx.needs_input_grad[2],
+            need_scale=ctx.needs_input_grad[1],
+        )
+        grad_pairs = torch.addcmul(grad * gs.unsqueeze(-1), pairs, kz.unsqueeze(-1))
+        return grad_pairs, grad_scale, grad_bias, None
+
+
+class _BatchNormMagnitudeReLU(torch.autograd.Function):
+    """Training-mode :class:`HBatchNorm` followed by the magnitude ReLU, in one function.
+
+    Forward: the batch power ``P = mean |z|^2`` per stream, ``a = w / sqrt(P + eps_bn)``
+    and the magnitude ReLU of ``y = a z``, the same operations in the same order as the
+    two layers (so the same values). Only ``z`` is kept; the backward adds the batch
+    statistic's term ``-z sum(Re(conj(g_y) z)) a / ((P + eps_bn) N)`` (``N`` positions)
+    to the nonlinearity's and so needs two full-size passes in all, where autograd
+    through the two layers needs about eight. Returns the output and ``P`` (no gradient)
+    for the running estimate.
+    """
+
+    @staticmethod
+    def forward(  # noqa: ANN205
+        ctx,  # noqa: ANN001
+        pairs: torch.Tensor,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor,
+        bn_eps: float,
+        eps: float,
+    ):
+        power = pair_dot(pairs, pairs).mean(dim=(0, 1, 2))
+        inv_std = (power + bn_eps).rsqrt()
+        scale = inv_std if weight is None else inv_std * weight
+        y = pairs * scale.unsqueeze(-1)
+        _, factor = _magnitude_and_factor(y, bias, eps)
+        ctx.save_for_backward(pairs, scale, inv_std, bias)
+        ctx.eps = eps
+        ctx.has_weight = weight is not None
+        ctx.mark_non_differentiable(power)
+        return y.mul_(factor.unsqueeze(-1)), power
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor, _grad_power: torch.Tensor | None):  # noqa: ANN001, ANN205
+        pairs, scale, inv_std, bias = ctx.saved_tensors
+        grad = grad.contiguous()
+        gs, kz, grad_scale, grad_bias = _relu_backward(
+            grad, pairs, scale, bias, ctx.eps, need_bias=ctx.needs_input_grad[2], need_scale=True
+        )
+        n = pairs.numel() // (pairs.shape[-3] * pairs.shape[-2] * 2)
+        kz.sub_(grad_scale * scale * inv_std.square() / n)
+        grad_pairs = torch.addcmul(grad * gs.unsqueeze(-1), pairs, kz.unsqueeze(-1))
+        grad_weight = grad_scale * inv_std if ctx.has_weight else None
+        return grad_pairs, grad_weight, grad_bias, None, None
 
 
 class HNonLinearity(nn.Module):
@@ -128,27 +211,34 @@ class HNonLinearity(nn.Module):
         mag = pair_dot(pairs, pairs).add(self.eps).sqrt()
         return self.fn(mag + self.bias.to(mag.dtype)) / mag
 
-    def forward(self, z: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-        """Apply the nonlinearity to ``z``, or to ``z`` times ``scale`` when given.
+    def forward(self, z: torch.Tensor, bn: HBatchNorm | None = None) -> torch.Tensor:
+        """Apply the nonlinearity to ``z``, or to ``bn(z)`` when a batch norm is given.
 
-        ``scale`` is a positive factor per stream ``(C, M)``, typically
-        ``bn.stream_scale(z)`` of a preceding :class:`HBatchNorm`: the result equals
-        ``self(bn(z))`` but training keeps only ``z`` for the backward, not both maps.
+        ``self(z, bn=bn)`` gives the values of ``self(bn(z))`` (and updates ``bn``'s
+        running estimate the same way), but in training it runs both layers as one
+        function: autograd keeps one full-size map (``z``) instead of two, and the
+        backward makes two full-size passes instead of about eight.
         """
         check_harmonic(z, channels=self.channels, orders=self.max_order + 1, where="HNonLinearity")
-        if scale is not None and scale.shape != self.bias.shape:
+        if bn is not None and (bn.channels, bn.max_order) != (self.channels, self.max_order):
             raise ValueError(
-                f"HNonLinearity scale must be shaped {tuple(self.bias.shape)} (channels, orders); "
-                f"got {tuple(scale.shape)}"
+                f"HNonLinearity({self.channels}, max_order={self.max_order}) cannot fuse "
+                f"HBatchNorm({bn.channels}, max_order={bn.max_order}): shapes differ"
             )
         pairs = to_pixel_major(z)
-        if self.fn is F.relu and z.dtype in (torch.float32, torch.float64):
-            if scale is not None:
-                scale = scale.to(z.dtype)
-            out = _MagnitudeReLU.apply(pairs, scale, self.bias.to(z.dtype), self.eps)
+        relu = self.fn is F.relu and z.dtype in (torch.float32, torch.float64)
+        bias = self.bias.to(z.dtype)
+        if bn is not None and bn.training and relu:
+            weight = None if bn.weight is None else bn.weight.to(z.dtype)
+            out, power = _BatchNormMagnitudeReLU.apply(pairs, weight, bias, bn.eps, self.eps)
+            bn.update_running_power(power)
+            return from_pixel_major(out)
+        scale = None if bn is None else bn.stream_scale(z)
+        if relu:
+            out = _MagnitudeReLU.apply(pairs, scale, bias, self.eps)
         else:
             if scale is not None:
-                pairs = pairs * scale.to(z.dtype).unsqueeze(-1)
+                pairs = pairs * scale.unsqueeze(-1)
                 z = from_pixel_major(pairs)
             out = pairs * self.scale(z).to(z.dtype).unsqueeze(-1)
         return from_pixel_major(out)
