@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .functional import check_harmonic, from_pixel_major, pair_dot, to_pixel_major
+from .functional import check_harmonic, from_pixel_major, pair_dot, per_pair, to_pixel_major
 
 __all__ = ["HBatchNorm"]
 
@@ -85,7 +85,7 @@ class HBatchNorm(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         scale = self.stream_scale(z)
-        return from_pixel_major(to_pixel_major(z) * scale.unsqueeze(-1))
+        return from_pixel_major(to_pixel_major(z) * per_pair(scale))
 
     def extra_repr(self) -> str:
         return (

@@ -67,6 +67,15 @@ def pair_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.addcmul(a[..., 0] * b[..., 0], a[..., 1], b[..., 1])
 
 
+def per_pair(scale: torch.Tensor) -> torch.Tensor:
+    """A factor per stream ``(C, M)`` -> ``(C, M, 2)``, contiguous, to multiply pixel-major pairs.
+
+    The same products as broadcasting ``scale.unsqueeze(-1)``, but several times faster
+    on CPU, where broadcasting along the innermost (size-2) dimension is a slow path.
+    """
+    return scale.unsqueeze(-1).expand(*scale.shape, 2).contiguous()
+
+
 def lift(x: torch.Tensor) -> torch.Tensor:
     """Real maps ``(B, C, H, W)`` -> order-0 harmonic maps ``(B, C, 1, 2, H, W)`` (real)."""
     if x.dim() != 4:

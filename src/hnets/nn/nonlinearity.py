@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batchnorm import HBatchNorm
-from .functional import check_harmonic, from_pixel_major, pair_dot, to_pixel_major
+from .functional import check_harmonic, from_pixel_major, pair_dot, per_pair, to_pixel_major
 
 __all__ = ["HNonLinearity"]
 
@@ -53,10 +53,10 @@ def _relu_backward(
         inv = (qz * a.square()).add_(eps).rsqrt_()
         ainv = inv * a
     s = (inv * bias).add_(1.0).clamp_min_(0.0)
-    mask = s > 0
-    u = gz * ainv  # Re(conj(g) y) / |y|
-    grad_bias = torch.where(mask, u, 0.0).flatten(0, -3).sum(dim=0) if need_bias else None
-    ky = torch.where(mask, 1.0 - s, 0.0).mul_(u).mul_(ainv)  # a times y's coefficient
+    # s >= 0, so its sign is the mask as a float: much faster than torch.where here
+    u = (gz * ainv).mul_(s.sign())  # Re(conj(g) y) / |y| where the ReLU is active, else 0
+    grad_bias = u.flatten(0, -3).sum(dim=0) if need_bias else None
+    ky = (1.0 - s).mul_(u).mul_(ainv)  # a times y's coefficient
     grad_a = None
     if need_scale:
         grad_a = torch.addcmul(s * gz, ky, qz).flatten(0, -3).sum(dim=0)
@@ -84,7 +84,7 @@ class _MagnitudeReLU(torch.autograd.Function):
     ):
         ctx.save_for_backward(pairs, scale, bias)
         ctx.eps = eps
-        y = pairs if scale is None else pairs * scale.unsqueeze(-1)
+        y = pairs if scale is None else pairs * per_pair(scale)
         _, factor = _magnitude_and_factor(y, bias, eps)
         return y.mul_(factor.unsqueeze(-1)) if scale is not None else y * factor.unsqueeze(-1)
 
@@ -129,7 +129,7 @@ class _BatchNormMagnitudeReLU(torch.autograd.Function):
         power = pair_dot(pairs, pairs).mean(dim=(0, 1, 2))
         inv_std = (power + bn_eps).rsqrt()
         scale = inv_std if weight is None else inv_std * weight
-        y = pairs * scale.unsqueeze(-1)
+        y = pairs * per_pair(scale)
         _, factor = _magnitude_and_factor(y, bias, eps)
         ctx.save_for_backward(pairs, scale, inv_std, bias)
         ctx.eps = eps
@@ -238,7 +238,7 @@ class HNonLinearity(nn.Module):
             out = _MagnitudeReLU.apply(pairs, scale, bias, self.eps)
         else:
             if scale is not None:
-                pairs = pairs * scale.unsqueeze(-1)
+                pairs = pairs * per_pair(scale)
                 z = from_pixel_major(pairs)
             out = pairs * self.scale(z).to(z.dtype).unsqueeze(-1)
         return from_pixel_major(out)
