@@ -8,7 +8,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..training import DEVICES, OPTIMIZERS, SCHEDULES, TRAIN_SPLITS, TrainConfig
+from ..training import (
+    DEFAULT_LR,
+    DEFAULT_MODEL_OPTIONS,
+    DEVICES,
+    OPTIMIZERS,
+    SCHEDULES,
+    TRAIN_SPLITS,
+    TrainConfig,
+)
 
 __all__ = ["register"]
 
@@ -23,6 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_train(subparsers)
     _add_test(subparsers)
     _add_predict(subparsers)
+
+
+def _per_model(values: dict[str, Any]) -> str:
+    """``{"hnet": 5e-3, "cnn": 1e-2}`` -> ``"0.005 for hnet, 0.01 for cnn"`` (help texts)."""
+    return ", ".join(f"{v:g} for {k}" for k, v in values.items())
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -49,7 +62,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--lr",
         type=float,
         default=s,
-        help="peak learning rate (default: 5e-3 for hnet, 1e-2 for cnn)",
+        help=f"peak learning rate (default: {_per_model(DEFAULT_LR)})",
     )
     p.add_argument("--schedule", default=s, help=f"{', '.join(SCHEDULES)} (default {d.schedule})")
     p.add_argument(
@@ -78,7 +91,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--width",
         type=float,
         default=s,
-        help="channel multiplier (default: 1.2 for hnet, 1.15 for cnn)",
+        help="channel multiplier (default: "
+        + _per_model({k: v["width"] for k, v in DEFAULT_MODEL_OPTIONS.items()})
+        + ")",
     )
     p.add_argument(
         "--max-order", type=int, default=s, help="highest rotation order of the hnet (default 1)"

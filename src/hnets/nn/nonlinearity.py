@@ -14,12 +14,14 @@ from .functional import check_harmonic, from_pixel_major, pair_dot, per_pair, to
 __all__ = ["HNonLinearity"]
 
 
-def _magnitude_and_factor(
-    pairs: torch.Tensor, bias: torch.Tensor, eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``|z|_eps`` and ``relu(|z|_eps + b) / |z|_eps`` of pixel-major pairs."""
-    mag = pair_dot(pairs, pairs).add_(eps).sqrt_()
-    return mag, (mag + bias).clamp_min_(0.0).div_(mag)
+def _relu_forward(
+    pairs: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """``y relu(|y|_eps + b) / |y|_eps`` with ``y = z * scale`` (``None``: 1), pixel-major."""
+    y = pairs if scale is None else pairs * per_pair(scale)
+    mag = pair_dot(y, y).add_(eps).sqrt_()
+    factor = (mag + bias).clamp_min_(0.0).div_(mag).unsqueeze(-1)
+    return y * factor if scale is None else y.mul_(factor)  # y is our own copy when scaled
 
 
 def _relu_backward(
@@ -84,9 +86,7 @@ class _MagnitudeReLU(torch.autograd.Function):
     ):
         ctx.save_for_backward(pairs, scale, bias)
         ctx.eps = eps
-        y = pairs if scale is None else pairs * per_pair(scale)
-        _, factor = _magnitude_and_factor(y, bias, eps)
-        return y.mul_(factor.unsqueeze(-1)) if scale is not None else y * factor.unsqueeze(-1)
+        return _relu_forward(pairs, scale, bias, eps)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
@@ -129,13 +129,11 @@ class _BatchNormMagnitudeReLU(torch.autograd.Function):
         power = pair_dot(pairs, pairs).mean(dim=(0, 1, 2))
         inv_std = (power + bn_eps).rsqrt()
         scale = inv_std if weight is None else inv_std * weight
-        y = pairs * per_pair(scale)
-        _, factor = _magnitude_and_factor(y, bias, eps)
         ctx.save_for_backward(pairs, scale, inv_std, bias)
         ctx.eps = eps
         ctx.has_weight = weight is not None
         ctx.mark_non_differentiable(power)
-        return y.mul_(factor.unsqueeze(-1)), power
+        return _relu_forward(pairs, scale, bias, eps), power
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor, _grad_power: torch.Tensor | None):  # noqa: ANN001, ANN205
