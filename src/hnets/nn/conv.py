@@ -166,6 +166,12 @@ class HConv2d(nn.Module):
                 d = mo - mi
                 index[mo, mi] = d if d >= 0 else n_filter_orders - 1 - d
         self.register_buffer("order_index", index, persistent=False)
+        # the filter banks are linear in the complex ring coefficients: precompute the
+        # matrices that map one (out, in) pair's coefficients to its blocks of the
+        # dense / Gauss banks, so synthesis is one small matmul (and its backward another)
+        dense_map, gauss_map = self._synthesis_maps(n_filter_orders)
+        self.register_buffer("dense_map", dense_map.to(**factory), persistent=False)
+        self.register_buffer("gauss_map", gauss_map.to(**factory), persistent=False)
         self.weight = nn.Parameter(
             torch.empty(n_filter_orders, out_channels, in_channels, self.n_rings, **factory)
         )
@@ -209,33 +215,65 @@ class HConv2d(nn.Module):
         return super()._apply(fn, recurse)
 
     # -- filter synthesis ---------------------------------------------------------------
+    def _coefficients(self) -> torch.Tensor:
+        """Complex ring coefficients ``w e^{i beta}``: shape ``(F, out, in, R, 2)``."""
+        if self.phase is None:
+            return torch.stack([self.weight, torch.zeros_like(self.weight)], dim=-1)
+        rotor = torch.stack([self.phase.cos(), self.phase.sin()], dim=-1)
+        return self.weight.unsqueeze(-1) * rotor.unsqueeze(-2)
+
     def complex_filters(self) -> torch.Tensor:
         """Filters of orders ``0..F-1``: shape ``(F, out, in, 2, k, k)`` (real, imaginary)."""
-        if self.phase is None:
-            coeff = torch.stack([self.weight, torch.zeros_like(self.weight)], dim=-1)
-        else:
-            rotor = torch.stack([self.phase.cos(), self.phase.sin()], dim=-1)
-            coeff = self.weight.unsqueeze(-1) * rotor.unsqueeze(-2)  # (F, o, i, R, 2)
+        coeff = self._coefficients()
         return torch.einsum("foirc,frczkl->foizkl", coeff, self.basis.to(coeff.dtype))
+
+    def _blocks_from(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Real and imaginary banks ``(out * Mo, in * Mi, k, k)`` from filters ``(F, o, i, 2, k, k)``."""
+        conj = torch.stack([w[1:, :, :, 0], -w[1:, :, :, 1]], dim=3)
+        bank = torch.cat([w, conj], dim=0)[self.order_index]  # (Mo, Mi, o, i, 2, k, k)
+        bank = bank.permute(4, 2, 0, 3, 1, 5, 6)  # (2, o, Mo, i, Mi, k, k)
+        k = self.kernel_size
+        o, i = w.shape[1], w.shape[2]
+        shape = (2, o * (self.max_order + 1), i * (self.in_max_order + 1), k, k)
+        real, imag = bank.reshape(shape).unbind(0)
+        return real, imag
+
+    def _synthesis_maps(self, n_filter_orders: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Matrices ``(F*R*2, ...)`` taking one pair's coefficients to its dense / Gauss blocks.
+
+        Built by pushing unit coefficients through the reference construction
+        (:meth:`_blocks_from`), in float64: row ``q`` is the block of coefficient ``q``.
+        """
+        q = n_filter_orders * self.n_rings * 2
+        eye = torch.eye(q, dtype=torch.float64).view(q, n_filter_orders, self.n_rings, 2)
+        coeff = eye.permute(1, 0, 2, 3).unsqueeze(2)  # (F, q "out", 1 "in", R, 2)
+        w = torch.einsum("foirc,frczkl->foizkl", coeff, self.basis.double())
+        real, imag = self._blocks_from(w)  # (q * Mo, Mi, k, k)
+        mo, mi, k = self.max_order + 1, self.in_max_order + 1, self.kernel_size
+        real = real.reshape(q, mo, mi, k, k)
+        imag = imag.reshape(q, mo, mi, k, k)
+        top = torch.stack([real, -imag], dim=3)  # output real part: [W_r, -W_i]
+        bottom = torch.stack([imag, real], dim=3)  # output imaginary part: [W_i, W_r]
+        dense = torch.stack([top, bottom], dim=2)  # (q, Mo, 2, Mi, 2, k, k)
+        gauss = torch.stack([real, real + imag, imag - real], dim=1)  # (q, 3, Mo, Mi, k, k)
+        return dense.reshape(q, -1).float(), gauss.reshape(q, -1).float()
+
+    def _mapped(self, matrix: torch.Tensor) -> torch.Tensor:
+        """``coefficients @ matrix``: one row per (out, in) pair."""
+        coeff = self._coefficients()  # (F, o, i, R, 2)
+        rows = coeff.permute(1, 2, 0, 3, 4).reshape(self.out_channels * self.in_channels, -1)
+        return rows @ matrix.to(rows.dtype)
 
     def filter_blocks(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Real and imaginary filter banks ``(out * Mo, in * Mi, k, k)`` over all order pairs.
 
         Row ``o * Mo + mo`` and column ``i * Mi + mi`` hold :math:`W_{m_o - m_i, oi}`.
         """
-        w = self.complex_filters()
-        conj = torch.stack([w[1:, :, :, 0], -w[1:, :, :, 1]], dim=3)
-        bank = torch.cat([w, conj], dim=0)[self.order_index]  # (Mo, Mi, o, i, 2, k, k)
-        bank = bank.permute(4, 2, 0, 3, 1, 5, 6)  # (2, o, Mo, i, Mi, k, k)
-        k = self.kernel_size
-        shape = (
-            2,
-            self.out_channels * (self.max_order + 1),
-            self.in_channels * (self.in_max_order + 1),
-            k,
-            k,
-        )
-        real, imag = bank.reshape(shape).unbind(0)
+        o, i, k = self.out_channels, self.in_channels, self.kernel_size
+        mo, mi = self.max_order + 1, self.in_max_order + 1
+        blocks = self._mapped(self.dense_map).view(o, i, mo, 2, mi, 2, k, k)[..., 0, :, :]
+        banks = blocks.permute(3, 0, 2, 1, 4, 5, 6).reshape(2, o * mo, i * mi, k, k)
+        real, imag = banks.unbind(0)  # the output's real part reads W_r, its imaginary W_i
         return real, imag
 
     def dense_weight(self) -> torch.Tensor:
@@ -245,17 +283,19 @@ class HConv2d(nn.Module):
         convolution with it gives the output viewed as ``(B, out * Mo * 2, H, W)``:
         this is what :func:`hnets.export` uses.
         """
-        real, imag = self.filter_blocks()
-        top = torch.stack([real, -imag], dim=2)  # output real part: [W_r, -W_i]
-        bottom = torch.stack([imag, real], dim=2)  # output imaginary part: [W_i, W_r]
-        dense = torch.stack([top, bottom], dim=1)  # (o*Mo, 2, i*Mi, 2, k, k)
-        k = self.kernel_size
-        return dense.reshape(real.shape[0] * 2, real.shape[1] * 2, k, k)
+        o, i, k = self.out_channels, self.in_channels, self.kernel_size
+        mo, mi = self.max_order + 1, self.in_max_order + 1
+        blocks = self._mapped(self.dense_map).view(o, i, mo * 2, mi * 2, k, k)
+        return blocks.permute(0, 2, 1, 3, 4, 5).reshape(o * mo * 2, i * mi * 2, k, k)
 
     def gauss_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Gauss's real banks ``(W_r, W_r + W_i, W_i - W_r)``, each ``(out*Mo, in*Mi, k, k)``."""
-        real, imag = self.filter_blocks()
-        return real, real + imag, imag - real
+        o, i, k = self.out_channels, self.in_channels, self.kernel_size
+        mo, mi = self.max_order + 1, self.in_max_order + 1
+        blocks = self._mapped(self.gauss_map).view(o, i, 3, mo, mi, k, k)
+        banks = blocks.permute(2, 0, 3, 1, 4, 5, 6).reshape(3, o * mo, i * mi, k, k)
+        w_re, w_sum, w_diff = banks.unbind(0)
+        return w_re, w_sum, w_diff
 
     def _synthesise(self) -> tuple[torch.Tensor, ...]:
         if self.impl == "dense":

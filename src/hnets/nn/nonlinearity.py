@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import _native
 from .batchnorm import HBatchNorm
 from .functional import check_harmonic, from_pixel_major, pair_dot, per_pair, to_pixel_major
 
@@ -86,12 +87,21 @@ class _MagnitudeReLU(torch.autograd.Function):
     ):
         ctx.save_for_backward(pairs, scale, bias)
         ctx.eps = eps
+        if _native.usable(pairs):
+            return _native.relu_forward(pairs, scale, bias, eps)
         return _relu_forward(pairs, scale, bias, eps)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
         pairs, scale, bias = ctx.saved_tensors
         grad = grad.contiguous()
+        if not torch.is_grad_enabled() and _native.usable(grad, pairs):  # not double backward
+            grad_pairs, grad_scale, grad_bias = _native.relu_backward(
+                grad, pairs, scale, bias, ctx.eps
+            )
+            grad_scale = grad_scale.to(pairs.dtype) if ctx.needs_input_grad[1] else None
+            grad_bias = grad_bias.to(pairs.dtype) if ctx.needs_input_grad[2] else None
+            return grad_pairs, grad_scale, grad_bias, None
         gs, kz, grad_scale, grad_bias = _relu_backward(
             grad,
             pairs,
@@ -126,23 +136,42 @@ class _BatchNormMagnitudeReLU(torch.autograd.Function):
         bn_eps: float,
         eps: float,
     ):
-        power = pair_dot(pairs, pairs).mean(dim=(0, 1, 2))
+        native = _native.usable(pairs)
+        if native:
+            n = pairs.numel() // (pairs.shape[-3] * pairs.shape[-2] * 2)
+            power = (_native.power_sum(pairs) / max(n, 1)).to(pairs.dtype)
+        else:
+            power = pair_dot(pairs, pairs).mean(dim=(0, 1, 2))
         inv_std = (power + bn_eps).rsqrt()
         scale = inv_std if weight is None else inv_std * weight
         ctx.save_for_backward(pairs, scale, inv_std, bias)
         ctx.eps = eps
         ctx.has_weight = weight is not None
         ctx.mark_non_differentiable(power)
+        if native:
+            return _native.relu_forward(pairs, scale, bias, eps), power
         return _relu_forward(pairs, scale, bias, eps), power
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor, _grad_power: torch.Tensor | None):  # noqa: ANN001, ANN205
         pairs, scale, inv_std, bias = ctx.saved_tensors
         grad = grad.contiguous()
+        n = pairs.numel() // (pairs.shape[-3] * pairs.shape[-2] * 2)
+        if not torch.is_grad_enabled() and _native.usable(grad, pairs):  # not double backward
+            # pass 1: the sums over positions; pass 2: the input gradient, which needs
+            # the batch statistic's term built from the first pass's sum
+            _, grad_scale, grad_bias = _native.relu_backward(
+                grad, pairs, scale, bias, ctx.eps, write=False
+            )
+            grad_scale = grad_scale.to(pairs.dtype)
+            corr = grad_scale * scale * inv_std.square() / n
+            grad_pairs, _, _ = _native.relu_backward(grad, pairs, scale, bias, ctx.eps, corr=corr)
+            grad_weight = grad_scale * inv_std if ctx.has_weight else None
+            grad_bias = grad_bias.to(pairs.dtype) if ctx.needs_input_grad[2] else None
+            return grad_pairs, grad_weight, grad_bias, None, None
         gs, kz, grad_scale, grad_bias = _relu_backward(
             grad, pairs, scale, bias, ctx.eps, need_bias=ctx.needs_input_grad[2], need_scale=True
         )
-        n = pairs.numel() // (pairs.shape[-3] * pairs.shape[-2] * 2)
         kz.sub_(grad_scale * scale * inv_std.square() / n)
         grad_pairs = torch.addcmul(grad * gs.unsqueeze(-1), pairs, kz.unsqueeze(-1))
         grad_weight = grad_scale * inv_std if ctx.has_weight else None
