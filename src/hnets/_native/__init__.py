@@ -31,10 +31,19 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "disabled", "relu_forward", "relu_backward", "power_sum", "usable"]
+__all__ = [
+    "available",
+    "disabled",
+    "relu_forward",
+    "relu_backward",
+    "power_sum",
+    "split3",
+    "merge3",
+    "usable",
+]
 
 _SOURCE = Path(__file__).with_name("magnitude.c")
-_ABI_VERSION = 1
+_ABI_VERSION = 2
 _BASE_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC"]
 _lock = threading.Lock()
 _state: dict[str, object] = {}
@@ -115,6 +124,10 @@ def _load() -> ctypes.CDLL:
         ptr, ptr, ptr, long_, long_, ptr, ptr, f32, ptr, ptr, ptr, int_,
     ]  # fmt: skip
     lib.hnets_relu_backward.restype = None
+    lib.hnets_split3.argtypes = [ptr, ptr, ptr, ptr, long_, int_]
+    lib.hnets_split3.restype = None
+    lib.hnets_merge3.argtypes = [ptr, ptr, ptr, ptr, long_, f32, f32, int_]
+    lib.hnets_merge3.restype = None
     return lib
 
 
@@ -141,12 +154,14 @@ def available() -> bool:
     return not disabled() and _library() is not None
 
 
-def usable(*tensors: torch.Tensor) -> bool:
-    """Whether the kernels can run on these tensors: float32, CPU, contiguous, eager mode."""
+def usable(*tensors: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> bool:
+    """Whether the kernels can run on these tensors: float32, CPU, dense in ``memory_format``, eager."""
     if disabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
     for t in tensors:
-        if t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous():
+        if t.dtype != torch.float32 or t.device.type != "cpu":
+            return False
+        if not t.is_contiguous(memory_format=memory_format):
             return False
     return _library() is not None
 
@@ -217,3 +232,35 @@ def relu_backward(
         torch.get_num_threads(),
     )  # fmt: skip
     return out, grad_scale, grad_bias
+
+
+def split3(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Channels-last ``(B, 2S, H, W)`` images of interleaved pairs -> ``re``, ``im``, ``re + im``.
+
+    Each output is a channels-last ``(B, S, H, W)`` tensor.
+    """
+    b, c2, h, w = images.shape
+    shape = (b, c2 // 2, h, w)
+    outs = [
+        torch.empty(shape, dtype=images.dtype, memory_format=torch.channels_last)
+        for _ in range(3)
+    ]
+    _library().hnets_split3(  # type: ignore[union-attr]
+        _ptr(images), *(_ptr(t) for t in outs), images.numel() // 2, torch.get_num_threads()
+    )
+    return outs[0], outs[1], outs[2]
+
+
+def merge3(
+    p: torch.Tensor, q: torch.Tensor, r: torch.Tensor, sign_q: float, sign_r: float
+) -> torch.Tensor:
+    """Channels-last ``(B, T, H, W)`` maps -> interleaved ``(p + sign_q q, p + sign_r r)``.
+
+    The result is a channels-last ``(B, 2T, H, W)`` tensor.
+    """
+    b, t, h, w = p.shape
+    out = torch.empty((b, 2 * t, h, w), dtype=p.dtype, memory_format=torch.channels_last)
+    _library().hnets_merge3(  # type: ignore[union-attr]
+        _ptr(p), _ptr(q), _ptr(r), _ptr(out), p.numel(), sign_q, sign_r, torch.get_num_threads()
+    )
+    return out

@@ -15,7 +15,7 @@
    double accumulators: vectorisable inner loops without float drift over 10^5 terms. */
 #define BLOCK 256
 
-int hnets_abi_version(void) { return 1; }
+int hnets_abi_version(void) { return 2; }
 
 /* out = y relu(|y|_eps + bias) / |y|_eps, y = z * scale (per stream). */
 void hnets_relu_forward(const float* restrict z, float* restrict out, long n, long s_count,
@@ -131,4 +131,27 @@ void hnets_relu_backward(const float* g, const float* z, float* grad_out, long n
       grad_bias[s] += acc[(size_t)t * 2 * s_count + s_count + s];
     }
   free(acc);
+}
+
+/* Gauss's trick for complex convolutions: de-interleave complex pairs into the three
+   real inputs (re, im, re + im), and re-interleave the three real products. */
+void hnets_split3(const float* restrict z, float* restrict re, float* restrict im,
+                  float* restrict sum, long n, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (long p = 0; p < n; p++) {
+    float r = z[2 * p], i = z[2 * p + 1];
+    re[p] = r;
+    im[p] = i;
+    sum[p] = r + i;
+  }
+}
+
+/* out = (p + sign_q q, p + sign_r r) as interleaved pairs. */
+void hnets_merge3(const float* restrict p, const float* restrict q, const float* restrict r,
+                  float* restrict out, long n, float sign_q, float sign_r, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (long k = 0; k < n; k++) {
+    out[2 * k] = p[k] + sign_q * q[k];
+    out[2 * k + 1] = p[k] + sign_r * r[k];
+  }
 }

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import _native
 from ..basis import default_n_rings, harmonic_basis
 from .functional import check_harmonic
 
@@ -49,6 +50,60 @@ def _complex_basis_matrix(basis: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.stack([re, im], 2), torch.stack([-im, re], 2)], dim=2)
 
 
+class _GaussConv(torch.autograd.Function):
+    """Gauss's three real convolutions on interleaved complex pairs, with fused repacking.
+
+    Input: channels-last images ``(B, 2S, H, W)`` whose channels are (real, imaginary)
+    pairs; output likewise with ``2T`` channels. With ``P1 = (X_r + X_i) * W_r``,
+    ``P2 = X_i * (W_r + W_i)``, ``P3 = X_r * (W_i - W_r)``: real part ``P1 - P2``,
+    imaginary part ``P1 + P3``. The (de)interleaving and the sums are single passes
+    of the native kernels; the backward calls ``convolution_backward`` directly.
+    """
+
+    @staticmethod
+    def run(images, w_re, w_sum, w_diff, stride, padding):  # noqa: ANN001, ANN205
+        """The forward; returns the output and the three real inputs."""
+        x_re, x_im, x_sum = _native.split3(images)
+        conv = partial(F.conv2d, stride=stride, padding=padding)
+        p1, p2, p3 = conv(x_sum, w_re), conv(x_im, w_sum), conv(x_re, w_diff)
+        cl = torch.channels_last
+        out = _native.merge3(*(p.contiguous(memory_format=cl) for p in (p1, p2, p3)), -1.0, 1.0)
+        return out, (x_re, x_im, x_sum)
+
+    @staticmethod
+    def forward(ctx, images, w_re, w_sum, w_diff, stride, padding):  # noqa: ANN001, ANN205
+        out, (x_re, x_im, x_sum) = _GaussConv.run(images, w_re, w_sum, w_diff, stride, padding)
+        ctx.save_for_backward(x_re, x_im, x_sum, w_re, w_sum, w_diff)
+        ctx.conv_args = (stride, padding)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        x_re, x_im, x_sum, w_re, w_sum, w_diff = ctx.saved_tensors
+        stride, padding = ctx.conv_args
+        cl = torch.channels_last
+        grad = grad.contiguous(memory_format=cl)
+        # d/dP1 = g_re + g_im, d/dP2 = -g_re, d/dP3 = g_im
+        g_re, g_im, g_sum = _native.split3(grad)
+        need_x = ctx.needs_input_grad[0]
+
+        def back(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor, need_w: bool):  # noqa: ANN202
+            return torch.ops.aten.convolution_backward(
+                g, x, w, None, [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], 1,
+                [need_x, need_w, False],
+            )  # fmt: skip
+
+        a_x, a_w = back(g_sum, x_sum, w_re, ctx.needs_input_grad[1])[:2]
+        b_x, b_w = back(g_re, x_im, w_sum, ctx.needs_input_grad[2])[:2]
+        c_x, c_w = back(g_im, x_re, w_diff, ctx.needs_input_grad[3])[:2]
+        grad_images = None
+        if need_x:
+            # dX_r = A + C, dX_i = A - B
+            parts = (t.contiguous(memory_format=cl) for t in (a_x, c_x, b_x))
+            grad_images = _native.merge3(*parts, 1.0, -1.0)
+        return grad_images, a_w, None if b_w is None else -b_w, c_w, None, None
+
+
 class HConv2d(nn.Module):
     r"""Harmonic convolution between rotation-order streams (Worrall et al., 2017).
 
@@ -78,14 +133,18 @@ class HConv2d(nn.Module):
     :math:`[0, 2\pi)`.
 
     **Speed.** The basis is a non-persistent buffer built once (it follows
-    ``.to(device, dtype)``) and the filter bank comes from one contraction plus an
-    index gather, so synthesis costs next to nothing. All order pairs then go
+    ``.to(device, dtype)``) and the filter bank is one small matrix product of the
+    complex ring coefficients with a precomputed synthesis matrix, so synthesis
+    costs next to nothing. All order pairs then go
     through one real convolution with the dense filter bank
     (:meth:`dense_weight`), or, with ``impl="gauss"``, through Gauss's three real
     products (``W_r``, ``W_r + W_i``, ``W_i - W_r`` against ``X_r + X_i``, ``X_i``,
-    ``X_r``), 3/4 of the arithmetic. ``impl="auto"`` takes Gauss's trick only when
-    both sides have at least 64 complex streams: below that, three half-width
-    convolutions cost as much as one full-width one on CPU (``hnets bench``).
+    ``X_r``), 3/4 of the arithmetic. ``impl="auto"`` decides per call: Gauss's trick
+    when both sides have at least 32 complex streams (16 on maps of at most 16 x 16),
+    where on CPU three half-width convolutions beat one full-width one
+    (``hnets bench``); the dense bank otherwise. On float32 CPU tensors the
+    (de)interleaving around Gauss's products is one pass of a native kernel
+    (:mod:`hnets._native`); without it, Gauss's trick is taken from 64 streams.
     Outputs are stored channels-last (memory ``(B, H, W, C, M, 2)``), so the next
     convolution reads them without a copy. In eval mode under
     ``torch.no_grad()``/``torch.inference_mode()`` the synthesised filter is cached
@@ -187,10 +246,7 @@ class HConv2d(nn.Module):
             self.register_parameter("bias", None)
         if impl not in ("auto", "dense", "gauss"):
             raise ValueError(f"impl must be 'auto', 'dense' or 'gauss'; got {impl!r}")
-        if impl == "auto":  # Gauss's trick pays once the per-part convolutions are wide
-            small = min(in_channels * (self.in_max_order + 1), out_channels * (max_order + 1))
-            impl = "gauss" if small >= _GAUSS_MIN_CHANNELS else "dense"
-        self.impl = impl
+        self.impl = impl  # "auto" is resolved per call (see _choose_impl)
         self._cache: tuple[tuple, tuple[torch.Tensor, ...]] | None = None
         self.reset_parameters()
 
@@ -297,35 +353,51 @@ class HConv2d(nn.Module):
         w_re, w_sum, w_diff = banks.unbind(0)
         return w_re, w_sum, w_diff
 
-    def _synthesise(self) -> tuple[torch.Tensor, ...]:
-        if self.impl == "dense":
+    def _synthesise(self, impl: str) -> tuple[torch.Tensor, ...]:
+        if impl == "dense":
             return (self.dense_weight(),)
         return self.gauss_weights()
 
-    def _filters(self) -> tuple[torch.Tensor, ...]:
+    def _choose_impl(self, images: torch.Tensor) -> str:
+        """``impl``, with ``"auto"`` resolved for this input (thresholds from ``hnets bench``)."""
+        if self.impl != "auto":
+            return self.impl
+        small = min(
+            self.in_channels * (self.in_max_order + 1), self.out_channels * (self.max_order + 1)
+        )
+        if _native.usable(images, memory_format=torch.channels_last):
+            # with the fused repacking, Gauss's three half-width products pay from 32
+            # complex streams, and from 16 on maps of at most 16 x 16
+            pays = small >= 32 or (small >= 16 and images.shape[-2] * images.shape[-1] <= 256)
+        else:  # repacked with PyTorch ops
+            pays = small >= _GAUSS_MIN_CHANNELS
+        return "gauss" if pays else "dense"
+
+    def _filters(self, impl: str) -> tuple[torch.Tensor, ...]:
         use_cache = (
             not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
         )
         if not use_cache:
-            return self._synthesise()
+            return self._synthesise(impl)
         key = (
-            self.impl,
+            impl,
             self.weight._version,
             None if self.phase is None else self.phase._version,
             self.weight.data_ptr(),
             torch.is_inference_mode_enabled(),
         )
         if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self._synthesise())
+            self._cache = (key, self._synthesise(impl))
         return self._cache[1]
 
     # -- forward ------------------------------------------------------------------------
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         check_harmonic(z, channels=self.in_channels, orders=self.in_max_order + 1, where="HConv2d")
         images = _as_images(z)
-        weights = [w.to(images.dtype) for w in self._filters()]
+        impl = self._choose_impl(images)
+        weights = [w.to(images.dtype) for w in self._filters(impl)]
         conv = partial(F.conv2d, stride=self.stride, padding=self.padding)
-        if self.impl == "dense":
+        if impl == "dense":
             out = conv(images, weights[0])
         else:
             out = self._gauss_conv(images, weights, conv)
@@ -338,6 +410,14 @@ class HConv2d(nn.Module):
         return result
 
     def _gauss_conv(self, images: torch.Tensor, weights: list[torch.Tensor], conv) -> torch.Tensor:  # noqa: ANN001
+        if _native.usable(images, memory_format=torch.channels_last) and _native.usable(
+            *weights
+        ):
+            if torch.is_grad_enabled() and (
+                images.requires_grad or any(w.requires_grad for w in weights)
+            ):
+                return _GaussConv.apply(images, *weights, self.stride, self.padding)
+            return _GaussConv.run(images, *weights, self.stride, self.padding)[0]
         b, _, h, w = images.shape
         parts = images.view(b, -1, 2, h, w)
         x_re = parts[:, :, 0].contiguous(memory_format=torch.channels_last)
