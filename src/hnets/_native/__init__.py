@@ -39,11 +39,12 @@ __all__ = [
     "power_sum",
     "split3",
     "merge3",
+    "tile_spread",
     "usable",
 ]
 
 _SOURCE = Path(__file__).with_name("magnitude.c")
-_ABI_VERSION = 2
+_ABI_VERSION = 3
 _BASE_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC"]
 _lock = threading.Lock()
 _state: dict[str, object] = {}
@@ -128,6 +129,8 @@ def _load() -> ctypes.CDLL:
     lib.hnets_split3.restype = None
     lib.hnets_merge3.argtypes = [ptr, ptr, ptr, ptr, long_, f32, f32, int_]
     lib.hnets_merge3.restype = None
+    lib.hnets_tile_spread.argtypes = [ptr, ptr, long_, long_, long_, long_, long_, int_]
+    lib.hnets_tile_spread.restype = None
     return lib
 
 
@@ -262,5 +265,15 @@ def merge3(
     out = torch.empty((b, 2 * t, h, w), dtype=p.dtype, memory_format=torch.channels_last)
     _library().hnets_merge3(  # type: ignore[union-attr]
         _ptr(p), _ptr(q), _ptr(r), _ptr(out), p.numel(), sign_q, sign_r, torch.get_num_threads()
+    )
+    return out
+
+
+def tile_spread(grad: torch.Tensor, k: int) -> torch.Tensor:
+    """Channels-last ``(B, N, h, w)`` -> ``(B, N, h k, w k)``: each value over its ``k x k`` tile, / k^2."""
+    b, n, h, w = grad.shape
+    out = torch.empty((b, n, h * k, w * k), dtype=grad.dtype, memory_format=torch.channels_last)
+    _library().hnets_tile_spread(  # type: ignore[union-attr]
+        _ptr(grad), _ptr(out), b, h, w, n, k, torch.get_num_threads()
     )
     return out

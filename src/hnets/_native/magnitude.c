@@ -15,7 +15,7 @@
    double accumulators: vectorisable inner loops without float drift over 10^5 terms. */
 #define BLOCK 256
 
-int hnets_abi_version(void) { return 2; }
+int hnets_abi_version(void) { return 3; }
 
 /* out = y relu(|y|_eps + bias) / |y|_eps, y = z * scale (per stream). */
 void hnets_relu_forward(const float* restrict z, float* restrict out, long n, long s_count,
@@ -154,4 +154,22 @@ void hnets_merge3(const float* restrict p, const float* restrict q, const float*
     out[2 * k] = p[k] + sign_q * q[k];
     out[2 * k + 1] = p[k] + sign_r * r[k];
   }
+}
+
+/* Backward of a mean pool whose k x k windows tile the input, channels-last:
+   out[b, y, x, :] = g[b, y / k, x / k, :] / (k * k). */
+void hnets_tile_spread(const float* restrict g, float* restrict out, long b, long h, long w,
+                       long n, long k, int threads) {
+  float kk = (float)(k * k);
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
+  for (long bi = 0; bi < b; bi++)
+    for (long y = 0; y < h * k; y++) {
+      const float* restrict grow = g + (size_t)(bi * h + y / k) * w * n;
+      float* restrict orow = out + (size_t)(bi * h * k + y) * w * k * n;
+      for (long x = 0; x < w * k; x++) {
+        const float* restrict gp = grow + (x / k) * n;
+        float* restrict op = orow + x * n;
+        for (long c = 0; c < n; c++) op[c] = gp[c] / kk;
+      }
+    }
 }

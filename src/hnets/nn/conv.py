@@ -263,7 +263,8 @@ class HConv2d(nn.Module):
         self._cache = None
 
     def train(self, mode: bool = True) -> HConv2d:
-        self._cache = None
+        if mode != self.training:  # model.eval() on an eval model keeps the cached filter
+            self._cache = None
         return super().train(mode)
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001 - torch's own signature
@@ -342,15 +343,18 @@ class HConv2d(nn.Module):
         o, i, k = self.out_channels, self.in_channels, self.kernel_size
         mo, mi = self.max_order + 1, self.in_max_order + 1
         blocks = self._mapped(self.dense_map).view(o, i, mo * 2, mi * 2, k, k)
-        return blocks.permute(0, 2, 1, 3, 4, 5).reshape(o * mo * 2, i * mi * 2, k, k)
+        # stored channels-last (memory (out, k, k, in)), what the convolution of a
+        # channels-last input wants: otherwise it would copy the weight on every call
+        bank = blocks.permute(0, 2, 4, 5, 1, 3).reshape(o * mo * 2, k, k, i * mi * 2)
+        return bank.permute(0, 3, 1, 2)
 
     def gauss_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Gauss's real banks ``(W_r, W_r + W_i, W_i - W_r)``, each ``(out*Mo, in*Mi, k, k)``."""
         o, i, k = self.out_channels, self.in_channels, self.kernel_size
         mo, mi = self.max_order + 1, self.in_max_order + 1
         blocks = self._mapped(self.gauss_map).view(o, i, 3, mo, mi, k, k)
-        banks = blocks.permute(2, 0, 3, 1, 4, 5, 6).reshape(3, o * mo, i * mi, k, k)
-        w_re, w_sum, w_diff = banks.unbind(0)
+        banks = blocks.permute(2, 0, 3, 5, 6, 1, 4).reshape(3, o * mo, k, k, i * mi)
+        w_re, w_sum, w_diff = banks.permute(0, 1, 4, 2, 3).unbind(0)  # channels-last, as above
         return w_re, w_sum, w_diff
 
     def _synthesise(self, impl: str) -> tuple[torch.Tensor, ...]:
@@ -410,9 +414,7 @@ class HConv2d(nn.Module):
         return result
 
     def _gauss_conv(self, images: torch.Tensor, weights: list[torch.Tensor], conv) -> torch.Tensor:  # noqa: ANN001
-        if _native.usable(images, memory_format=torch.channels_last) and _native.usable(
-            *weights
-        ):
+        if _native.usable(images, memory_format=torch.channels_last):  # weights: any layout
             if torch.is_grad_enabled() and (
                 images.requires_grad or any(w.requires_grad for w in weights)
             ):

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import _native
 from .functional import check_harmonic
 
 __all__ = ["HAvgPool2d"]
@@ -27,6 +28,8 @@ class _TiledMeanPool(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
         k = ctx.k
+        if _native.usable(grad, memory_format=torch.channels_last):
+            return _native.tile_spread(grad, k), None
         b, n, h, w = grad.shape
         g = (grad / (k * k)).permute(0, 2, 3, 1)  # (B, h, w, N)
         g = g[:, :, None, :, None, :].expand(b, h, k, w, k, n).reshape(b, h * k, w * k, n)
