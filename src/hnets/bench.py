@@ -70,7 +70,10 @@ def machine_description() -> str:
                     break
     except OSError:
         pass
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    from . import _native
+
+    kernels = "native kernels on" if _native.available() else "native kernels off"
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, {kernels}"
 
 
 def bench_conv(

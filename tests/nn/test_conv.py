@@ -77,6 +77,20 @@ def test_quarter_turn_equivariance_is_exact(k, mi, mo, stride):
         )
 
 
+@pytest.mark.parametrize(("k", "stride"), [(3, 1), (5, 1), (5, 2), (7, 2)])
+def test_quarter_turn_equivariance_is_exact_with_gauss(k, stride):
+    """The same property through Gauss's three products (the native path on CPU float32)."""
+    torch.manual_seed(k + stride)
+    conv = HConv2d(5, 4, k, max_order=2, in_max_order=1, stride=stride, impl="gauss")
+    size = 15 if stride == 2 else 14
+    z = torch.randn(2, 5, 2, 2, size, size)
+    out = conv(z)
+    for turns in (1, 2, 3):
+        torch.testing.assert_close(
+            conv(rot90_harmonic(z, turns)), rot90_harmonic(out, turns), atol=1e-5, rtol=0
+        )
+
+
 def test_equivariance_fails_for_the_wrong_phase_convention():
     """The test above can fail: with i^(-m) instead of i^m the outputs do not match."""
     conv = HConv2d(2, 2, 5, max_order=1)

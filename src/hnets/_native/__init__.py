@@ -89,9 +89,7 @@ def _build(cc: str) -> Path:
     for extra in (["-march=native"], []):
         flags = _BASE_FLAGS + extra
         key = hashlib.sha256(
-            b"\0".join(
-                [source, " ".join(flags).encode(), version.encode(), _cpu_model().encode()]
-            )
+            b"\0".join([source, " ".join(flags).encode(), version.encode(), _cpu_model().encode()])
         ).hexdigest()[:16]
         target = _cache_dir() / f"magnitude-{key}.so"
         if target.exists():
@@ -157,8 +155,14 @@ def available() -> bool:
     return not disabled() and _library() is not None
 
 
-def usable(*tensors: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> bool:
-    """Whether the kernels can run on these tensors: float32, CPU, dense in ``memory_format``, eager."""
+def usable(
+    *tensors: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format
+) -> bool:
+    """Whether the kernels can run on these tensors: float32, CPU, dense in ``memory_format``.
+
+    Never under ``torch.compile``/``torch.export`` or TorchScript tracing, which see the
+    PyTorch implementation.
+    """
     if disabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
     for t in tensors:
@@ -182,7 +186,7 @@ def _stream_vector(t: torch.Tensor | None, streams: int, fill: float) -> torch.T
 def relu_forward(
     pairs: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor, eps: float
 ) -> torch.Tensor:
-    """``y relu(|y|_eps + b) / |y|_eps``, ``y = z * scale``, on pixel-major pairs ``(..., C, M, 2)``."""
+    """``y relu(|y|_eps + b) / |y|_eps``, ``y = z * scale``, on pixel-major ``(..., C, M, 2)``."""
     streams = pairs.shape[-3] * pairs.shape[-2]
     positions = pairs.numel() // (2 * streams) if streams else 0
     out = torch.empty_like(pairs)
@@ -245,8 +249,7 @@ def split3(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     b, c2, h, w = images.shape
     shape = (b, c2 // 2, h, w)
     outs = [
-        torch.empty(shape, dtype=images.dtype, memory_format=torch.channels_last)
-        for _ in range(3)
+        torch.empty(shape, dtype=images.dtype, memory_format=torch.channels_last) for _ in range(3)
     ]
     _library().hnets_split3(  # type: ignore[union-attr]
         _ptr(images), *(_ptr(t) for t in outs), images.numel() // 2, torch.get_num_threads()
@@ -270,7 +273,7 @@ def merge3(
 
 
 def tile_spread(grad: torch.Tensor, k: int) -> torch.Tensor:
-    """Channels-last ``(B, N, h, w)`` -> ``(B, N, h k, w k)``: each value over its ``k x k`` tile, / k^2."""
+    """Channels-last ``(B, N, h, w)`` -> ``(B, N, h k, w k)``: each value / k^2 over its tile."""
     b, n, h, w = grad.shape
     out = torch.empty((b, n, h * k, w * k), dtype=grad.dtype, memory_format=torch.channels_last)
     _library().hnets_tile_spread(  # type: ignore[union-attr]

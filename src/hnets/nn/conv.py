@@ -8,6 +8,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from .. import _native
 from ..basis import default_n_rings, harmonic_basis
@@ -78,6 +79,7 @@ class _GaussConv(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # the native repacking is not recorded: no double backward
     def backward(ctx, grad):  # noqa: ANN001, ANN205
         x_re, x_im, x_sum, w_re, w_sum, w_diff = ctx.saved_tensors
         stride, padding = ctx.conv_args
@@ -285,7 +287,7 @@ class HConv2d(nn.Module):
         return torch.einsum("foirc,frczkl->foizkl", coeff, self.basis.to(coeff.dtype))
 
     def _blocks_from(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Real and imaginary banks ``(out * Mo, in * Mi, k, k)`` from filters ``(F, o, i, 2, k, k)``."""
+        """Real, imaginary banks ``(o * Mo, i * Mi, k, k)`` from filters ``(F, o, i, 2, k, k)``."""
         conj = torch.stack([w[1:, :, :, 0], -w[1:, :, :, 1]], dim=3)
         bank = torch.cat([w, conj], dim=0)[self.order_index]  # (Mo, Mi, o, i, 2, k, k)
         bank = bank.permute(4, 2, 0, 3, 1, 5, 6)  # (2, o, Mo, i, Mi, k, k)

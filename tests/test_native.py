@@ -1,0 +1,186 @@
+"""The native CPU kernels (hnets._native): agreement with the PyTorch paths, and the fallback."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from hnets import HConv2d, HNonLinearity, _native
+from hnets.models import HNetMNIST
+from hnets.nn.batchnorm import HBatchNorm
+from hnets.nn.nonlinearity import _relu_backward, _relu_forward
+
+needs_compiler = pytest.mark.skipif(_native._compiler() is None, reason="needs a C compiler")
+
+
+def _pairs(*shape, seed=0):
+    return torch.randn(*shape, 2, generator=torch.Generator().manual_seed(seed))
+
+
+@needs_compiler
+def test_kernels_build_here():
+    assert _native.available()
+    assert _native.usable(torch.zeros(2, 3))
+    assert not _native.usable(torch.zeros(2, 3, dtype=torch.float64))
+    assert not _native.usable(torch.zeros(3, 2).t())  # not contiguous
+
+
+def test_env_switch_turns_them_off(monkeypatch):
+    monkeypatch.setenv("HNETS_NATIVE", "0")
+    assert _native.disabled()
+    assert not _native.available()
+    assert not _native.usable(torch.zeros(2, 3))
+
+
+@needs_compiler
+@pytest.mark.parametrize("scaled", [False, True])
+def test_relu_forward_matches_pytorch(scaled):
+    z = _pairs(5, 6, 7, 4, 2)  # positions..., C=4, M=2
+    scale = torch.rand(4, 2) + 0.5 if scaled else None
+    bias = torch.linspace(-1.0, 0.5, 8).view(4, 2)
+    ours = _native.relu_forward(z, scale, bias, 1e-6)
+    ref = _relu_forward(z, scale, bias, 1e-6)
+    # the same float operations; ATen's vectorised sqrt may differ by one ulp
+    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-7)
+    assert (ours == 0).sum() == (ref == 0).sum() > 0  # the same pairs switched off
+
+
+@needs_compiler
+@pytest.mark.parametrize("scaled", [False, True])
+def test_relu_backward_matches_pytorch(scaled):
+    z, g = _pairs(5, 6, 7, 4, 2), _pairs(5, 6, 7, 4, 2, seed=1)
+    scale = torch.rand(4, 2) + 0.5 if scaled else None
+    bias = torch.linspace(-1.0, 0.5, 8).view(4, 2)
+    corr = torch.randn(4, 2)
+    ours, grad_scale, grad_bias = _native.relu_backward(g, z, scale, bias, 1e-6, corr=corr)
+    gs, kz, ref_scale, ref_bias = _relu_backward(
+        g, z, scale, bias, 1e-6, need_bias=True, need_scale=True
+    )
+    kz = kz - corr
+    ref = torch.addcmul(g * gs.unsqueeze(-1), z, kz.unsqueeze(-1))
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_scale.float(), ref_scale, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad_bias.float(), ref_bias, rtol=1e-5, atol=1e-5)
+    none, _, again = _native.relu_backward(g, z, scale, bias, 1e-6, write=False)
+    assert none is None
+    torch.testing.assert_close(again, grad_bias)
+
+
+def _grads(module_fn, inputs):
+    out = module_fn()
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(0))
+    grads = torch.autograd.grad(out, inputs, g)
+    return out.detach(), grads
+
+
+@needs_compiler
+@pytest.mark.parametrize("with_bn", [False, True])
+def test_layers_agree_with_and_without_kernels(with_bn, monkeypatch):
+    torch.manual_seed(0)
+    act, bn = HNonLinearity(3, 1), HBatchNorm(3, 1)
+    with torch.no_grad():
+        act.bias.uniform_(-1.0, 0.5)
+        bn.weight.uniform_(0.5, 1.5)
+    z = torch.randn(4, 3, 2, 2, 9, 9, requires_grad=True)
+    params = [z, act.bias] + ([bn.weight] if with_bn else [])
+
+    def run():
+        return act(z, bn=bn if with_bn else None)
+
+    ours = _grads(run, params)
+    monkeypatch.setenv("HNETS_NATIVE", "0")
+    ref = _grads(run, params)
+    torch.testing.assert_close(ours[0], ref[0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(ours[1], ref[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@needs_compiler
+@pytest.mark.parametrize("stride", [1, 2])
+def test_gauss_convolution_matches_the_dense_bank(stride):
+    torch.manual_seed(0)
+    dense = HConv2d(6, 5, 5, max_order=1, impl="dense", stride=stride)
+    gauss = HConv2d(6, 5, 5, max_order=1, impl="gauss", stride=stride)
+    gauss.load_state_dict(dense.state_dict())
+    z = torch.randn(3, 6, 2, 2, 11, 11, requires_grad=True)
+    outs, grads = [], []
+    for conv in (dense, gauss):
+        out = conv(z)
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        grads.append(torch.autograd.grad(out, [z, conv.weight, conv.phase], g))
+        outs.append(out.detach())
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-5)
+    for a, b in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():  # the forward-only branch
+        torch.testing.assert_close(gauss(z), outs[0], rtol=1e-4, atol=1e-5)
+
+
+@needs_compiler
+def test_gauss_convolution_refuses_double_backward():
+    conv = HConv2d(4, 4, 3, max_order=1, impl="gauss")
+    z = torch.randn(2, 4, 2, 2, 6, 6, requires_grad=True)
+    (grad,) = torch.autograd.grad(conv(z).square().sum(), z, create_graph=True)
+    with pytest.raises(RuntimeError):
+        grad.sum().backward()
+
+
+@needs_compiler
+def test_tile_spread_is_the_mean_pool_backward():
+    g = torch.randn(2, 6, 5, 7).contiguous(memory_format=torch.channels_last)
+    out = _native.tile_spread(g, 2)
+    expected = torch.nn.functional.interpolate(g, scale_factor=2, mode="nearest") / 4
+    assert torch.equal(out, expected)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+@needs_compiler
+def test_model_logits_agree_with_and_without_kernels(monkeypatch):
+    torch.manual_seed(0)
+    model = HNetMNIST().eval()
+    x = torch.rand(8, 1, 28, 28)
+    with torch.inference_mode():
+        ours = model(x)
+        monkeypatch.setenv("HNETS_NATIVE", "0")
+        ref = model(x)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_missing_compiler_falls_back_with_one_warning(monkeypatch, tmp_path):
+    monkeypatch.setattr(_native, "_state", {})
+    monkeypatch.setattr(_native, "_compiler", lambda: None)
+    monkeypatch.setenv("HNETS_CACHE_DIR", str(tmp_path))
+    with pytest.warns(RuntimeWarning, match="no C compiler"):
+        assert not _native.available()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once, then quiet
+        assert not _native.usable(torch.zeros(2, 2))
+        act = HNonLinearity(2, 1)
+        act(torch.randn(1, 2, 2, 2, 3, 3))  # the PyTorch path
+
+
+@needs_compiler
+def test_broken_build_falls_back(monkeypatch, tmp_path):
+    bad = tmp_path / "bad.c"
+    bad.write_text("this is not C\n")
+    monkeypatch.setattr(_native, "_state", {})
+    monkeypatch.setattr(_native, "_SOURCE", bad)
+    monkeypatch.setenv("HNETS_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.warns(RuntimeWarning, match="unavailable"):
+        assert not _native.available()
+    assert not list((tmp_path / "cache").glob("*.so"))  # nothing half-written left behind
+
+
+@needs_compiler
+def test_build_is_cached(monkeypatch, tmp_path):
+    monkeypatch.setattr(_native, "_state", {})
+    monkeypatch.setenv("HNETS_CACHE_DIR", str(tmp_path))
+    assert _native.available()
+    built = list(tmp_path.glob("magnitude-*.so"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    monkeypatch.setattr(_native, "_state", {})
+    assert _native.available()
+    assert built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
