@@ -16,9 +16,9 @@ from .functional import check_harmonic
 
 __all__ = ["HConv2d"]
 
-# Below this many complex input/output streams the three half-width convolutions of
-# Gauss's trick are no faster than one dense convolution on CPU (measured with
-# `hnets bench`), and the dense path needs no copies.
+# Without the native kernels (the repacking around Gauss's products done with PyTorch
+# copies), below this many complex input/output streams the three half-width
+# convolutions are no faster than one dense convolution on CPU (`hnets bench`).
 _GAUSS_MIN_CHANNELS = 64
 
 
