@@ -63,33 +63,35 @@ def _cache_dir() -> Path:
 
 
 def _compiler() -> str | None:
-    candidates = [os.environ.get("CC"), (sysconfig.get_config_var("CC") or "").split()[:1], "cc"]
-    for cand in candidates:
-        name = cand[0] if isinstance(cand, list) and cand else cand
-        if isinstance(name, str) and name and shutil.which(name):
+    """``$CC``, else the compiler Python was built with, else ``cc``: the first on ``PATH``."""
+    python_cc = (sysconfig.get_config_var("CC") or "").split()
+    for name in (os.environ.get("CC"), python_cc[0] if python_cc else None, "cc"):
+        if name and shutil.which(name):
             return name
     return None
 
 
 def _cpu_model() -> str:
+    """The CPU's model name and feature flags (``-march=native`` depends on both)."""
     try:
         with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith(("model name", "flags")):
-                    return line
+            lines = fh.readlines()
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return platform.processor() or platform.machine()
+    model = next((line for line in lines if line.startswith("model name")), "")
+    flags = next((line for line in lines if line.startswith("flags")), "")
+    return model + flags
 
 
 def _build(cc: str) -> Path:
     source = _SOURCE.read_bytes()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    errors = []
+    cpu = _cpu_model()
+    error = "?"
     for extra in (["-march=native"], []):
         flags = _BASE_FLAGS + extra
         key = hashlib.sha256(
-            b"\0".join([source, " ".join(flags).encode(), version.encode(), _cpu_model().encode()])
+            b"\0".join([source, " ".join(flags).encode(), version.encode(), cpu.encode()])
         ).hexdigest()[:16]
         target = _cache_dir() / f"magnitude-{key}.so"
         if target.exists():
@@ -103,8 +105,8 @@ def _build(cc: str) -> Path:
             os.replace(tmp, target)  # atomic: a concurrent build never sees half a file
             return target
         os.unlink(tmp)
-        errors.append(proc.stderr.strip().splitlines()[-1:] or ["?"])
-    raise RuntimeError(f"{cc} failed: {errors[-1][0]}")
+        error = (proc.stderr.strip().splitlines() or ["?"])[-1]
+    raise RuntimeError(f"{cc} failed: {error}")
 
 
 def _load() -> ctypes.CDLL:

@@ -51,6 +51,11 @@ def _complex_basis_matrix(basis: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.stack([re, im], 2), torch.stack([-im, re], 2)], dim=2)
 
 
+def _filters_from(coeff: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """Complex coefficients ``(F, o, i, R, 2)`` x basis matrix -> filters ``(F, o, i, 2, k, k)``."""
+    return torch.einsum("foirc,frczkl->foizkl", coeff, basis.to(coeff.dtype))
+
+
 class _GaussConv(torch.autograd.Function):
     """Gauss's three real convolutions on interleaved complex pairs, with fused repacking.
 
@@ -134,24 +139,22 @@ class HConv2d(nn.Module):
     outputs with :math:`E|z|^2 \approx 1` per stream. Phases are uniform in
     :math:`[0, 2\pi)`.
 
-    **Speed.** The basis is a non-persistent buffer built once (it follows
-    ``.to(device, dtype)``) and the filter bank is one small matrix product of the
-    complex ring coefficients with a precomputed synthesis matrix, so synthesis
-    costs next to nothing. All order pairs then go
-    through one real convolution with the dense filter bank
-    (:meth:`dense_weight`), or, with ``impl="gauss"``, through Gauss's three real
+    **Speed.** The basis is a non-persistent buffer built once (it follows ``.to(device,
+    dtype)``) and the filter bank is one small matrix product of the complex ring
+    coefficients with a precomputed synthesis matrix, so synthesis costs next to
+    nothing. All order pairs then go through one real convolution with the dense filter
+    bank (:meth:`dense_weight`), or, with ``impl="gauss"``, through Gauss's three real
     products (``W_r``, ``W_r + W_i``, ``W_i - W_r`` against ``X_r + X_i``, ``X_i``,
     ``X_r``), 3/4 of the arithmetic. ``impl="auto"`` decides per call: Gauss's trick
     when both sides have at least 32 complex streams (16 on maps of at most 16 x 16),
-    where on CPU three half-width convolutions beat one full-width one
-    (``hnets bench``); the dense bank otherwise. On float32 CPU tensors the
-    (de)interleaving around Gauss's products is one pass of a native kernel
-    (:mod:`hnets._native`); without it, Gauss's trick is taken from 64 streams.
-    Outputs are stored channels-last (memory ``(B, H, W, C, M, 2)``), so the next
-    convolution reads them without a copy. In eval mode under
-    ``torch.no_grad()``/``torch.inference_mode()`` the synthesised filter is cached
-    and reused until a parameter changes, the module changes device or dtype, or
-    ``.train()`` is called; the ``state_dict`` is the same in both modes.
+    where on CPU three half-width convolutions beat one full-width one (``hnets
+    bench``); the dense bank otherwise. On float32 CPU tensors the (de)interleaving
+    around Gauss's products is one pass of a native kernel (:mod:`hnets._native`);
+    without it, Gauss's trick is taken from 64 streams. Outputs are stored channels-last
+    (memory ``(B, H, W, C, M, 2)``), so the next convolution reads them without a copy.
+    In eval mode under ``torch.no_grad()``/``torch.inference_mode()`` the synthesised
+    filter is cached and reused until a parameter changes, the module changes device or
+    dtype, or ``.train()`` is called; the ``state_dict`` is the same in both modes.
 
     Args:
         in_channels: input channels (each has ``in_max_order + 1`` complex streams).
@@ -283,8 +286,7 @@ class HConv2d(nn.Module):
 
     def complex_filters(self) -> torch.Tensor:
         """Filters of orders ``0..F-1``: shape ``(F, out, in, 2, k, k)`` (real, imaginary)."""
-        coeff = self._coefficients()
-        return torch.einsum("foirc,frczkl->foizkl", coeff, self.basis.to(coeff.dtype))
+        return _filters_from(self._coefficients(), self.basis)
 
     def _blocks_from(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Real, imaginary banks ``(o * Mo, i * Mi, k, k)`` from filters ``(F, o, i, 2, k, k)``."""
@@ -306,7 +308,7 @@ class HConv2d(nn.Module):
         q = n_filter_orders * self.n_rings * 2
         eye = torch.eye(q, dtype=torch.float64).view(q, n_filter_orders, self.n_rings, 2)
         coeff = eye.permute(1, 0, 2, 3).unsqueeze(2)  # (F, q "out", 1 "in", R, 2)
-        w = torch.einsum("foirc,frczkl->foizkl", coeff, self.basis.double())
+        w = _filters_from(coeff, self.basis)
         real, imag = self._blocks_from(w)  # (q * Mo, Mi, k, k)
         mo, mi, k = self.max_order + 1, self.in_max_order + 1, self.kernel_size
         real = real.reshape(q, mo, mi, k, k)

@@ -18,7 +18,20 @@ __all__ = ["HNonLinearity"]
 def _relu_forward(
     pairs: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor, eps: float
 ) -> torch.Tensor:
-    """``y relu(|y|_eps + b) / |y|_eps`` with ``y = z * scale`` (``None``: 1), pixel-major."""
+    """``y relu(|y|_eps + b) / |y|_eps`` with ``y = z * scale`` (``None``: 1), pixel-major.
+
+    One pass of the native kernel where it can run (float32 CPU, eager), else
+    :func:`_relu_forward_torch`.
+    """
+    if _native.usable(pairs):
+        return _native.relu_forward(pairs, scale, bias, eps)
+    return _relu_forward_torch(pairs, scale, bias, eps)
+
+
+def _relu_forward_torch(
+    pairs: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """:func:`_relu_forward` with PyTorch ops."""
     y = pairs if scale is None else pairs * per_pair(scale)
     mag = pair_dot(y, y).add_(eps).sqrt_()
     factor = (mag + bias).clamp_min_(0.0).div_(mag).unsqueeze(-1)
@@ -87,8 +100,6 @@ class _MagnitudeReLU(torch.autograd.Function):
     ):
         ctx.save_for_backward(pairs, scale, bias)
         ctx.eps = eps
-        if _native.usable(pairs):
-            return _native.relu_forward(pairs, scale, bias, eps)
         return _relu_forward(pairs, scale, bias, eps)
 
     @staticmethod
@@ -136,8 +147,7 @@ class _BatchNormMagnitudeReLU(torch.autograd.Function):
         bn_eps: float,
         eps: float,
     ):
-        native = _native.usable(pairs)
-        if native:
+        if _native.usable(pairs):
             n = pairs.numel() // (pairs.shape[-3] * pairs.shape[-2] * 2)
             power = (_native.power_sum(pairs) / max(n, 1)).to(pairs.dtype)
         else:
@@ -148,8 +158,6 @@ class _BatchNormMagnitudeReLU(torch.autograd.Function):
         ctx.eps = eps
         ctx.has_weight = weight is not None
         ctx.mark_non_differentiable(power)
-        if native:
-            return _native.relu_forward(pairs, scale, bias, eps), power
         return _relu_forward(pairs, scale, bias, eps), power
 
     @staticmethod
