@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hnets import HConv2d, rot90_harmonic
+from hnets import HConv2d, lift, rot90_harmonic
 from hnets.basis import harmonic_basis
 
 
@@ -209,3 +209,52 @@ def test_standard_strided_inputs_give_the_same_result():
     conv = HConv2d(2, 2, 3)
     z = conv(torch.randn(1, 2, 2, 2, 7, 7)).detach()
     torch.testing.assert_close(conv(z), conv(z.contiguous()))
+
+
+@pytest.mark.parametrize(("mo", "stride", "bias"), [(0, 1, False), (1, 1, True), (2, 2, False)])
+def test_real_images_give_what_their_lift_gives(mo, stride, bias):
+    """An in_max_order=0 layer takes real images directly: the same outputs and gradients."""
+    torch.manual_seed(mo)
+    conv = HConv2d(3, 4, 5, max_order=mo, in_max_order=0, stride=stride, bias=bias)
+    if bias:
+        with torch.no_grad():
+            conv.bias.normal_()
+    x = torch.randn(2, 3, 11, 11, requires_grad=True)
+    x_lifted = x.detach().clone().requires_grad_()
+    out = conv(x)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    ours = [x.grad, conv.weight.grad, conv.phase.grad]
+    conv.zero_grad()
+    ref = conv(lift(x_lifted))
+    ref.backward(grad)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(ours, [x_lifted.grad, conv.weight.grad, conv.phase.grad], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_real_images_quarter_turn_equivariance():
+    torch.manual_seed(0)
+    conv = HConv2d(2, 3, 5, max_order=2, in_max_order=0)
+    x = torch.randn(2, 2, 14, 14)
+    out = conv(x)
+    for turns in (1, 2, 3):
+        spun = torch.rot90(x, turns, dims=(-2, -1))
+        torch.testing.assert_close(conv(spun), rot90_harmonic(out, turns), atol=1e-5, rtol=0)
+
+
+def test_real_images_only_where_the_input_has_order_zero_only():
+    with pytest.raises(ValueError, match="harmonic map shaped"):
+        HConv2d(3, 4, 5, max_order=1, in_max_order=1)(torch.randn(2, 3, 8, 8))
+    with pytest.raises(ValueError, match="expects 3 channels"):
+        HConv2d(3, 4, 5, max_order=1, in_max_order=0)(torch.randn(2, 2, 8, 8))
+    with pytest.raises(ValueError, match="in_max_order=0"):
+        HConv2d(3, 4, 5, max_order=1, in_max_order=1).dense_weight(real_input=True)
+
+
+def test_real_input_weight_is_the_real_columns_of_the_dense_bank():
+    conv = HConv2d(3, 4, 5, max_order=2, in_max_order=0)
+    with torch.no_grad():
+        half = conv.dense_weight(real_input=True)
+        assert torch.equal(half, conv.dense_weight()[:, 0::2])
+    assert half.is_contiguous(memory_format=torch.channels_last)

@@ -39,13 +39,19 @@ __all__ = [
     "power_sum",
     "split3",
     "merge3",
+    "synthesise",
+    "synthesise_backward",
     "tile_spread",
     "usable",
 ]
 
 _SOURCE = Path(__file__).with_name("magnitude.c")
-_ABI_VERSION = 3
-_BASE_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC"]
+_ABI_VERSION = 4
+# -fno-tree-loop-distribute-patterns: short copy loops stay loops, not memcpy calls
+_BASE_FLAGS = [
+    "-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-tree-loop-distribute-patterns",
+    "-fopenmp", "-shared", "-fPIC",
+]  # fmt: skip
 _lock = threading.Lock()
 _state: dict[str, object] = {}
 
@@ -131,6 +137,10 @@ def _load() -> ctypes.CDLL:
     lib.hnets_merge3.restype = None
     lib.hnets_tile_spread.argtypes = [ptr, ptr, long_, long_, long_, long_, long_, int_]
     lib.hnets_tile_spread.restype = None
+    lib.hnets_synthesise.argtypes = [ptr] * 5 + [long_] * 7 + [int_]
+    lib.hnets_synthesise.restype = None
+    lib.hnets_synthesise_backward.argtypes = [ptr] * 7 + [long_] * 7 + [int_]
+    lib.hnets_synthesise_backward.restype = None
     return lib
 
 
@@ -282,3 +292,44 @@ def tile_spread(grad: torch.Tensor, k: int) -> torch.Tensor:
         _ptr(grad), _ptr(out), b, h, w, n, k, torch.get_num_threads()
     )
     return out
+
+
+def synthesise(
+    weight: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, layout: torch.Tensor
+) -> torch.Tensor:
+    """A filter bank ``(G, O, A, I, B)`` from ring weights ``(F, O, I, R)`` and a layout matrix.
+
+    ``out[g, o, a, i, b] = sum_q c[o, i, q] layout[q, g, a, b]`` with the complex
+    coefficients ``c[o, i, (f, r, p)] = weight[f, o, i, r] * (cos, sin)[p][f, o, i]``
+    (``sin=None``: no phase, ``c = (weight, 0)``).
+    """
+    f, o, i, r = weight.shape
+    _, g, a, b = layout.shape
+    out = torch.empty((g, o, a, i, b), dtype=weight.dtype)
+    _library().hnets_synthesise(  # type: ignore[union-attr]
+        _ptr(weight), _ptr(cos), _ptr(sin), _ptr(layout), _ptr(out), f, o, i, r, g, a, b,
+        torch.get_num_threads(),
+    )  # fmt: skip
+    return out
+
+
+def synthesise_backward(
+    grad: torch.Tensor,
+    weight: torch.Tensor,
+    cos: torch.Tensor | None,
+    sin: torch.Tensor | None,
+    layout_t: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Gradients of :func:`synthesise` for ``weight`` and (with a phase) the phase angles.
+
+    ``layout_t`` is ``layout`` transposed: ``(G, A, B, q)``, contiguous.
+    """
+    f, o, i, r = weight.shape
+    g, a, b, _ = layout_t.shape
+    grad_w = torch.empty_like(weight)
+    grad_phase = None if sin is None else torch.empty((f, o, i), dtype=weight.dtype)
+    _library().hnets_synthesise_backward(  # type: ignore[union-attr]
+        _ptr(grad), _ptr(weight), _ptr(cos), _ptr(sin), _ptr(layout_t), _ptr(grad_w),
+        _ptr(grad_phase), f, o, i, r, g, a, b, torch.get_num_threads(),
+    )  # fmt: skip
+    return grad_w, grad_phase

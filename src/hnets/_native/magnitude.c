@@ -15,7 +15,7 @@
    double accumulators: vectorisable inner loops without float drift over 10^5 terms. */
 #define BLOCK 256
 
-int hnets_abi_version(void) { return 3; }
+int hnets_abi_version(void) { return 4; }
 
 /* out = y relu(|y|_eps + bias) / |y|_eps, y = z * scale (per stream). */
 void hnets_relu_forward(const float* restrict z, float* restrict out, long n, long s_count,
@@ -172,4 +172,125 @@ void hnets_tile_spread(const float* restrict g, float* restrict out, long b, lon
         for (long c = 0; c < n; c++) op[c] = gp[c] / kk;
       }
     }
+}
+
+#define LANES 64 /* independent accumulators: enough to hide the add latency */
+
+/* Filter synthesis of HConv2d: a bank out[g][o][a][i][b] (G x O x A x I x B, the
+   layout the convolution wants) = sum_q c[o][i][q] m[q][g][a][b], with the complex
+   ring coefficients c[o][i][(f, r, p)] = w[f][o][i][r] * (p ? sin : cos)[f][o][i]
+   (sin = NULL: no phase, c = (w, 0)); q runs over F x R x 2. Work is split by output
+   channel o: its I x (G A B) products go to a local buffer, then out in runs of I B. */
+static void coefficients(const float* restrict w, const float* restrict cs,
+                         const float* restrict sn, float* restrict c, long o, long i,
+                         long f_count, long o_count, long i_count, long r_count) {
+  for (long f = 0; f < f_count; f++) {
+    long foi = (f * o_count + o) * i_count + i;
+    float co = sn ? cs[foi] : 1.0f, si = sn ? sn[foi] : 0.0f;
+    for (long r = 0; r < r_count; r++) {
+      float wv = w[foi * r_count + r];
+      c[(f * r_count + r) * 2] = wv * co;
+      c[(f * r_count + r) * 2 + 1] = wv * si;
+    }
+  }
+}
+
+void hnets_synthesise(const float* restrict w, const float* restrict cs,
+                      const float* restrict sn, const float* restrict m,
+                      float* restrict out, long f_count, long o_count, long i_count,
+                      long r_count, long g_count, long a_count, long b_count, int threads) {
+  long q_count = f_count * r_count * 2, j_count = g_count * a_count * b_count;
+#pragma omp parallel num_threads(threads)
+  {
+    float* local = (float*)malloc(sizeof(float) * j_count * i_count);
+    float* c = (float*)malloc(sizeof(float) * q_count);
+#pragma omp for schedule(static)
+    for (long o = 0; o < o_count; o++) {
+      for (long i = 0; i < i_count; i++) {
+        coefficients(w, cs, sn, c, o, i, f_count, o_count, i_count, r_count);
+        float* restrict li = local + i * j_count;
+        long j0 = 0;
+        for (; j0 + LANES <= j_count; j0 += LANES) {  /* accumulators stay in registers */
+          float acc[LANES] = {0.0f};
+          for (long q = 0; q < q_count; q++) {
+            const float* restrict mq = m + q * j_count + j0;
+            float cq = c[q];
+#pragma omp simd
+            for (int l = 0; l < LANES; l++) acc[l] = fmaf(cq, mq[l], acc[l]);
+          }
+          for (int l = 0; l < LANES; l++) li[j0 + l] = acc[l];
+        }
+        /* the rest: the same sums in the same order, vectorised along j */
+        for (long j = j0; j < j_count; j++) li[j] = 0.0f;
+        for (long q = 0; q < q_count; q++) {
+          const float* restrict mq = m + q * j_count;
+          float cq = c[q];
+          for (long j = j0; j < j_count; j++) li[j] = fmaf(cq, mq[j], li[j]);
+        }
+      }
+      for (long g = 0; g < g_count; g++)
+        for (long a = 0; a < a_count; a++) {
+          const float* restrict src = local + (g * a_count + a) * b_count;
+          float* restrict dst = out + ((g * o_count + o) * a_count + a) * i_count * b_count;
+          for (long i = 0; i < i_count; i++)
+            for (long b = 0; b < b_count; b++) dst[i * b_count + b] = src[i * j_count + b];
+        }
+    }
+    free(local);
+    free(c);
+  }
+}
+
+/* Backward of hnets_synthesise: grad_w[f][o][i][r] and (sn != NULL) grad_phase[f][o][i]
+   from grad[g][o][a][i][b]; mt is the synthesis matrix transposed, mt[(g, a, b)][q]. */
+void hnets_synthesise_backward(const float* restrict grad, const float* restrict w,
+                               const float* restrict cs, const float* restrict sn,
+                               const float* restrict mt, float* restrict grad_w,
+                               float* restrict grad_phase, long f_count, long o_count,
+                               long i_count, long r_count, long g_count, long a_count,
+                               long b_count, int threads) {
+  long q_count = f_count * r_count * 2, j_count = g_count * a_count * b_count;
+#pragma omp parallel num_threads(threads)
+  {
+    float* local = (float*)malloc(sizeof(float) * j_count * i_count);
+    float* gc = (float*)malloc(sizeof(float) * 4 * q_count);
+#pragma omp for schedule(static)
+    for (long o = 0; o < o_count; o++) {
+      for (long g = 0; g < g_count; g++)
+        for (long a = 0; a < a_count; a++) {
+          const float* restrict src =
+              grad + ((g * o_count + o) * a_count + a) * i_count * b_count;
+          float* restrict dst = local + (g * a_count + a) * b_count;
+          for (long i = 0; i < i_count; i++)
+            for (long b = 0; b < b_count; b++) dst[i * j_count + b] = src[i * b_count + b];
+        }
+      for (long i = 0; i < i_count; i++) {
+        const float* restrict li = local + i * j_count;
+        /* four interleaved partial sums over j (independent add chains), then added */
+        for (long q = 0; q < 4 * q_count; q++) gc[q] = 0.0f;
+        for (long j = 0; j < j_count; j++) {
+          const float* restrict mj = mt + j * q_count;
+          float* restrict part = gc + (j & 3) * q_count;
+          float v = li[j];
+#pragma omp simd
+          for (long q = 0; q < q_count; q++) part[q] = fmaf(v, mj[q], part[q]);
+        }
+        for (long q = 0; q < q_count; q++)
+          gc[q] = (gc[q] + gc[q_count + q]) + (gc[2 * q_count + q] + gc[3 * q_count + q]);
+        for (long f = 0; f < f_count; f++) {
+          long foi = (f * o_count + o) * i_count + i;
+          float co = sn ? cs[foi] : 1.0f, si = sn ? sn[foi] : 0.0f;
+          float gp = 0.0f;
+          for (long r = 0; r < r_count; r++) {
+            float gre = gc[(f * r_count + r) * 2], gim = gc[(f * r_count + r) * 2 + 1];
+            grad_w[foi * r_count + r] = gre * co + gim * si;
+            gp += w[foi * r_count + r] * (gim * co - gre * si);
+          }
+          if (sn) grad_phase[foi] = gp;
+        }
+      }
+    }
+    free(local);
+    free(gc);
+  }
 }

@@ -111,6 +111,58 @@ class _GaussConv(torch.autograd.Function):
         return grad_images, a_w, None if b_w is None else -b_w, c_w, None, None
 
 
+def _coefficients_of(weight: torch.Tensor, phase: torch.Tensor | None) -> torch.Tensor:
+    """Complex ring coefficients ``w e^{i beta}``: ``(F, o, i, R)`` -> ``(F, o, i, R, 2)``."""
+    if phase is None:
+        return torch.stack([weight, torch.zeros_like(weight)], dim=-1)
+    rotor = torch.stack([phase.cos(), phase.sin()], dim=-1)
+    return weight.unsqueeze(-1) * rotor.unsqueeze(-2)
+
+
+def _bank_torch(
+    weight: torch.Tensor, phase: torch.Tensor | None, layout: torch.Tensor
+) -> torch.Tensor:
+    """PyTorch version of :func:`hnets._native.synthesise`: the bank ``(G, O, A, I, B)``."""
+    coeff = _coefficients_of(weight, phase)
+    _, o, i, _, _ = coeff.shape
+    q, g, a, b = layout.shape
+    rows = coeff.permute(1, 2, 0, 3, 4).reshape(o * i, q)
+    bank = rows @ layout.reshape(q, -1).to(rows.dtype)
+    return bank.view(o, i, g, a, b).permute(2, 0, 3, 1, 4)
+
+
+class _Synthesis(torch.autograd.Function):
+    """The filter bank straight from ring weights and phases, in the convolution's layout.
+
+    One native pass each way (:func:`hnets._native.synthesise`) instead of the
+    coefficient products, the matrix product and the strided copy into the
+    channels-last bank, and their backwards. A backward that must itself be
+    differentiable (``create_graph=True``) differentiates :func:`_bank_torch` instead.
+    """
+
+    @staticmethod
+    def forward(ctx, weight, phase, layout, layout_t):  # noqa: ANN001, ANN205
+        cos = sin = None
+        if phase is not None:
+            cos, sin = phase.cos(), phase.sin()
+        ctx.save_for_backward(weight, phase, cos, sin, layout, layout_t)
+        return _native.synthesise(weight, cos, sin, layout)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        weight, phase, cos, sin, layout, layout_t = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True
+            inputs = (weight,) if phase is None else (weight, phase)
+            grads = torch.autograd.grad(
+                _bank_torch(weight, phase, layout), inputs, grad, create_graph=True
+            )
+            return grads[0], grads[1] if phase is not None else None, None, None
+        grad_w, grad_phase = _native.synthesise_backward(
+            grad.contiguous(), weight, cos, sin, layout_t
+        )
+        return grad_w, grad_phase, None, None
+
+
 class HConv2d(nn.Module):
     r"""Harmonic convolution between rotation-order streams (Worrall et al., 2017).
 
@@ -162,7 +214,7 @@ class HConv2d(nn.Module):
         kernel_size: odd filter size ``k``.
         max_order: highest output rotation order.
         in_max_order: highest input rotation order (default ``max_order``; use 0 on
-            the first layer of a network, after :func:`hnets.lift`).
+            the first layer of a network, which then also takes real images).
         n_rings: rings of the radial profile (default :func:`hnets.basis.default_n_rings`).
         phase: learn a phase offset per (order, output, input).
         stride: convolution stride.
@@ -173,7 +225,9 @@ class HConv2d(nn.Module):
             result up to float round-off).
 
     Shape:
-        - Input: ``(B, in_channels, in_max_order + 1, 2, H, W)``
+        - Input: ``(B, in_channels, in_max_order + 1, 2, H, W)``; with ``in_max_order=0``
+          also real images ``(B, in_channels, H, W)``, taken as ``hnets.lift(x)`` but
+          convolved with only the real-input half of the filter bank (half the work)
         - Output: ``(B, out_channels, max_order + 1, 2, H_out, W_out)`` with
           ``H_out = (H + 2 * padding - k) // stride + 1``.
     """
@@ -253,6 +307,7 @@ class HConv2d(nn.Module):
             raise ValueError(f"impl must be 'auto', 'dense' or 'gauss'; got {impl!r}")
         self.impl = impl  # "auto" is resolved per call (see _choose_impl)
         self._cache: tuple[tuple, tuple[torch.Tensor, ...]] | None = None
+        self._layouts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # see _layout
         self.reset_parameters()
 
     # -- parameters -------------------------------------------------------------------
@@ -274,15 +329,13 @@ class HConv2d(nn.Module):
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001 - torch's own signature
         self._cache = None
+        self._layouts = {}
         return super()._apply(fn, recurse)
 
     # -- filter synthesis ---------------------------------------------------------------
     def _coefficients(self) -> torch.Tensor:
         """Complex ring coefficients ``w e^{i beta}``: shape ``(F, out, in, R, 2)``."""
-        if self.phase is None:
-            return torch.stack([self.weight, torch.zeros_like(self.weight)], dim=-1)
-        rotor = torch.stack([self.phase.cos(), self.phase.sin()], dim=-1)
-        return self.weight.unsqueeze(-1) * rotor.unsqueeze(-2)
+        return _coefficients_of(self.weight, self.phase)
 
     def complex_filters(self) -> torch.Tensor:
         """Filters of orders ``0..F-1``: shape ``(F, out, in, 2, k, k)`` (real, imaginary)."""
@@ -337,20 +390,27 @@ class HConv2d(nn.Module):
         real, imag = banks.unbind(0)  # the output's real part reads W_r, its imaginary W_i
         return real, imag
 
-    def dense_weight(self) -> torch.Tensor:
+    def dense_weight(self, *, real_input: bool = False) -> torch.Tensor:
         """The equivalent real ``Conv2d`` weight ``(out * Mo * 2, in * Mi * 2, k, k)``.
 
         Applied to the input viewed as ``(B, in * Mi * 2, H, W)``, a plain
         convolution with it gives the output viewed as ``(B, out * Mo * 2, H, W)``:
-        this is what :func:`hnets.export` uses.
+        this is what :func:`hnets.export` uses. With ``real_input=True`` (layers with
+        ``in_max_order=0`` only) just the columns that read real parts:
+        ``(out * Mo * 2, in, k, k)``, the weight for real images ``(B, in, H, W)``.
         """
         o, i, k = self.out_channels, self.in_channels, self.kernel_size
         mo, mi = self.max_order + 1, self.in_max_order + 1
-        blocks = self._mapped(self.dense_map).view(o, i, mo * 2, mi * 2, k, k)
+        parts = 2
+        blocks = self._mapped(self.dense_map).view(o, i, mo * 2, mi, 2, k, k)
+        if real_input:
+            if self.in_max_order != 0:
+                raise ValueError("real_input needs in_max_order=0")
+            blocks, parts = blocks[:, :, :, :, :1], 1
         # stored channels-last (memory (out, k, k, in)), what the convolution of a
         # channels-last input wants: otherwise it would copy the weight on every call
-        bank = blocks.permute(0, 2, 4, 5, 1, 3).reshape(o * mo * 2, k, k, i * mi * 2)
-        return bank.permute(0, 3, 1, 2)
+        bank = blocks.permute(0, 2, 5, 6, 1, 3, 4).reshape(o * mo * 2, k, k, i * mi * parts)
+        return bank.contiguous().permute(0, 3, 1, 2)  # (a no-op copy unless real_input)
 
     def gauss_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Gauss's real banks ``(W_r, W_r + W_i, W_i - W_r)``, each ``(out*Mo, in*Mi, k, k)``."""
@@ -361,7 +421,41 @@ class HConv2d(nn.Module):
         w_re, w_sum, w_diff = banks.permute(0, 1, 4, 2, 3).unbind(0)  # channels-last, as above
         return w_re, w_sum, w_diff
 
+    def _layout(self, impl: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The synthesis matrix of ``impl`` as ``(q, G, A, B)`` for :class:`_Synthesis`: the
+        bank ``(G, O, A, I, B)`` it gives is the memory of :meth:`dense_weight` (``G = 1``,
+        ``A = (Mo, 2, k, k)``, ``B = (Mi, 2)``, or ``B = Mi`` for real input) or of
+        :meth:`gauss_weights` (``G = 3``, ``A = (Mo, k, k)``, ``B = Mi``); and its
+        transpose ``(G, A, B, q)`` for the backward."""
+        if impl not in self._layouts:
+            q = self.dense_map.shape[0]
+            mo, mi, k = self.max_order + 1, self.in_max_order + 1, self.kernel_size
+            if impl == "gauss":
+                m = self.gauss_map.view(q, 3, mo, mi, k, k).permute(0, 1, 2, 4, 5, 3)
+                m = m.reshape(q, 3, mo * k * k, mi)
+            else:
+                m = self.dense_map.view(q, mo * 2, mi, 2, k, k)
+                if impl == "real":
+                    m = m[:, :, :, :1]
+                m = m.permute(0, 1, 4, 5, 2, 3).reshape(q, 1, mo * 2 * k * k, -1)
+            self._layouts[impl] = (m.contiguous(), m.permute(1, 2, 3, 0).contiguous())
+        return self._layouts[impl]
+
+    def _native_synthesis(self, impl: str) -> tuple[torch.Tensor, ...]:
+        o, i, k = self.out_channels, self.in_channels, self.kernel_size
+        mo, mi = self.max_order + 1, self.in_max_order + 1
+        bank = _Synthesis.apply(self.weight, self.phase, *self._layout(impl))
+        if impl == "gauss":
+            banks = bank.view(3, o * mo, k, k, i * mi).permute(0, 1, 4, 2, 3)
+            return tuple(banks.unbind(0))
+        return (bank.view(o * mo * 2, k, k, -1).permute(0, 3, 1, 2),)
+
     def _synthesise(self, impl: str) -> tuple[torch.Tensor, ...]:
+        params = [self.weight] if self.phase is None else [self.weight, self.phase]
+        if torch.is_grad_enabled() and self.weight.requires_grad and _native.usable(*params):
+            return self._native_synthesis(impl)
+        if impl == "real":
+            return (self.dense_weight(real_input=True),)
         if impl == "dense":
             return (self.dense_weight(),)
         return self.gauss_weights()
@@ -400,12 +494,23 @@ class HConv2d(nn.Module):
 
     # -- forward ------------------------------------------------------------------------
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        check_harmonic(z, channels=self.in_channels, orders=self.in_max_order + 1, where="HConv2d")
-        images = _as_images(z)
-        impl = self._choose_impl(images)
+        if z.dim() == 4 and self.in_max_order == 0:
+            # real images: the same as self(lift(z)), with half the input channels
+            if z.shape[1] != self.in_channels:
+                raise ValueError(
+                    f"HConv2d expects {self.in_channels} channels; got {z.shape[1]} "
+                    f"({tuple(z.shape)})"
+                )
+            images, impl = z.contiguous(memory_format=torch.channels_last), "real"
+        else:
+            check_harmonic(
+                z, channels=self.in_channels, orders=self.in_max_order + 1, where="HConv2d"
+            )
+            images = _as_images(z)
+            impl = self._choose_impl(images)
         weights = [w.to(images.dtype) for w in self._filters(impl)]
         conv = partial(F.conv2d, stride=self.stride, padding=self.padding)
-        if impl == "dense":
+        if impl in ("dense", "real"):
             out = conv(images, weights[0])
         else:
             out = self._gauss_conv(images, weights, conv)
