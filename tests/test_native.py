@@ -99,10 +99,11 @@ def test_layers_agree_with_and_without_kernels(with_bn, monkeypatch):
 
 @needs_compiler
 @pytest.mark.parametrize("stride", [1, 2])
-def test_gauss_convolution_matches_the_dense_bank(stride):
+@pytest.mark.parametrize("impl", ["gauss", "karatsuba"])
+def test_fast_convolutions_match_the_dense_bank(stride, impl):
     torch.manual_seed(0)
     dense = HConv2d(6, 5, 5, max_order=1, impl="dense", stride=stride)
-    gauss = HConv2d(6, 5, 5, max_order=1, impl="gauss", stride=stride)
+    gauss = HConv2d(6, 5, 5, max_order=1, impl=impl, stride=stride)
     gauss.load_state_dict(dense.state_dict())
     z = torch.randn(3, 6, 2, 2, 11, 11, requires_grad=True)
     outs, grads = [], []
@@ -119,8 +120,9 @@ def test_gauss_convolution_matches_the_dense_bank(stride):
 
 
 @needs_compiler
-def test_gauss_convolution_refuses_double_backward():
-    conv = HConv2d(4, 4, 3, max_order=1, impl="gauss")
+@pytest.mark.parametrize("impl", ["gauss", "karatsuba"])
+def test_fast_convolutions_refuse_double_backward(impl):
+    conv = HConv2d(4, 4, 3, max_order=1, impl=impl)
     z = torch.randn(2, 4, 2, 2, 6, 6, requires_grad=True)
     (grad,) = torch.autograd.grad(conv(z).square().sum(), z, create_graph=True)
     with pytest.raises(RuntimeError):
@@ -207,6 +209,8 @@ def _autograd_names(t: torch.Tensor) -> set[str]:
         (2, 1, False, "dense"),
         (1, 1, True, "gauss"),
         (1, 2, False, "gauss"),
+        (1, 1, True, "karatsuba"),
+        (1, 1, False, "karatsuba"),
     ],
 )
 def test_native_synthesis_matches_pytorch(mi, mo, phase, impl, monkeypatch):
@@ -255,3 +259,38 @@ def test_native_synthesis_supports_double_backward(monkeypatch):
     _, *ref = penalty_grads()
     for a, b in zip(ours, ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@needs_compiler
+def test_karatsuba_native_and_pytorch_paths_agree(monkeypatch):
+    """The native (de)interleaving against the PyTorch-op version of the same nine products."""
+    torch.manual_seed(0)
+    conv = HConv2d(4, 3, 5, max_order=1, impl="karatsuba")
+    z = torch.randn(2, 4, 2, 2, 9, 9, requires_grad=True)
+    out = conv(z)
+    assert "_KaratsubaConvBackward" in _autograd_names(out)
+    grads = torch.autograd.grad(out.square().sum(), [z, conv.weight, conv.phase])
+    monkeypatch.setenv("HNETS_NATIVE", "0")
+    ref = conv(z)
+    assert "_KaratsubaConvBackward" not in _autograd_names(ref)
+    ref_grads = torch.autograd.grad(ref.square().sum(), [z, conv.weight, conv.phase])
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@needs_compiler
+@pytest.mark.parametrize(
+    ("channels", "size", "expected"),
+    [(32, 7, "karatsuba"), (16, 28, "karatsuba"), (16, 14, "gauss"), (8, 28, "dense")],
+)
+def test_auto_picks_the_measured_fastest(channels, size, expected):
+    conv = HConv2d(channels, channels, 5, max_order=1)
+    images = torch.zeros(1, channels * 4, size, size).contiguous(memory_format=torch.channels_last)
+    assert conv._choose_impl(images) == expected
+    assert (
+        HConv2d(channels, channels, 5, max_order=2)._choose_impl(
+            torch.zeros(1, channels * 6, size, size).contiguous(memory_format=torch.channels_last)
+        )
+        != "karatsuba"
+    )  # needs orders 0..1 on both sides

@@ -89,7 +89,8 @@ def bench_conv(
 
     The dense shape has ``channels * (order + 1) * 2`` input and output channels (64
     for the defaults). Candidates: dense NCHW (the baseline), dense channels-last
-    (what a tuned plain layer gets), and ``HConv2d`` with each implementation.
+    (what a tuned plain layer gets), and ``HConv2d`` with each implementation
+    (``karatsuba`` where the orders are 0..1).
     """
     torch.manual_seed(0)
     dense_ch = channels * (order + 1) * 2
@@ -98,7 +99,8 @@ def bench_conv(
     w = torch.randn(dense_ch, dense_ch, kernel_size, kernel_size, requires_grad=True)
     convs = {
         impl: HConv2d(channels, channels, kernel_size, max_order=order, impl=impl)
-        for impl in ("dense", "gauss")
+        for impl in ("dense", "gauss", "karatsuba")
+        if impl != "karatsuba" or order == 1
     }
     z = convs["dense"](torch.randn(batch, channels, order + 1, 2, size, size)).detach()
     z.requires_grad_()
@@ -114,8 +116,7 @@ def bench_conv(
         {
             f"F.conv2d {dense_ch}->{dense_ch} (NCHW)": run_dense(x),
             f"F.conv2d {dense_ch}->{dense_ch} (channels-last)": run_dense(x_cl),
-            "HConv2d impl=dense": run_h("dense"),
-            "HConv2d impl=gauss": run_h("gauss"),
+            **{f"HConv2d impl={impl}": run_h(impl) for impl in convs},
         },
         repeats=repeats,
     )

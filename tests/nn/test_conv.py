@@ -36,8 +36,15 @@ def _reference(conv: HConv2d, z: torch.Tensor) -> torch.Tensor:
     return torch.stack([out.real, out.imag], dim=3)
 
 
-@pytest.mark.parametrize("impl", ["dense", "gauss"])
-@pytest.mark.parametrize(("mi", "mo"), [(0, 0), (0, 1), (1, 1), (2, 1), (1, 3), (3, 0)])
+@pytest.mark.parametrize(
+    ("impl", "mi", "mo"),
+    [
+        (impl, mi, mo)
+        for impl in ("dense", "gauss")
+        for mi, mo in [(0, 0), (0, 1), (1, 1), (2, 1), (1, 3), (3, 0)]
+    ]
+    + [("karatsuba", 1, 1)],
+)
 @pytest.mark.parametrize("phase", [True, False])
 def test_matches_complex_reference(impl, mi, mo, phase):
     torch.manual_seed(mi * 10 + mo)
@@ -91,6 +98,24 @@ def test_quarter_turn_equivariance_is_exact_with_gauss(k, stride):
         )
 
 
+@pytest.mark.parametrize(("k", "stride"), [(3, 1), (5, 1), (5, 2)])
+def test_quarter_turn_equivariance_is_exact_with_karatsuba(k, stride):
+    torch.manual_seed(k + stride)
+    conv = HConv2d(5, 4, k, max_order=1, in_max_order=1, stride=stride, impl="karatsuba")
+    size = 15 if stride == 2 else 14
+    z = torch.randn(2, 5, 2, 2, size, size)
+    out = conv(z)
+    for turns in (1, 2, 3):
+        torch.testing.assert_close(
+            conv(rot90_harmonic(z, turns)), rot90_harmonic(out, turns), atol=1e-5, rtol=0
+        )
+
+
+def test_karatsuba_needs_orders_zero_and_one():
+    with pytest.raises(ValueError, match="karatsuba"):
+        HConv2d(3, 4, 5, max_order=2, in_max_order=1, impl="karatsuba")
+
+
 def test_equivariance_fails_for_the_wrong_phase_convention():
     """The test above can fail: with i^(-m) instead of i^m the outputs do not match."""
     conv = HConv2d(2, 2, 5, max_order=1)
@@ -124,9 +149,10 @@ def test_initialisation_keeps_unit_scale():
     assert 0.6 < power < 1.4
 
 
-def test_gradcheck_float64():
+@pytest.mark.parametrize("impl", ["dense", "gauss", "karatsuba"])
+def test_gradcheck_float64(impl):
     torch.manual_seed(0)
-    conv = HConv2d(2, 2, 3, max_order=1, in_max_order=1, bias=True).double()
+    conv = HConv2d(2, 2, 3, max_order=1, in_max_order=1, bias=True, impl=impl).double()
     z = torch.randn(1, 2, 2, 2, 5, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda z: conv(z), (z,))
     names = ("weight", "phase", "bias")

@@ -41,12 +41,14 @@ __all__ = [
     "merge3",
     "synthesise",
     "synthesise_backward",
+    "split9",
+    "merge9",
     "tile_spread",
     "usable",
 ]
 
 _SOURCE = Path(__file__).with_name("magnitude.c")
-_ABI_VERSION = 4
+_ABI_VERSION = 5
 # -fno-tree-loop-distribute-patterns: short copy loops stay loops, not memcpy calls
 _BASE_FLAGS = [
     "-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-tree-loop-distribute-patterns",
@@ -137,6 +139,10 @@ def _load() -> ctypes.CDLL:
     lib.hnets_merge3.restype = None
     lib.hnets_tile_spread.argtypes = [ptr, ptr, long_, long_, long_, long_, long_, int_]
     lib.hnets_tile_spread.restype = None
+    ptrs = ctypes.POINTER(ctypes.c_void_p)
+    for name, first in (("split9", ptr), ("gsplit9", ptr), ("merge9", ptrs), ("gmerge9", ptrs)):
+        getattr(lib, f"hnets_{name}").argtypes = [first, ptr, long_, long_, int_]
+        getattr(lib, f"hnets_{name}").restype = None
     lib.hnets_synthesise.argtypes = [ptr] * 5 + [long_] * 7 + [int_]
     lib.hnets_synthesise.restype = None
     lib.hnets_synthesise_backward.argtypes = [ptr] * 7 + [long_] * 7 + [int_]
@@ -333,3 +339,42 @@ def synthesise_backward(
         _ptr(grad_phase), f, o, i, r, g, a, b, torch.get_num_threads(),
     )  # fmt: skip
     return grad_w, grad_phase
+
+
+def _nine_planes(name: str, images: torch.Tensor) -> list[torch.Tensor]:
+    b, c4, h, w = images.shape
+    planes = torch.empty((9, b, h, w, c4 // 4), dtype=images.dtype)
+    getattr(_library(), f"hnets_{name}")(
+        _ptr(images), _ptr(planes), b * h * w, c4 // 4, torch.get_num_threads()
+    )
+    return [p.permute(0, 3, 1, 2) for p in planes.unbind(0)]
+
+
+def _from_nine(name: str, maps: list[torch.Tensor]) -> torch.Tensor:
+    b, c, h, w = maps[0].shape
+    maps = [m.contiguous(memory_format=torch.channels_last) for m in maps]
+    out = torch.empty((b, 4 * c, h, w), dtype=maps[0].dtype, memory_format=torch.channels_last)
+    pointers = (ctypes.c_void_p * 9)(*(m.data_ptr() for m in maps))
+    getattr(_library(), f"hnets_{name}")(pointers, _ptr(out), b * h * w, c, torch.get_num_threads())
+    return out
+
+
+def split9(images: torch.Tensor) -> list[torch.Tensor]:
+    """Channels-last ``(B, 4C, H, W)`` maps of orders 0 and 1 -> the nine real inputs of the
+    Karatsuba-Gauss product (``magnitude.c``), each a channels-last ``(B, C, H, W)``."""
+    return _nine_planes("split9", images)
+
+
+def merge9(products: list[torch.Tensor]) -> torch.Tensor:
+    """The nine real products ``(B, T, H, W)`` -> channels-last ``(B, 4T, H, W)`` output."""
+    return _from_nine("merge9", products)
+
+
+def split9_grad(grad: torch.Tensor) -> list[torch.Tensor]:
+    """Backward of :func:`merge9`: gradients of the nine products (2nd of each three negated)."""
+    return _nine_planes("gsplit9", grad)
+
+
+def merge9_grad(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Backward of :func:`split9` (with the 2nd of each three input gradients negated)."""
+    return _from_nine("gmerge9", parts)

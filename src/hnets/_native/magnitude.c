@@ -15,7 +15,7 @@
    double accumulators: vectorisable inner loops without float drift over 10^5 terms. */
 #define BLOCK 256
 
-int hnets_abi_version(void) { return 4; }
+int hnets_abi_version(void) { return 5; }
 
 /* out = y relu(|y|_eps + bias) / |y|_eps, y = z * scale (per stream). */
 void hnets_relu_forward(const float* restrict z, float* restrict out, long n, long s_count,
@@ -292,5 +292,89 @@ void hnets_synthesise_backward(const float* restrict grad, const float* restrict
     }
     free(local);
     free(gc);
+  }
+}
+
+/* Karatsuba over a pair of rotation orders (inputs and outputs of orders 0 and 1),
+   with Gauss's trick inside: y0 = A + B, y1 = A + C with A = W0 (x0 + x1),
+   B = (W-1 - W0) x1, C = (W1 - W0) x0, each complex product u K by three real ones,
+   P1 = (u_r + u_i) K_r, P2 = u_i (K_r + K_i), P3 = u_r (K_i - K_r): (P1 - P2, P1 + P3).
+   Maps are pixel-major: x is n positions x c channels x 2 orders x 2 parts; the nine
+   real maps are n x c planes, plane k at k * n * c. */
+void hnets_split9(const float* restrict x, float* restrict planes, long n, long c,
+                  int threads) {
+  long plane = n * c;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (long p = 0; p < n * c; p++) {
+    const float* xp = x + 4 * p;
+    float x0r = xp[0], x0i = xp[1], x1r = xp[2], x1i = xp[3];
+    float sr = x0r + x1r, si = x0i + x1i;
+    planes[p] = sr + si;
+    planes[plane + p] = si;
+    planes[2 * plane + p] = sr;
+    planes[3 * plane + p] = x1r + x1i;
+    planes[4 * plane + p] = x1i;
+    planes[5 * plane + p] = x1r;
+    planes[6 * plane + p] = x0r + x0i;
+    planes[7 * plane + p] = x0i;
+    planes[8 * plane + p] = x0r;
+  }
+}
+
+/* The nine real products (each n x t, pointers in prods) -> y, n x t x 2 x 2. */
+void hnets_merge9(const float* const* prods, float* restrict y, long n, long t, int threads) {
+  const float *p0 = prods[0], *p1 = prods[1], *p2 = prods[2], *p3 = prods[3],
+              *p4 = prods[4], *p5 = prods[5], *p6 = prods[6], *p7 = prods[7],
+              *p8 = prods[8];
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (long p = 0; p < n * t; p++) {
+    float ar = p0[p] - p1[p], ai = p0[p] + p2[p];
+    float br = p3[p] - p4[p], bi = p3[p] + p5[p];
+    float cr = p6[p] - p7[p], ci = p6[p] + p8[p];
+    float* yp = y + 4 * p;
+    yp[0] = ar + br;
+    yp[1] = ai + bi;
+    yp[2] = ar + cr;
+    yp[3] = ai + ci;
+  }
+}
+
+/* Backward, output side: grad y (n x t x 2 x 2) -> the nine products' gradients as
+   planes, with the P2 planes (1, 4, 7) not negated (the caller negates what they give). */
+void hnets_gsplit9(const float* restrict g, float* restrict planes, long n, long t,
+                   int threads) {
+  long plane = n * t;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (long p = 0; p < n * t; p++) {
+    const float* gp = g + 4 * p;
+    float g0r = gp[0], g0i = gp[1], g1r = gp[2], g1i = gp[3];
+    float ar = g0r + g1r, ai = g0i + g1i;
+    planes[p] = ar + ai;
+    planes[plane + p] = ar;
+    planes[2 * plane + p] = ai;
+    planes[3 * plane + p] = g0r + g0i;
+    planes[4 * plane + p] = g0r;
+    planes[5 * plane + p] = g0i;
+    planes[6 * plane + p] = g1r + g1i;
+    planes[7 * plane + p] = g1r;
+    planes[8 * plane + p] = g1i;
+  }
+}
+
+/* Backward, input side: the nine input gradients (each n x c, pointers in parts; 1, 4
+   and 7 from the un-negated planes) -> grad x, n x c x 2 x 2. */
+void hnets_gmerge9(const float* const* parts, float* restrict gx, long n, long c,
+                   int threads) {
+  const float *d0 = parts[0], *d1 = parts[1], *d2 = parts[2], *d3 = parts[3],
+              *d4 = parts[4], *d5 = parts[5], *d6 = parts[6], *d7 = parts[7],
+              *d8 = parts[8];
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (long p = 0; p < n * c; p++) {
+    float sr = d0[p] + d2[p], si = d0[p] - d1[p];
+    float* out = gx + 4 * p;
+    out[0] = sr + (d6[p] + d8[p]);
+    out[1] = si + (d6[p] - d7[p]);
+    out[2] = sr + (d3[p] + d5[p]);
+    out[3] = si + (d3[p] - d4[p]);
   }
 }

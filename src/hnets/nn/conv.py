@@ -163,6 +163,52 @@ class _Synthesis(torch.autograd.Function):
         return grad_w, grad_phase, None, None
 
 
+class _KaratsubaConv(torch.autograd.Function):
+    """Orders 0 and 1 in and out: three complex products instead of four, nine real ones.
+
+    The order-0 filter connects both order pairs on the diagonal, so with
+    ``A = W_0 (x_0 + x_1)``, ``B = (W_{-1} - W_0) x_1`` and ``C = (W_1 - W_0) x_0`` the
+    outputs are ``y_0 = A + B`` and ``y_1 = A + C`` (Karatsuba's trick); each complex
+    product takes Gauss's three real ones. The nine convolutions are half as wide as
+    Gauss's three on all orders: 9/16 of the dense arithmetic instead of 12/16. The
+    (de)interleaving is one native pass each way (:func:`hnets._native.split9`).
+    """
+
+    @staticmethod
+    def run(images, weights, stride, padding):  # noqa: ANN001, ANN205
+        """The forward; returns the output and the nine real inputs."""
+        inputs = _native.split9(images)
+        conv = partial(F.conv2d, stride=stride, padding=padding)
+        products = [conv(u, wk) for u, wk in zip(inputs, weights, strict=True)]
+        return _native.merge9(products), inputs
+
+    @staticmethod
+    def forward(ctx, images, stride, padding, *weights):  # noqa: ANN001, ANN205
+        out, inputs = _KaratsubaConv.run(images, weights, stride, padding)
+        ctx.save_for_backward(*inputs, *weights)
+        ctx.conv_args = (stride, padding)
+        return out
+
+    @staticmethod
+    @once_differentiable  # the native repacking is not recorded: no double backward
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        saved = ctx.saved_tensors
+        inputs, weights = saved[:9], saved[9:]
+        stride, padding = ctx.conv_args
+        grads = _native.split9_grad(grad.contiguous(memory_format=torch.channels_last))
+        need_x = ctx.needs_input_grad[0]
+        grad_inputs, grad_weights = [], []
+        for k, (g, x, w) in enumerate(zip(grads, inputs, weights, strict=True)):
+            gx, gw, _ = torch.ops.aten.convolution_backward(
+                g, x, w, None, [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], 1,
+                [need_x, ctx.needs_input_grad[3 + k], False],
+            )  # fmt: skip
+            grad_inputs.append(gx)
+            grad_weights.append(-gw if gw is not None and k % 3 == 1 else gw)
+        grad_images = _native.merge9_grad(grad_inputs) if need_x else None
+        return (grad_images, None, None, *grad_weights)
+
+
 class HConv2d(nn.Module):
     r"""Harmonic convolution between rotation-order streams (Worrall et al., 2017).
 
@@ -287,9 +333,12 @@ class HConv2d(nn.Module):
         # the filter banks are linear in the complex ring coefficients: precompute the
         # matrices that map one (out, in) pair's coefficients to its blocks of the
         # dense / Gauss banks, so synthesis is one small matmul (and its backward another)
-        dense_map, gauss_map = self._synthesis_maps(n_filter_orders)
+        dense_map, gauss_map, karatsuba_map = self._synthesis_maps(n_filter_orders)
         self.register_buffer("dense_map", dense_map.to(**factory), persistent=False)
         self.register_buffer("gauss_map", gauss_map.to(**factory), persistent=False)
+        if karatsuba_map is not None:
+            karatsuba_map = karatsuba_map.to(**factory)
+        self.register_buffer("karatsuba_map", karatsuba_map, persistent=False)
         self.weight = nn.Parameter(
             torch.empty(n_filter_orders, out_channels, in_channels, self.n_rings, **factory)
         )
@@ -303,8 +352,10 @@ class HConv2d(nn.Module):
             self.bias = nn.Parameter(torch.empty(out_channels, 2, **factory))
         else:
             self.register_parameter("bias", None)
-        if impl not in ("auto", "dense", "gauss"):
-            raise ValueError(f"impl must be 'auto', 'dense' or 'gauss'; got {impl!r}")
+        if impl not in ("auto", "dense", "gauss", "karatsuba"):
+            raise ValueError(f"impl must be 'auto', 'dense', 'gauss' or 'karatsuba'; got {impl!r}")
+        if impl == "karatsuba" and self.karatsuba_map is None:
+            raise ValueError("impl='karatsuba' needs max_order=1 and in_max_order=1")
         self.impl = impl  # "auto" is resolved per call (see _choose_impl)
         self._cache: tuple[tuple, tuple[torch.Tensor, ...]] | None = None
         self._layouts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # see _layout
@@ -370,7 +421,15 @@ class HConv2d(nn.Module):
         bottom = torch.stack([imag, real], dim=3)  # output imaginary part: [W_i, W_r]
         dense = torch.stack([top, bottom], dim=2)  # (q, Mo, 2, Mi, 2, k, k)
         gauss = torch.stack([real, real + imag, imag - real], dim=1)  # (q, 3, Mo, Mi, k, k)
-        return dense.reshape(q, -1).float(), gauss.reshape(q, -1).float()
+        karatsuba = None
+        if mo == mi == 2:  # K_A = W_0, K_B = W_-1 - W_0, K_C = W_1 - W_0 (see _KaratsubaConv)
+            w0 = (real[:, 0, 0], imag[:, 0, 0])
+            ks = [w0] + [
+                (real[:, a, b] - w0[0], imag[:, a, b] - w0[1]) for a, b in ((0, 1), (1, 0))
+            ]
+            karatsuba = torch.stack([m for kr, ki in ks for m in (kr, kr + ki, ki - kr)], dim=1)
+            karatsuba = karatsuba.reshape(q, -1).float()  # (q, 9 k k)
+        return dense.reshape(q, -1).float(), gauss.reshape(q, -1).float(), karatsuba
 
     def _mapped(self, matrix: torch.Tensor) -> torch.Tensor:
         """``coefficients @ matrix``: one row per (out, in) pair."""
@@ -430,7 +489,9 @@ class HConv2d(nn.Module):
         if impl not in self._layouts:
             q = self.dense_map.shape[0]
             mo, mi, k = self.max_order + 1, self.in_max_order + 1, self.kernel_size
-            if impl == "gauss":
+            if impl == "karatsuba":
+                m = self.karatsuba_map.view(q, 9, k * k, 1)
+            elif impl == "gauss":
                 m = self.gauss_map.view(q, 3, mo, mi, k, k).permute(0, 1, 2, 4, 5, 3)
                 m = m.reshape(q, 3, mo * k * k, mi)
             else:
@@ -442,9 +503,15 @@ class HConv2d(nn.Module):
         return self._layouts[impl]
 
     def _native_synthesis(self, impl: str) -> tuple[torch.Tensor, ...]:
+        bank = _Synthesis.apply(self.weight, self.phase, *self._layout(impl))
+        return self._banks_of(bank, impl)
+
+    def _banks_of(self, bank: torch.Tensor, impl: str) -> tuple[torch.Tensor, ...]:
+        """The ``(G, O, A, I, B)`` bank of ``impl`` as convolution weights (channels-last)."""
         o, i, k = self.out_channels, self.in_channels, self.kernel_size
         mo, mi = self.max_order + 1, self.in_max_order + 1
-        bank = _Synthesis.apply(self.weight, self.phase, *self._layout(impl))
+        if impl == "karatsuba":
+            return tuple(bank.view(9, o, k, k, i).permute(0, 1, 4, 2, 3).unbind(0))
         if impl == "gauss":
             banks = bank.view(3, o * mo, k, k, i * mi).permute(0, 1, 4, 2, 3)
             return tuple(banks.unbind(0))
@@ -454,6 +521,10 @@ class HConv2d(nn.Module):
         params = [self.weight] if self.phase is None else [self.weight, self.phase]
         if torch.is_grad_enabled() and self.weight.requires_grad and _native.usable(*params):
             return self._native_synthesis(impl)
+        if impl == "karatsuba":
+            layout = self._layout(impl)[0]
+            bank = _bank_torch(self.weight, self.phase, layout).contiguous()
+            return self._banks_of(bank, impl)
         if impl == "real":
             return (self.dense_weight(real_input=True),)
         if impl == "dense":
@@ -467,10 +538,17 @@ class HConv2d(nn.Module):
         small = min(
             self.in_channels * (self.in_max_order + 1), self.out_channels * (self.max_order + 1)
         )
+        pixels = images.shape[-2] * images.shape[-1]
         if _native.usable(images, memory_format=torch.channels_last):
+            if self.karatsuba_map is not None:
+                # orders 0..1 both sides: the nine quarter-width products pay from 32
+                # channels, and from 16 on maps larger than 16 x 16
+                channels = min(self.in_channels, self.out_channels)
+                if channels >= 32 or (channels >= 16 and pixels > 256):
+                    return "karatsuba"
             # with the fused repacking, Gauss's three half-width products pay from 32
             # complex streams, and from 16 on maps of at most 16 x 16
-            pays = small >= 32 or (small >= 16 and images.shape[-2] * images.shape[-1] <= 256)
+            pays = small >= 32 or (small >= 16 and pixels <= 256)
         else:  # repacked with PyTorch ops
             pays = small >= _GAUSS_MIN_CHANNELS
         return "gauss" if pays else "dense"
@@ -512,6 +590,8 @@ class HConv2d(nn.Module):
         conv = partial(F.conv2d, stride=self.stride, padding=self.padding)
         if impl in ("dense", "real"):
             out = conv(images, weights[0])
+        elif impl == "karatsuba":
+            out = self._karatsuba_conv(images, weights, conv)
         else:
             out = self._gauss_conv(images, weights, conv)
         result = _as_harmonic(out, self.out_channels, self.max_order + 1)
@@ -536,6 +616,30 @@ class HConv2d(nn.Module):
         w_re, w_sum, w_diff = weights
         p = conv(x_re + x_im, w_re)
         out = torch.stack([p - conv(x_im, w_sum), p + conv(x_re, w_diff)], dim=2)
+        return out.flatten(1, 2).contiguous(memory_format=torch.channels_last)
+
+    def _karatsuba_conv(
+        self, images: torch.Tensor, weights: list[torch.Tensor], conv
+    ) -> torch.Tensor:  # noqa: ANN001
+        if _native.usable(images, memory_format=torch.channels_last):
+            if torch.is_grad_enabled() and (
+                images.requires_grad or any(w.requires_grad for w in weights)
+            ):
+                return _KaratsubaConv.apply(images, self.stride, self.padding, *weights)
+            return _KaratsubaConv.run(images, weights, self.stride, self.padding)[0]
+        # the same arithmetic with PyTorch ops (other devices and dtypes, gradcheck)
+        b, _, h, w = images.shape
+        x = images.view(b, -1, 2, 2, h, w)
+        x0r, x0i, x1r, x1i = x[:, :, 0, 0], x[:, :, 0, 1], x[:, :, 1, 0], x[:, :, 1, 1]
+        sr, si = x0r + x1r, x0i + x1i
+        inputs = [sr + si, si, sr, x1r + x1i, x1i, x1r, x0r + x0i, x0i, x0r]
+        p = [conv(u, wk) for u, wk in zip(inputs, weights, strict=True)]
+        a, b_, c = (
+            (p[0] - p[1], p[0] + p[2]),
+            (p[3] - p[4], p[3] + p[5]),
+            (p[6] - p[7], p[6] + p[8]),
+        )
+        out = torch.stack([a[0] + b_[0], a[1] + b_[1], a[0] + c[0], a[1] + c[1]], dim=2)
         return out.flatten(1, 2).contiguous(memory_format=torch.channels_last)
 
     def extra_repr(self) -> str:
