@@ -62,3 +62,49 @@ def test_registry_options_and_errors():
         build_model("resnet")
     with pytest.raises(ValueError, match="bad options"):
         build_model("cnn", max_order=2)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_hnet_fused_forward_equals_its_layers_one_by_one(training):
+    """HNetMNIST feeds real images to its first convolution and fuses each mean pool into
+    the nonlinearity before it: the same logits, gradients and running statistics as
+    ``lift`` and ``self.features`` run layer by layer."""
+    import copy
+
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    fused = hnets.HNetMNIST()
+    plain = copy.deepcopy(fused)
+    fused.train(training)
+    plain.train(training)
+    x, y = torch.rand(6, 1, 28, 28), torch.randint(0, 10, (6,))
+
+    def plain_forward(m):
+        z = m.head(m.features(hnets.lift(x * m.input_scale)))
+        mag = (z.square().sum(dim=3) + 1e-6).sqrt()
+        return mag.sum(dim=2).mean(dim=(-2, -1)) + m.bias
+
+    out_f, out_p = fused(x), plain_forward(plain)
+    torch.testing.assert_close(out_f, out_p, rtol=1e-5, atol=1e-5)
+    F.cross_entropy(out_f, y).backward()
+    F.cross_entropy(out_p, y).backward()
+    for (name, a), b in zip(fused.named_parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
+    for a, b in zip(fused.buffers(), plain.buffers(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=0)
+
+
+def test_hnet_hooks_see_every_layer_even_where_pooling_is_fused():
+    model = hnets.HNetMNIST().eval()
+    seen = []
+    handles = [m.register_forward_hook(lambda m, i, o: seen.append(o.shape[-1]))
+               for m in model.features]  # fmt: skip
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        hooked = model(x)
+    for h in handles:
+        h.remove()
+    assert seen == [28, 28, 14, 14, 14, 7, 7, 7]  # both pools ran as layers of their own
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), hooked, rtol=1e-5, atol=1e-5)

@@ -23,6 +23,18 @@ __all__ = ["HNetMNIST", "RegularCNN", "build_model", "model_names", "count_param
 _INPUT_STD = 0.3
 
 
+def _hooked(module: nn.Module) -> bool:
+    """Whether forward hooks (the module's own or global ones) would see ``module`` run."""
+    from torch.nn.modules import module as module_state
+
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module_state._global_forward_hooks
+        or module_state._global_forward_pre_hooks
+    )
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable scalars."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -53,13 +65,14 @@ class _HBlock(nn.Module):
         self.bn = HBatchNorm(cout, order) if batch_norm else nn.Identity()
         self.act = HNonLinearity(cout, order)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, pool: int = 1) -> torch.Tensor:
+        """``pool=k``: followed by ``HAvgPool2d(k)``, fused into the nonlinearity."""
         z = self.conv(z)
         if isinstance(self.bn, HBatchNorm):
             # act(bn(z)) as one function: the same values, half the saved maps and a
             # backward with two full-size passes instead of about eight
-            return self.act(z, bn=self.bn)
-        return self.act(z)
+            return self.act(z, bn=self.bn, pool=pool)
+        return self.act(z, pool=pool)
 
 
 class HNetMNIST(nn.Module):
@@ -73,6 +86,11 @@ class HNetMNIST(nn.Module):
     read-out sums its magnitudes over orders, averages them over space and adds a
     bias per class. Magnitudes are rotation invariant, so the logits are invariant
     to 90-degree rotations of the input up to float round-off.
+
+    The forward feeds the scaled images straight into the first convolution (what
+    :func:`hnets.lift` would give, at half the cost) and runs each mean pool fused
+    into the nonlinearity before it (``act(z, pool=2)``); with forward hooks on those
+    layers they run one by one instead, so hooks see every layer's own output.
 
     Shape:
         ``(B, 1, 28, 28)`` in ``[0, 1]`` -> logits ``(B, n_classes)``.
@@ -122,9 +140,30 @@ class HNetMNIST(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # real images go straight into the first HConv2d (same as lift(), half the work)
-        z = self.head(self.features(x * self.input_scale))
+        z = self.head(self._features(x * self.input_scale))
         mag = (z.square().sum(dim=3) + 1e-6).sqrt()  # (B, classes, orders, H, W)
         return mag.sum(dim=2).mean(dim=(-2, -1)) + self.bias
+
+    def _features(self, z: torch.Tensor) -> torch.Tensor:
+        """``self.features(z)``, with each block's following mean pool fused into it.
+
+        Not where a forward hook watches the block, its parts or the pool: hooks see
+        every layer's own output, as in ``self.features(z)``.
+        """
+        layers = list(self.features)
+        i = 0
+        while i < len(layers):
+            layer, after = layers[i], layers[i + 1] if i + 1 < len(layers) else None
+            if (
+                isinstance(layer, _HBlock)
+                and isinstance(after, HAvgPool2d)
+                and after.stride == after.kernel_size
+                and not any(_hooked(m) for m in (*layer.modules(), after))
+            ):
+                z, i = layer(z, pool=after.kernel_size), i + 2
+            else:
+                z, i = layer(z), i + 1
+        return z
 
 
 class RegularCNN(nn.Module):

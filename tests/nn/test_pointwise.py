@@ -264,3 +264,67 @@ def test_tiled_pool_matches_avg_pool_and_keeps_nothing():
     # windows that do not tile the input take F.avg_pool2d's own path
     odd = _maps(1, 2, 1, 2, 7, 7, dtype=torch.float64).requires_grad_()
     assert torch.autograd.gradcheck(lambda t: HAvgPool2d(3, stride=2)(t), (odd,))
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize(("with_bn", "training"), [(False, True), (True, True), (True, False)])
+@pytest.mark.parametrize("size", [(8, 6), (7, 6)])  # the second does not tile: unfused
+def test_nonlinearity_fused_with_pooling_equals_the_composition(
+    with_bn, training, size, native, monkeypatch
+):
+    """act(z, bn=bn, pool=2) == HAvgPool2d(2)(act(z, bn=bn)): values, gradients, statistics."""
+    if not native:
+        monkeypatch.setenv("HNETS_NATIVE", "0")
+    torch.manual_seed(5)
+    bns = [HBatchNorm(3, 1), HBatchNorm(3, 1)] if with_bn else [None, None]
+    acts = [HNonLinearity(3, 1), HNonLinearity(3, 1)]
+    with torch.no_grad():
+        acts[0].bias.uniform_(-1.0, 0.5)
+        acts[1].load_state_dict(acts[0].state_dict())
+        if with_bn:
+            bns[0].weight.uniform_(0.5, 1.5)
+            bns[0].running_power.uniform_(0.5, 2.0)
+            bns[1].load_state_dict(bns[0].state_dict())
+    for m in acts + [b for b in bns if b is not None]:
+        m.train(training)
+    # channels-last, as hnets layers hand them on
+    z = _maps(4, *size, 3, 2, 2).permute(0, 3, 4, 5, 1, 2).requires_grad_()
+    h, w = size[0] // 2, size[1] // 2
+    g = _maps(4, 3, 2, 2, h, w, seed=1)
+    results = []
+    for fused, act, bn in zip([True, False], acts, bns, strict=True):
+        out = act(z, bn=bn, pool=2) if fused else HAvgPool2d(2)(act(z, bn=bn))
+        params = [act.bias] + ([bn.weight] if with_bn else [])
+        grads = torch.autograd.grad((out * g).sum(), [z, *params])
+        results.append((out, grads, bn.running_power.clone() if with_bn else None))
+    (out_f, grads_f, power_f), (out_p, grads_p, power_p) = results
+    assert out_f.shape == (4, 3, 2, 2, h, w)
+    torch.testing.assert_close(out_f, out_p, rtol=1e-6, atol=1e-6)
+    for a, b in zip(grads_f, grads_p, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    if with_bn:
+        torch.testing.assert_close(power_f, power_p, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("with_bn", [False, True])
+def test_nonlinearity_fused_with_pooling_gradcheck(with_bn):
+    """The PyTorch path of the fused layer (float64), including its backward's unpooling."""
+    torch.manual_seed(0)
+    bn = HBatchNorm(2, 1).double() if with_bn else None
+    act = HNonLinearity(2, 1).double()
+    z = _maps(2, 2, 2, 2, 4, 4, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda z, b: act(z, bn=bn, pool=2), (z, act.bias))
+
+
+def test_nonlinearity_fused_with_pooling_never_stores_the_full_map():
+    act = HNonLinearity(2, 1)
+    z = _maps(4, 8, 8, 2, 2, 2).permute(0, 3, 4, 5, 1, 2).requires_grad_()
+    out, kept = _saved_storages(lambda t: act(t, pool=2), z)
+    assert out.shape[-2:] == (4, 4)
+    kept.discard(act.bias.untyped_storage().data_ptr())
+    assert kept == {z.untyped_storage().data_ptr()}  # only the input, for the backward
+
+
+def test_nonlinearity_pool_must_be_positive():
+    with pytest.raises(ValueError, match="pool must be >= 1"):
+        HNonLinearity(2, 1)(_maps(1, 2, 2, 2, 4, 4), pool=0)

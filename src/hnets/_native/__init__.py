@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 _SOURCE = Path(__file__).with_name("magnitude.c")
-_ABI_VERSION = 5
+_ABI_VERSION = 6
 # -fno-tree-loop-distribute-patterns: short copy loops stay loops, not memcpy calls
 _BASE_FLAGS = [
     "-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-tree-loop-distribute-patterns",
@@ -130,8 +130,12 @@ def _load() -> ctypes.CDLL:
     lib.hnets_power.argtypes = [ptr, ptr, long_, long_, int_]
     lib.hnets_power.restype = None
     lib.hnets_relu_backward.argtypes = [
-        ptr, ptr, ptr, long_, long_, ptr, ptr, f32, ptr, ptr, ptr, int_,
+        ptr, ptr, ptr, long_, long_, ptr, ptr, f32, ptr, ptr, ptr, long_, long_, long_, int_,
     ]  # fmt: skip
+    lib.hnets_relu_pool_forward.argtypes = [
+        ptr, ptr, long_, long_, long_, long_, ptr, ptr, f32, long_, int_,
+    ]  # fmt: skip
+    lib.hnets_relu_pool_forward.restype = None
     lib.hnets_relu_backward.restype = None
     lib.hnets_split3.argtypes = [ptr, ptr, ptr, ptr, long_, int_]
     lib.hnets_split3.restype = None
@@ -202,14 +206,31 @@ def _stream_vector(t: torch.Tensor | None, streams: int, fill: float) -> torch.T
 
 
 def relu_forward(
-    pairs: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor, eps: float
+    pairs: torch.Tensor,
+    scale: torch.Tensor | None,
+    bias: torch.Tensor,
+    eps: float,
+    *,
+    pool: int = 1,
 ) -> torch.Tensor:
-    """``y relu(|y|_eps + b) / |y|_eps``, ``y = z * scale``, on pixel-major ``(..., C, M, 2)``."""
+    """``y relu(|y|_eps + b) / |y|_eps``, ``y = z * scale``, on pixel-major ``(..., C, M, 2)``.
+
+    With ``pool=k > 1``, ``pairs`` is ``(B, H, W, C, M, 2)`` with ``H`` and ``W``
+    multiples of ``k`` and the result is its ``k x k`` mean pool ``(B, H/k, W/k, C, M, 2)``.
+    """
     streams = pairs.shape[-3] * pairs.shape[-2]
-    positions = pairs.numel() // (2 * streams) if streams else 0
-    out = torch.empty_like(pairs)
     scale_v = _stream_vector(scale, streams, 1.0)
     bias_v = _stream_vector(bias, streams, 0.0)
+    if pool > 1:
+        b, h, w = pairs.shape[:3]
+        out = torch.empty((b, h // pool, w // pool, *pairs.shape[3:]), dtype=pairs.dtype)
+        _library().hnets_relu_pool_forward(  # type: ignore[union-attr]
+            _ptr(pairs), _ptr(out), b, h, w, streams, _ptr(scale_v), _ptr(bias_v), eps, pool,
+            torch.get_num_threads(),
+        )  # fmt: skip
+        return out
+    positions = pairs.numel() // (2 * streams) if streams else 0
+    out = torch.empty_like(pairs)
     _library().hnets_relu_forward(  # type: ignore[union-attr]
         _ptr(pairs), _ptr(out), positions, streams, _ptr(scale_v), _ptr(bias_v), eps,
         torch.get_num_threads(),
@@ -236,13 +257,16 @@ def relu_backward(
     *,
     corr: torch.Tensor | None = None,
     write: bool = True,
+    pool: int = 1,
 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """The backward of :func:`relu_forward` in one pass.
 
     Returns ``(grad_pairs, grad_scale, grad_bias)``: ``grad_pairs`` is
     ``g s a + z (k a - corr)`` (see ``magnitude.c``; ``None`` when ``write`` is
     false), the two others are sums over positions per stream ``(C, M)``, float64.
+    With ``pool=k > 1`` the forward was pooled and ``grad`` is the pooled gradient.
     """
+    h, w = (pairs.shape[1], pairs.shape[2]) if pool > 1 else (1, 1)
     c, m = pairs.shape[-3], pairs.shape[-2]
     streams = c * m
     out = torch.empty_like(pairs) if write else None
@@ -254,7 +278,7 @@ def relu_backward(
     _library().hnets_relu_backward(  # type: ignore[union-attr]
         _ptr(grad), _ptr(pairs), _ptr(out), pairs.numel() // (2 * streams), streams,
         _ptr(scale_v), _ptr(bias_v), eps, _ptr(corr_v), _ptr(grad_scale), _ptr(grad_bias),
-        torch.get_num_threads(),
+        h, w, pool, torch.get_num_threads(),
     )  # fmt: skip
     return out, grad_scale, grad_bias
 

@@ -15,7 +15,7 @@
    double accumulators: vectorisable inner loops without float drift over 10^5 terms. */
 #define BLOCK 256
 
-int hnets_abi_version(void) { return 5; }
+int hnets_abi_version(void) { return 6; }
 
 /* out = y relu(|y|_eps + bias) / |y|_eps, y = z * scale (per stream). */
 void hnets_relu_forward(const float* restrict z, float* restrict out, long n, long s_count,
@@ -35,6 +35,44 @@ void hnets_relu_forward(const float* restrict z, float* restrict out, long n, lo
       op[2 * s] = yr * f;
       op[2 * s + 1] = yi * f;
     }
+  }
+}
+
+/* The same, followed by k x k mean pooling over tiles (z: b x h x w positions, out:
+   b x h/k x w/k): the full-size result is never stored. Each window is summed in
+   row-major order and divided by k^2, as ATen's avg_pool2d does. */
+void hnets_relu_pool_forward(const float* restrict z, float* restrict out, long b, long h,
+                             long w, long s_count, const float* restrict scale,
+                             const float* restrict bias, float eps, long k, int threads) {
+  long ho = h / k, wo = w / k;
+  float kk = (float)(k * k);
+#pragma omp parallel num_threads(threads)
+  {
+    float* acc = (float*)malloc(sizeof(float) * 2 * s_count);
+#pragma omp for collapse(2) schedule(static)
+    for (long bi = 0; bi < b; bi++)
+      for (long yo = 0; yo < ho; yo++)
+        for (long xo = 0; xo < wo; xo++) {
+          for (long j = 0; j < 2 * s_count; j++) acc[j] = 0.0f;
+          for (long dy = 0; dy < k; dy++)
+            for (long dx = 0; dx < k; dx++) {
+              const float* restrict zp =
+                  z + ((bi * h + yo * k + dy) * w + xo * k + dx) * s_count * 2;
+              for (long s = 0; s < s_count; s++) {
+                float yr = zp[2 * s] * scale[s];
+                float yi = zp[2 * s + 1] * scale[s];
+                float mag = sqrtf(fmaf(yi, yi, yr * yr) + eps);
+                float f = mag + bias[s];
+                f = f > 0.0f ? f : 0.0f;
+                f = f / mag;
+                acc[2 * s] += yr * f;
+                acc[2 * s + 1] += yi * f;
+              }
+            }
+          float* restrict op = out + ((bi * ho + yo) * wo + xo) * s_count * 2;
+          for (long j = 0; j < 2 * s_count; j++) op[j] = acc[j] / kk;
+        }
+    free(acc);
   }
 }
 
@@ -74,10 +112,10 @@ static inline void backward_row(const float* restrict gp, const float* restrict 
                                 float* restrict op, long s_count, const float* restrict a,
                                 const float* restrict bias, float eps,
                                 const float* restrict corr, float* restrict part_a,
-                                float* restrict part_b, int write) {
+                                float* restrict part_b, int write, float gdiv) {
   for (long s = 0; s < s_count; s++) {
     float zr = zp[2 * s], zi = zp[2 * s + 1];
-    float gr = gp[2 * s], gi = gp[2 * s + 1];
+    float gr = gp[2 * s] / gdiv, gi = gp[2 * s + 1] / gdiv;
     float qz = zr * zr + zi * zi;
     float gz = gr * zr + gi * zi;
     float inv = 1.0f / sqrtf(qz * (a[s] * a[s]) + eps);
@@ -97,10 +135,15 @@ static inline void backward_row(const float* restrict gp, const float* restrict 
   }
 }
 
-/* grad_out may be NULL (reductions only). grad_a and grad_bias receive s doubles. */
+/* grad_out may be NULL (reductions only). grad_a and grad_bias receive s doubles.
+   With k > 1 the forward was pooled (hnets_relu_pool_forward): z has n = b h w
+   positions (rows of w), g is the pooled gradient, each of its values spread over its
+   k x k tile divided by k^2 (the mean pool's backward). */
 void hnets_relu_backward(const float* g, const float* z, float* grad_out, long n, long s_count,
                          const float* a, const float* bias, float eps, const float* corr,
-                         double* grad_a, double* grad_bias, int threads) {
+                         double* grad_a, double* grad_bias, long h, long w, long k,
+                         int threads) {
+  float gdiv = (float)(k * k);
   double* acc = (double*)calloc((size_t)threads * 2 * s_count, sizeof(double));
 #pragma omp parallel num_threads(threads)
   {
@@ -109,12 +152,24 @@ void hnets_relu_backward(const float* g, const float* z, float* grad_out, long n
     long in_block = 0;
 #pragma omp for schedule(static)
     for (long p = 0; p < n; p++) {
-      size_t off = (size_t)p * s_count * 2;
-      if (grad_out)
-        backward_row(g + off, z + off, grad_out + off, s_count, a, bias, eps, corr, part,
-                     part + s_count, 1);
+      size_t off = (size_t)p * s_count * 2, goff = off;
+      if (k > 1) {
+        long x = p % w, y = (p / w) % h, bi = p / (w * h);
+        goff = (size_t)((bi * (h / k) + y / k) * (w / k) + x / k) * s_count * 2;
+      }
+      /* constant arguments, so each call below is specialised when inlined */
+      if (grad_out && k > 1)
+        backward_row(g + goff, z + off, grad_out + off, s_count, a, bias, eps, corr, part,
+                     part + s_count, 1, gdiv);
+      else if (grad_out)
+        backward_row(g + goff, z + off, grad_out + off, s_count, a, bias, eps, corr, part,
+                     part + s_count, 1, 1.0f);
+      else if (k > 1)
+        backward_row(g + goff, z + off, 0, s_count, a, bias, eps, corr, part, part + s_count,
+                     0, gdiv);
       else
-        backward_row(g + off, z + off, 0, s_count, a, bias, eps, corr, part, part + s_count, 0);
+        backward_row(g + goff, z + off, 0, s_count, a, bias, eps, corr, part, part + s_count,
+                     0, 1.0f);
       if (++in_block == BLOCK) {
         for (long s = 0; s < 2 * s_count; s++) { total[s] += part[s]; part[s] = 0.0f; }
         in_block = 0;

@@ -11,21 +11,42 @@ from torch import nn
 from .. import _native
 from .batchnorm import HBatchNorm
 from .functional import check_harmonic, from_pixel_major, pair_dot, per_pair, to_pixel_major
+from .pooling import HAvgPool2d
 
 __all__ = ["HNonLinearity"]
 
 
 def _relu_forward(
-    pairs: torch.Tensor, scale: torch.Tensor | None, bias: torch.Tensor, eps: float
+    pairs: torch.Tensor,
+    scale: torch.Tensor | None,
+    bias: torch.Tensor,
+    eps: float,
+    pool: int = 1,
 ) -> torch.Tensor:
     """``y relu(|y|_eps + b) / |y|_eps`` with ``y = z * scale`` (``None``: 1), pixel-major.
 
-    One pass of the native kernel where it can run (float32 CPU, eager), else
-    :func:`_relu_forward_torch`.
+    ``pool=k > 1``: then ``k x k`` mean pooling of ``(B, H, W, ...)`` maps whose ``H`` and
+    ``W`` are multiples of ``k``. One pass of the native kernel where it can run
+    (float32 CPU, eager), else :func:`_relu_forward_torch` (and :func:`_pool`).
     """
     if _native.usable(pairs):
-        return _native.relu_forward(pairs, scale, bias, eps)
-    return _relu_forward_torch(pairs, scale, bias, eps)
+        return _native.relu_forward(pairs, scale, bias, eps, pool=pool)
+    return _pool(_relu_forward_torch(pairs, scale, bias, eps), pool)
+
+
+def _pool(pairs: torch.Tensor, k: int) -> torch.Tensor:
+    """``k x k`` mean pooling of pixel-major ``(B, H, W, ...)`` maps over tiles."""
+    if k == 1:
+        return pairs
+    b, h, w = pairs.shape[:3]
+    return pairs.view(b, h // k, k, w // k, k, *pairs.shape[3:]).sum(dim=(2, 4)) / (k * k)
+
+
+def _unpool(grad: torch.Tensor, k: int) -> torch.Tensor:
+    """The backward of :func:`_pool`: each value divided by ``k^2`` over its tile."""
+    if k == 1:
+        return grad
+    return (grad / (k * k)).repeat_interleave(k, dim=1).repeat_interleave(k, dim=2)
 
 
 def _relu_forward_torch(
@@ -97,10 +118,11 @@ class _MagnitudeReLU(torch.autograd.Function):
         scale: torch.Tensor | None,
         bias: torch.Tensor,
         eps: float,
+        pool: int = 1,
     ):
         ctx.save_for_backward(pairs, scale, bias)
-        ctx.eps = eps
-        return _relu_forward(pairs, scale, bias, eps)
+        ctx.eps, ctx.pool = eps, pool
+        return _relu_forward(pairs, scale, bias, eps, pool)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # noqa: ANN001, ANN205
@@ -108,11 +130,12 @@ class _MagnitudeReLU(torch.autograd.Function):
         grad = grad.contiguous()
         if not torch.is_grad_enabled() and _native.usable(grad, pairs):  # not double backward
             grad_pairs, grad_scale, grad_bias = _native.relu_backward(
-                grad, pairs, scale, bias, ctx.eps
+                grad, pairs, scale, bias, ctx.eps, pool=ctx.pool
             )
             grad_scale = grad_scale.to(pairs.dtype) if ctx.needs_input_grad[1] else None
             grad_bias = grad_bias.to(pairs.dtype) if ctx.needs_input_grad[2] else None
-            return grad_pairs, grad_scale, grad_bias, None
+            return grad_pairs, grad_scale, grad_bias, None, None
+        grad = _unpool(grad, ctx.pool)
         gs, kz, grad_scale, grad_bias = _relu_backward(
             grad,
             pairs,
@@ -123,7 +146,7 @@ class _MagnitudeReLU(torch.autograd.Function):
             need_scale=ctx.needs_input_grad[1],
         )
         grad_pairs = torch.addcmul(grad * gs.unsqueeze(-1), pairs, kz.unsqueeze(-1))
-        return grad_pairs, grad_scale, grad_bias, None
+        return grad_pairs, grad_scale, grad_bias, None, None
 
 
 class _BatchNormMagnitudeReLU(torch.autograd.Function):
@@ -146,6 +169,7 @@ class _BatchNormMagnitudeReLU(torch.autograd.Function):
         bias: torch.Tensor,
         bn_eps: float,
         eps: float,
+        pool: int = 1,
     ):
         if _native.usable(pairs):
             n = pairs.numel() // (pairs.shape[-3] * pairs.shape[-2] * 2)
@@ -155,10 +179,10 @@ class _BatchNormMagnitudeReLU(torch.autograd.Function):
         inv_std = (power + bn_eps).rsqrt()
         scale = inv_std if weight is None else inv_std * weight
         ctx.save_for_backward(pairs, scale, inv_std, bias)
-        ctx.eps = eps
+        ctx.eps, ctx.pool = eps, pool
         ctx.has_weight = weight is not None
         ctx.mark_non_differentiable(power)
-        return _relu_forward(pairs, scale, bias, eps), power
+        return _relu_forward(pairs, scale, bias, eps, pool), power
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor, _grad_power: torch.Tensor | None):  # noqa: ANN001, ANN205
@@ -169,21 +193,24 @@ class _BatchNormMagnitudeReLU(torch.autograd.Function):
             # pass 1: the sums over positions; pass 2: the input gradient, which needs
             # the batch statistic's term built from the first pass's sum
             _, grad_scale, grad_bias = _native.relu_backward(
-                grad, pairs, scale, bias, ctx.eps, write=False
+                grad, pairs, scale, bias, ctx.eps, write=False, pool=ctx.pool
             )
             grad_scale = grad_scale.to(pairs.dtype)
             corr = grad_scale * scale * inv_std.square() / n
-            grad_pairs, _, _ = _native.relu_backward(grad, pairs, scale, bias, ctx.eps, corr=corr)
+            grad_pairs, _, _ = _native.relu_backward(
+                grad, pairs, scale, bias, ctx.eps, corr=corr, pool=ctx.pool
+            )
             grad_weight = grad_scale * inv_std if ctx.has_weight else None
             grad_bias = grad_bias.to(pairs.dtype) if ctx.needs_input_grad[2] else None
-            return grad_pairs, grad_weight, grad_bias, None, None
+            return grad_pairs, grad_weight, grad_bias, None, None, None
+        grad = _unpool(grad, ctx.pool)
         gs, kz, grad_scale, grad_bias = _relu_backward(
             grad, pairs, scale, bias, ctx.eps, need_bias=ctx.needs_input_grad[2], need_scale=True
         )
         kz.sub_(grad_scale * scale * inv_std.square() / n)
         grad_pairs = torch.addcmul(grad * gs.unsqueeze(-1), pairs, kz.unsqueeze(-1))
         grad_weight = grad_scale * inv_std if ctx.has_weight else None
-        return grad_pairs, grad_weight, grad_bias, None, None
+        return grad_pairs, grad_weight, grad_bias, None, None, None
 
 
 class HNonLinearity(nn.Module):
@@ -246,13 +273,18 @@ class HNonLinearity(nn.Module):
         mag = pair_dot(pairs, pairs).add(self.eps).sqrt()
         return self.fn(mag + self.bias.to(mag.dtype)) / mag
 
-    def forward(self, z: torch.Tensor, bn: HBatchNorm | None = None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, bn: HBatchNorm | None = None, pool: int = 1) -> torch.Tensor:
         """Apply the nonlinearity to ``z``, or to ``bn(z)`` when a batch norm is given.
 
         ``self(z, bn=bn)`` gives the values of ``self(bn(z))`` (and updates ``bn``'s
         running estimate the same way), but in training it runs both layers as one
         function: autograd keeps one full-size map (``z``) instead of two, and the
         backward makes two full-size passes instead of about eight.
+
+        ``pool=k`` also applies ``HAvgPool2d(k)`` to the result. Where the ``k x k``
+        windows tile the maps, the magnitude ReLU and the pooling are one pass of the
+        native kernel each way (the full-size result is never stored); otherwise the
+        layers run one after the other.
         """
         check_harmonic(z, channels=self.channels, orders=self.max_order + 1, where="HNonLinearity")
         if bn is not None and (bn.channels, bn.max_order) != (self.channels, self.max_order):
@@ -260,17 +292,22 @@ class HNonLinearity(nn.Module):
                 f"HNonLinearity({self.channels}, max_order={self.max_order}) cannot fuse "
                 f"HBatchNorm({bn.channels}, max_order={bn.max_order}): shapes differ"
             )
+        if pool < 1:
+            raise ValueError(f"pool must be >= 1; got {pool}")
         pairs = to_pixel_major(z)
         relu = self.fn is F.relu and z.dtype in (torch.float32, torch.float64)
+        tiles = pool == 1 or (z.shape[-2] % pool == 0 and z.shape[-1] % pool == 0)
+        if pool > 1 and not (relu and tiles and _native.usable(pairs)):
+            return _mean_pool(self(z, bn=bn), pool)  # one layer after the other
         bias = self.bias.to(z.dtype)
         if bn is not None and bn.training and relu:
             weight = None if bn.weight is None else bn.weight.to(z.dtype)
-            out, power = _BatchNormMagnitudeReLU.apply(pairs, weight, bias, bn.eps, self.eps)
+            out, power = _BatchNormMagnitudeReLU.apply(pairs, weight, bias, bn.eps, self.eps, pool)
             bn.update_running_power(power)
             return from_pixel_major(out)
         scale = None if bn is None else bn.stream_scale(z)
         if relu:
-            out = _MagnitudeReLU.apply(pairs, scale, bias, self.eps)
+            out = _MagnitudeReLU.apply(pairs, scale, bias, self.eps, pool)
         else:
             if scale is not None:
                 pairs = pairs * per_pair(scale)
@@ -281,3 +318,7 @@ class HNonLinearity(nn.Module):
     def extra_repr(self) -> str:
         name = getattr(self.fn, "__name__", type(self.fn).__name__)
         return f"{self.channels}, max_order={self.max_order}, fn={name}, eps={self.eps}"
+
+
+def _mean_pool(z: torch.Tensor, k: int) -> torch.Tensor:
+    return HAvgPool2d(k)(z)
