@@ -71,3 +71,15 @@ def test_saved_activation_bytes_counts_what_autograd_keeps():
     # output); the loss adds its log-softmax (46x10), the int64 targets and a scalar
     expected = 46 * 28 * 28 * 4 + 46 * 4 * 28 * 28 * 4 + 46 * 10 * 4 + 46 * 8
     assert expected <= saved_activation_bytes(net, batch=46) <= expected + 16
+
+
+def test_compare_with_several_calls_settles_each_candidate_first():
+    calls = []
+    timings = compare(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+        repeats=2,
+        warmup=0,
+        calls=3,
+    )
+    assert calls == (["a"] * 4 + ["b"] * 4) * 2  # one untimed, three timed, per sample
+    assert all(t.median_s >= 0 for t in timings)

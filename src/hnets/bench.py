@@ -3,6 +3,13 @@
 Every comparison runs its candidates interleaved in one process (A, B, A, B, ...)
 and reports medians and ratios: absolute times drift on a shared machine, ratios
 measured side by side much less. Never run it while something else loads the CPU.
+
+Each sample of the model and layer comparisons times a few consecutive calls after
+one untimed call, so that every candidate is measured in its own steady state, as
+in a training loop or an inference server. With one call per sample, glibc's malloc
+had often returned the freed memory of the previous candidate to the system and
+each call paid page faults for its activations anew: the ratios then moved by
+about +-5% from run to run depending on which candidate ran before which.
 """
 
 from __future__ import annotations
@@ -42,18 +49,30 @@ class Timing:
 
 
 def compare(
-    candidates: dict[str, Callable[[], object]], *, repeats: int = 9, warmup: int = 2
+    candidates: dict[str, Callable[[], object]],
+    *,
+    repeats: int = 9,
+    warmup: int = 2,
+    calls: int = 1,
 ) -> list[Timing]:
-    """Time callables interleaved; ratios are relative to the first candidate."""
+    """Time callables interleaved; ratios are relative to the first candidate.
+
+    Each of the ``repeats`` samples per candidate is the mean time of ``calls``
+    consecutive calls; with ``calls > 1`` one untimed call comes first, so that a
+    candidate starts its timed calls in its own steady state (see the module notes).
+    """
     for fn in candidates.values():
         for _ in range(warmup):
             fn()
     samples: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(repeats):
         for name, fn in candidates.items():
+            if calls > 1:
+                fn()
             start = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - start)
+            for _ in range(calls):
+                fn()
+            samples[name].append((time.perf_counter() - start) / calls)
     medians = {name: statistics.median(v) for name, v in samples.items()}
     base = next(iter(medians.values()))
     return [Timing(name, m, m / base) for name, m in medians.items()]
@@ -84,6 +103,7 @@ def bench_conv(
     kernel_size: int = 5,
     size: int = 28,
     repeats: int = 9,
+    calls: int = 3,
 ) -> list[Timing]:
     """Forward + backward of :class:`HConv2d` against ``F.conv2d`` on the dense real shape.
 
@@ -119,6 +139,7 @@ def bench_conv(
             **{f"HConv2d impl={impl}": run_h(impl) for impl in convs},
         },
         repeats=repeats,
+        calls=calls,
     )
 
 
@@ -146,7 +167,7 @@ def dense_equivalent_cnn(model: HNetMNIST) -> nn.Sequential:
 
 
 def compare_models(
-    models: dict[str, nn.Module], *, batch: int = 46, repeats: int = 7
+    models: dict[str, nn.Module], *, batch: int = 46, repeats: int = 7, calls: int = 5
 ) -> dict[str, list[Timing]]:
     """Training-step (SGD, momentum) and inference timings of image classifiers, interleaved.
 
@@ -180,12 +201,12 @@ def compare_models(
         return run
 
     return {
-        "train": compare({k: train_step(k) for k in models}, repeats=repeats),
-        "inference": compare({k: infer(k) for k in models}, repeats=repeats),
+        "train": compare({k: train_step(k) for k in models}, repeats=repeats, calls=calls),
+        "inference": compare({k: infer(k) for k in models}, repeats=repeats, calls=calls),
     }
 
 
-def bench_models(*, batch: int = 46, repeats: int = 7) -> dict[str, list[Timing]]:
+def bench_models(*, batch: int = 46, repeats: int = 7, calls: int = 5) -> dict[str, list[Timing]]:
     """Training-step and inference throughput of :class:`HNetMNIST` vs its dense-equivalent CNN."""
     torch.manual_seed(0)
     hnet = HNetMNIST()
@@ -196,7 +217,7 @@ def bench_models(*, batch: int = 46, repeats: int = 7) -> dict[str, list[Timing]
         ),
         "HNetMNIST": hnet,
     }
-    return compare_models(models, batch=batch, repeats=repeats)
+    return compare_models(models, batch=batch, repeats=repeats, calls=calls)
 
 
 def saved_activation_bytes(model: nn.Module, batch: int = 46) -> int:

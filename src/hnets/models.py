@@ -11,8 +11,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from . import _native
 from .nn import HAvgPool2d, HBatchNorm, HConv2d, HNonLinearity
 
 __all__ = ["HNetMNIST", "RegularCNN", "build_model", "model_names", "count_parameters"]
@@ -63,16 +65,43 @@ class _HBlock(nn.Module):
             cin, cout, kernel_size, max_order=order, in_max_order=in_order, n_rings=n_rings
         )
         self.bn = HBatchNorm(cout, order) if batch_norm else nn.Identity()
-        self.act = HNonLinearity(cout, order)
+        self.act = HNonLinearity(cout, order, inplace=True)  # the conv output is ours
 
     def forward(self, z: torch.Tensor, pool: int = 1) -> torch.Tensor:
         """``pool=k``: followed by ``HAvgPool2d(k)``, fused into the nonlinearity."""
+        fused = self._fused_inference(z, pool)
+        if fused is not None:
+            return fused
         z = self.conv(z)
         if isinstance(self.bn, HBatchNorm):
             # act(bn(z)) as one function: the same values, half the saved maps and a
             # backward with two full-size passes instead of about eight
             return self.act(z, bn=self.bn, pool=pool)
         return self.act(z, pool=pool)
+
+    def _fused_inference(self, z: torch.Tensor, pool: int) -> torch.Tensor | None:
+        """Inference where the convolution runs Gauss's or Karatsuba's scheme: the
+        nonlinearity (batch norm, pooling) reads its unmerged products in one native
+        pass, so the convolution's merged output is never stored. ``None`` elsewhere."""
+        bn = self.bn if isinstance(self.bn, HBatchNorm) else None
+        if self.act.fn is not F.relu or (bn is not None and bn.training):
+            return None
+        products = self.conv.unmerged_products(z)
+        if products is None:
+            return None
+        h, w = products[0].shape[-2:]
+        tiles = h % pool == 0 and w % pool == 0
+        scale = None if bn is None else bn._scale_of(bn.running_power).float()
+        pairs = _native.relu_products(
+            products,
+            (self.act.channels, self.act.max_order + 1),
+            scale,
+            self.act.bias.float(),
+            self.act.eps,
+            pool=pool if tiles else 1,
+        )
+        out = pairs.permute(0, 3, 4, 5, 1, 2)  # harmonic view of the pixel-major maps
+        return out if tiles or pool == 1 else HAvgPool2d(pool)(out)
 
 
 class HNetMNIST(nn.Module):

@@ -111,3 +111,10 @@ def test_bad_input_is_one_line(args, message, data_env, capsys):
     assert main(args) != 0
     err = capsys.readouterr().err
     assert err.startswith("hnets: error:") and message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("flag", ["--repeats", "--calls", "--batch-size"])
+def test_bench_refuses_counts_below_one(flag, capsys):
+    assert main(["bench", "--only", "conv", flag, "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hnets: error: ") and "at least 1" in err and err.count("\n") == 1

@@ -43,12 +43,13 @@ __all__ = [
     "synthesise_backward",
     "split9",
     "merge9",
+    "relu_products",
     "tile_spread",
     "usable",
 ]
 
 _SOURCE = Path(__file__).with_name("magnitude.c")
-_ABI_VERSION = 6
+_ABI_VERSION = 8
 # -fno-tree-loop-distribute-patterns: short copy loops stay loops, not memcpy calls
 _BASE_FLAGS = [
     "-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-tree-loop-distribute-patterns",
@@ -136,6 +137,8 @@ def _load() -> ctypes.CDLL:
         ptr, ptr, long_, long_, long_, long_, ptr, ptr, f32, long_, int_,
     ]  # fmt: skip
     lib.hnets_relu_pool_forward.restype = None
+    lib.hnets_relu_forward_inplace.argtypes = [ptr, long_, long_, ptr, ptr, f32, int_]
+    lib.hnets_relu_forward_inplace.restype = None
     lib.hnets_relu_backward.restype = None
     lib.hnets_split3.argtypes = [ptr, ptr, ptr, ptr, long_, int_]
     lib.hnets_split3.restype = None
@@ -147,6 +150,10 @@ def _load() -> ctypes.CDLL:
     for name, first in (("split9", ptr), ("gsplit9", ptr), ("merge9", ptrs), ("gmerge9", ptrs)):
         getattr(lib, f"hnets_{name}").argtypes = [first, ptr, long_, long_, int_]
         getattr(lib, f"hnets_{name}").restype = None
+    lib.hnets_relu_products.argtypes = [
+        int_, ptrs, ptr, long_, long_, long_, long_, ptr, ptr, f32, long_, int_,
+    ]  # fmt: skip
+    lib.hnets_relu_products.restype = None
     lib.hnets_synthesise.argtypes = [ptr] * 5 + [long_] * 7 + [int_]
     lib.hnets_synthesise.restype = None
     lib.hnets_synthesise_backward.argtypes = [ptr] * 7 + [long_] * 7 + [int_]
@@ -212,15 +219,23 @@ def relu_forward(
     eps: float,
     *,
     pool: int = 1,
+    inplace: bool = False,
 ) -> torch.Tensor:
     """``y relu(|y|_eps + b) / |y|_eps``, ``y = z * scale``, on pixel-major ``(..., C, M, 2)``.
 
     With ``pool=k > 1``, ``pairs`` is ``(B, H, W, C, M, 2)`` with ``H`` and ``W``
     multiples of ``k`` and the result is its ``k x k`` mean pool ``(B, H/k, W/k, C, M, 2)``.
+    With ``inplace=True`` (and ``pool=1``) the result is written over ``pairs``.
     """
     streams = pairs.shape[-3] * pairs.shape[-2]
     scale_v = _stream_vector(scale, streams, 1.0)
     bias_v = _stream_vector(bias, streams, 0.0)
+    if inplace and pool == 1:
+        _library().hnets_relu_forward_inplace(  # type: ignore[union-attr]
+            _ptr(pairs), pairs.numel() // (2 * streams) if streams else 0, streams,
+            _ptr(scale_v), _ptr(bias_v), eps, torch.get_num_threads(),
+        )  # fmt: skip
+        return pairs
     if pool > 1:
         b, h, w = pairs.shape[:3]
         out = torch.empty((b, h // pool, w // pool, *pairs.shape[3:]), dtype=pairs.dtype)
@@ -402,3 +417,32 @@ def split9_grad(grad: torch.Tensor) -> list[torch.Tensor]:
 def merge9_grad(parts: list[torch.Tensor]) -> torch.Tensor:
     """Backward of :func:`split9` (with the 2nd of each three input gradients negated)."""
     return _from_nine("gmerge9", parts)
+
+
+def relu_products(
+    products: list[torch.Tensor],
+    streams: tuple[int, int],
+    scale: torch.Tensor | None,
+    bias: torch.Tensor,
+    eps: float,
+    *,
+    pool: int = 1,
+) -> torch.Tensor:
+    """:func:`relu_forward` (with ``pool``) of a convolution's output given as its unmerged
+    real products: Gauss's three ``(B, T, H, W)`` (:func:`merge3` with signs -1, +1) or
+    the nine of :func:`merge9`. ``streams`` is ``(C, M)`` of the output; returns the
+    pixel-major ``(B, H/pool, W/pool, C, M, 2)`` result, float32.
+    """
+    c, m = streams
+    b, _, h, w = products[0].shape
+    products = [p.contiguous(memory_format=torch.channels_last) for p in products]
+    kind = 1 if len(products) == 3 else 2
+    scale_v = _stream_vector(scale, c * m, 1.0)
+    bias_v = _stream_vector(bias, c * m, 0.0)
+    out = torch.empty((b, h // pool, w // pool, c, m, 2), dtype=products[0].dtype)
+    pointers = (ctypes.c_void_p * len(products))(*(p.data_ptr() for p in products))
+    _library().hnets_relu_products(  # type: ignore[union-attr]
+        kind, pointers, _ptr(out), b, h, w, c * m, _ptr(scale_v), _ptr(bias_v), eps, pool,
+        torch.get_num_threads(),
+    )  # fmt: skip
+    return out

@@ -15,7 +15,7 @@
    double accumulators: vectorisable inner loops without float drift over 10^5 terms. */
 #define BLOCK 256
 
-int hnets_abi_version(void) { return 6; }
+int hnets_abi_version(void) { return 8; }
 
 /* out = y relu(|y|_eps + bias) / |y|_eps, y = z * scale (per stream). */
 void hnets_relu_forward(const float* restrict z, float* restrict out, long n, long s_count,
@@ -34,6 +34,26 @@ void hnets_relu_forward(const float* restrict z, float* restrict out, long n, lo
       f = f / mag;
       op[2 * s] = yr * f;
       op[2 * s + 1] = yi * f;
+    }
+  }
+}
+
+/* The same, written over z. */
+void hnets_relu_forward_inplace(float* restrict z, long n, long s_count,
+                                const float* restrict scale, const float* restrict bias,
+                                float eps, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (long p = 0; p < n; p++) {
+    float* restrict zp = z + p * s_count * 2;
+    for (long s = 0; s < s_count; s++) {
+      float yr = zp[2 * s] * scale[s];
+      float yi = zp[2 * s + 1] * scale[s];
+      float mag = sqrtf(fmaf(yi, yi, yr * yr) + eps);
+      float f = mag + bias[s];
+      f = f > 0.0f ? f : 0.0f;
+      f = f / mag;
+      zp[2 * s] = yr * f;
+      zp[2 * s + 1] = yi * f;
     }
   }
 }
@@ -432,4 +452,83 @@ void hnets_gmerge9(const float* const* parts, float* restrict gx, long n, long c
     out[2] = sr + (d3[p] + d5[p]);
     out[3] = si + (d3[p] - d4[p]);
   }
+}
+
+/* The magnitude ReLU (then k x k mean pooling when k > 1) of a convolution's output
+   read straight from its unmerged real products, so the merged map is never stored
+   (inference). kind 1, Gauss: planes P1, P2, P3 (n x s), the pair (P1 - P2, P1 + P3);
+   kind 2, Karatsuba: planes 0..8 (n x s/2), streams (channel, order) with order 0
+   A + B and order 1 A + C (see hnets_merge9). z has b x h x w positions. */
+static inline __attribute__((always_inline)) void load_pair(const int kind,
+                                                            const float* const* pl,
+                                                            long pos, long s, long s_count,
+                                                            float* re, float* im) {
+  if (kind == 1) {
+    long i = pos * s_count + s;
+    float p1 = pl[0][i];
+    *re = p1 - pl[1][i];
+    *im = p1 + pl[2][i];
+  } else {
+    long t_count = s_count / 2, i = pos * t_count + s / 2;
+    float p0 = pl[0][i];
+    float ar = p0 - pl[1][i], ai = p0 + pl[2][i];
+    if (s % 2 == 0) {
+      float p3 = pl[3][i];
+      *re = ar + (p3 - pl[4][i]);
+      *im = ai + (p3 + pl[5][i]);
+    } else {
+      float p6 = pl[6][i];
+      *re = ar + (p6 - pl[7][i]);
+      *im = ai + (p6 + pl[8][i]);
+    }
+  }
+}
+
+static inline __attribute__((always_inline)) void relu_products(
+    const int kind, const float* const* pl, float* restrict out, long b, long h, long w,
+    long s_count, const float* restrict scale, const float* restrict bias, float eps, long k,
+    int threads) {
+  long ho = h / k, wo = w / k;
+  float kk = (float)(k * k);
+#pragma omp parallel num_threads(threads)
+  {
+    float* acc = (float*)malloc(sizeof(float) * 2 * s_count);
+#pragma omp for collapse(2) schedule(static)
+    for (long bi = 0; bi < b; bi++)
+      for (long yo = 0; yo < ho; yo++)
+        for (long xo = 0; xo < wo; xo++) {
+          for (long j = 0; j < 2 * s_count; j++) acc[j] = 0.0f;
+          for (long dy = 0; dy < k; dy++)
+            for (long dx = 0; dx < k; dx++) {
+              long pos = (bi * h + yo * k + dy) * w + xo * k + dx;
+              for (long s = 0; s < s_count; s++) {
+                float zr, zi;
+                load_pair(kind, pl, pos, s, s_count, &zr, &zi);
+                float yr = zr * scale[s];
+                float yi = zi * scale[s];
+                float mag = sqrtf(fmaf(yi, yi, yr * yr) + eps);
+                float f = mag + bias[s];
+                f = f > 0.0f ? f : 0.0f;
+                f = f / mag;
+                acc[2 * s] += yr * f;
+                acc[2 * s + 1] += yi * f;
+              }
+            }
+          float* restrict op = out + ((bi * ho + yo) * wo + xo) * s_count * 2;
+          if (k == 1)
+            for (long j = 0; j < 2 * s_count; j++) op[j] = acc[j];
+          else
+            for (long j = 0; j < 2 * s_count; j++) op[j] = acc[j] / kk;
+        }
+    free(acc);
+  }
+}
+
+void hnets_relu_products(int kind, const float* const* planes, float* out, long b, long h,
+                         long w, long s_count, const float* scale, const float* bias, float eps,
+                         long k, int threads) {
+  if (kind == 1)
+    relu_products(1, planes, out, b, h, w, s_count, scale, bias, eps, k, threads);
+  else
+    relu_products(2, planes, out, b, h, w, s_count, scale, bias, eps, k, threads);
 }

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..errors import HNetsError
+
 __all__ = ["register"]
 
 
@@ -14,7 +16,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser(
         "bench", help="side-by-side speed of HConv2d and HNetMNIST vs plain CNNs"
     )
-    bench.add_argument("--repeats", type=int, default=9, help="timed repetitions per candidate")
+    bench.add_argument("--repeats", type=int, default=9, help="timed samples per candidate")
+    bench.add_argument(
+        "--calls",
+        type=int,
+        default=None,
+        help="consecutive calls timed per sample, after an untimed one (default 3 for "
+        "the layer, 5 for the models; 1 times single calls)",
+    )
     bench.add_argument("--batch-size", type=int, default=46)
     bench.add_argument("--only", choices=["conv", "models", "memory"], help="run one part only")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
@@ -67,11 +76,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from .. import bench
 
+    if args.repeats < 1 or args.batch_size < 1 or (args.calls is not None and args.calls < 1):
+        raise HNetsError("--repeats, --calls and --batch-size must be at least 1")
     report: dict[str, object] = {"machine": bench.machine_description(), "batch": args.batch_size}
     if args.only in (None, "conv"):
-        report["conv"] = bench.bench_conv(batch=args.batch_size, repeats=args.repeats)
+        report["conv"] = bench.bench_conv(
+            batch=args.batch_size, repeats=args.repeats, calls=args.calls or 3
+        )
     if args.only in (None, "models"):
-        report["models"] = bench.bench_models(batch=args.batch_size, repeats=args.repeats)
+        report["models"] = bench.bench_models(
+            batch=args.batch_size, repeats=args.repeats, calls=args.calls or 5
+        )
     if args.only in (None, "memory"):
         report["memory"] = bench.bench_memory(batch=args.batch_size)
     if args.json:

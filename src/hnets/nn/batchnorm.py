@@ -78,10 +78,14 @@ class HBatchNorm(nn.Module):
             self.update_running_power(power)
         else:
             power = self.running_power
+        return self._scale_of(power).to(z.dtype)
+
+    def _scale_of(self, power: torch.Tensor) -> torch.Tensor:
+        """``weight / sqrt(power + eps)`` per stream."""
         scale = (power + self.eps).rsqrt()
         if self.weight is not None:
             scale = scale * self.weight.to(scale.dtype)
-        return scale.to(z.dtype)
+        return scale
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         scale = self.stream_scale(z)

@@ -67,14 +67,20 @@ class _GaussConv(torch.autograd.Function):
     """
 
     @staticmethod
-    def run(images, w_re, w_sum, w_diff, stride, padding):  # noqa: ANN001, ANN205
-        """The forward; returns the output and the three real inputs."""
+    def products(images, w_re, w_sum, w_diff, stride, padding):  # noqa: ANN001, ANN205
+        """The three real products ``P1, P2, P3`` and the three real inputs."""
         x_re, x_im, x_sum = _native.split3(images)
         conv = partial(F.conv2d, stride=stride, padding=padding)
-        p1, p2, p3 = conv(x_sum, w_re), conv(x_im, w_sum), conv(x_re, w_diff)
         cl = torch.channels_last
-        out = _native.merge3(*(p.contiguous(memory_format=cl) for p in (p1, p2, p3)), -1.0, 1.0)
-        return out, (x_re, x_im, x_sum)
+        prods = [conv(a, w).contiguous(memory_format=cl) for a, w in
+                 ((x_sum, w_re), (x_im, w_sum), (x_re, w_diff))]  # fmt: skip
+        return prods, (x_re, x_im, x_sum)
+
+    @staticmethod
+    def run(images, w_re, w_sum, w_diff, stride, padding):  # noqa: ANN001, ANN205
+        """The forward; returns the output and the three real inputs."""
+        prods, inputs = _GaussConv.products(images, w_re, w_sum, w_diff, stride, padding)
+        return _native.merge3(*prods, -1.0, 1.0), inputs
 
     @staticmethod
     def forward(ctx, images, w_re, w_sum, w_diff, stride, padding):  # noqa: ANN001, ANN205
@@ -175,11 +181,16 @@ class _KaratsubaConv(torch.autograd.Function):
     """
 
     @staticmethod
-    def run(images, weights, stride, padding):  # noqa: ANN001, ANN205
-        """The forward; returns the output and the nine real inputs."""
+    def products(images, weights, stride, padding):  # noqa: ANN001, ANN205
+        """The nine real products and the nine real inputs."""
         inputs = _native.split9(images)
         conv = partial(F.conv2d, stride=stride, padding=padding)
-        products = [conv(u, wk) for u, wk in zip(inputs, weights, strict=True)]
+        return [conv(u, wk) for u, wk in zip(inputs, weights, strict=True)], inputs
+
+    @staticmethod
+    def run(images, weights, stride, padding):  # noqa: ANN001, ANN205
+        """The forward; returns the output and the nine real inputs."""
+        products, inputs = _KaratsubaConv.products(images, weights, stride, padding)
         return _native.merge9(products), inputs
 
     @staticmethod
@@ -601,6 +612,28 @@ class HConv2d(nn.Module):
             bias = self.bias.to(result.dtype)[:, None, :] * onehot  # (out, Mo, 2)
             result = result + bias.view(1, self.out_channels, self.max_order + 1, 2, 1, 1)
         return result
+
+    def unmerged_products(self, z: torch.Tensor) -> list[torch.Tensor] | None:
+        """For inference fusion: the real products of Gauss's or Karatsuba's scheme for ``z``.
+
+        Returns the three or nine channels-last ``(B, T, H_out, W_out)`` products that
+        :func:`hnets._native.merge3` (signs -1, +1) or :func:`hnets._native.merge9` would
+        merge into this layer's output, or ``None`` where the layer would not run either
+        scheme with the native kernels, has a bias, or autograd is recording.
+        """
+        if torch.is_grad_enabled() or self.bias is not None or z.dim() != 6:
+            return None
+        check_harmonic(z, channels=self.in_channels, orders=self.in_max_order + 1, where="HConv2d")
+        images = _as_images(z)
+        impl = self._choose_impl(images)
+        if impl not in ("gauss", "karatsuba") or not _native.usable(
+            images, memory_format=torch.channels_last
+        ):
+            return None
+        weights = [w.to(images.dtype) for w in self._filters(impl)]
+        if impl == "gauss":
+            return _GaussConv.products(images, *weights, self.stride, self.padding)[0]
+        return _KaratsubaConv.products(images, weights, self.stride, self.padding)[0]
 
     def _gauss_conv(self, images: torch.Tensor, weights: list[torch.Tensor], conv) -> torch.Tensor:  # noqa: ANN001
         if _native.usable(images, memory_format=torch.channels_last):  # weights: any layout

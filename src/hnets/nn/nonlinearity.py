@@ -240,6 +240,9 @@ class HNonLinearity(nn.Module):
             would start as the identity (ReLU of a magnitude changes nothing) and a
             stack of harmonic layers as a linear map: on Rot-MNIST that took the
             H-Net from 77% to 45% validation accuracy after two epochs.
+        inplace: where autograd is not recording (inference) and the native kernel
+            runs, write the result over the input instead of a new tensor (like
+            ``nn.ReLU(inplace=True)``; in training the input is kept for the backward).
 
     Shape:
         ``(B, C, M, 2, H, W)`` -> same shape.
@@ -252,6 +255,7 @@ class HNonLinearity(nn.Module):
         fn: Callable[[torch.Tensor], torch.Tensor] = F.relu,
         eps: float = 1e-6,
         bias_init: float = -0.5,
+        inplace: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -261,6 +265,7 @@ class HNonLinearity(nn.Module):
         self.fn = fn
         self.eps = eps
         self.bias_init = bias_init
+        self.inplace = inplace
         self.bias = nn.Parameter(
             torch.full((channels, max_order + 1), bias_init, device=device, dtype=dtype)
         )
@@ -306,6 +311,11 @@ class HNonLinearity(nn.Module):
             bn.update_running_power(power)
             return from_pixel_major(out)
         scale = None if bn is None else bn.stream_scale(z)
+        inplace = relu and self.inplace and pool == 1 and not torch.is_grad_enabled()
+        if inplace and _native.usable(pairs):
+            return from_pixel_major(
+                _native.relu_forward(pairs, scale, bias, self.eps, inplace=True)
+            )
         if relu:
             out = _MagnitudeReLU.apply(pairs, scale, bias, self.eps, pool)
         else:
@@ -317,7 +327,8 @@ class HNonLinearity(nn.Module):
 
     def extra_repr(self) -> str:
         name = getattr(self.fn, "__name__", type(self.fn).__name__)
-        return f"{self.channels}, max_order={self.max_order}, fn={name}, eps={self.eps}"
+        inplace = ", inplace=True" if self.inplace else ""
+        return f"{self.channels}, max_order={self.max_order}, fn={name}, eps={self.eps}{inplace}"
 
 
 def _mean_pool(z: torch.Tensor, k: int) -> torch.Tensor:
