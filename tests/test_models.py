@@ -108,3 +108,32 @@ def test_hnet_hooks_see_every_layer_even_where_pooling_is_fused():
     assert seen == [28, 28, 14, 14, 14, 7, 7, 7]  # both pools ran as layers of their own
     with torch.no_grad():
         torch.testing.assert_close(model(x), hooked, rtol=1e-5, atol=1e-5)
+
+
+def test_hnet_inference_fusions_give_the_layer_by_layer_logits(monkeypatch):
+    """In inference the blocks read the convolutions' unmerged products (Gauss, Karatsuba)
+    and run the ReLU in place: the same logits as lift + features, layer by layer."""
+    from hnets import _native
+
+    torch.manual_seed(1)
+    model = hnets.HNetMNIST().eval()
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            if name.endswith("running_power"):
+                buf.uniform_(0.5, 2.0)
+    x = torch.rand(6, 1, 28, 28)
+    with torch.no_grad():
+        z = model.head(model.features(hnets.lift(x * model.input_scale)))
+        expected = (z.square().sum(dim=3) + 1e-6).sqrt().sum(dim=2).mean(dim=(-2, -1))
+        expected = expected + model.bias
+    if not _native.available():
+        pytest.skip("needs the native kernels")
+    fused_calls = []
+    real = _native.relu_products
+    monkeypatch.setattr(
+        _native, "relu_products", lambda *a, **k: fused_calls.append(1) or real(*a, **k)
+    )
+    with torch.inference_mode():
+        got = model(x)
+    assert len(fused_calls) == 4  # blocks 3 to 6 (Gauss, Gauss, Gauss, Karatsuba)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

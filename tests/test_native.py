@@ -294,3 +294,25 @@ def test_auto_picks_the_measured_fastest(channels, size, expected):
         )
         != "karatsuba"
     )  # needs orders 0..1 on both sides
+
+
+@needs_compiler
+@pytest.mark.parametrize(
+    ("kind", "pool", "scaled"), [(3, 1, False), (3, 2, True), (9, 1, True), (9, 2, False)]
+)
+def test_relu_of_unmerged_products_matches_merge_then_relu(kind, pool, scaled):
+    torch.manual_seed(kind + pool)
+    t, h, w = 3, 6, 4
+    products = [
+        torch.randn(2, t, h, w).contiguous(memory_format=torch.channels_last) for _ in range(kind)
+    ]
+    streams = (t, 1) if kind == 3 else (t, 2)
+    n = streams[0] * streams[1]
+    scale = torch.rand(*streams) + 0.5 if scaled else None
+    bias = torch.linspace(-1.0, 0.5, n).view(streams)
+    merged = _native.merge3(*products, -1.0, 1.0) if kind == 3 else _native.merge9(products)
+    pairs = merged.permute(0, 2, 3, 1).reshape(2, h, w, *streams, 2)
+    expected = _native.relu_forward(pairs, scale, bias, 1e-6, pool=pool)
+    got = _native.relu_products(products, streams, scale, bias, 1e-6, pool=pool)
+    assert got.shape == (2, h // pool, w // pool, *streams, 2)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)

@@ -328,3 +328,25 @@ def test_nonlinearity_fused_with_pooling_never_stores_the_full_map():
 def test_nonlinearity_pool_must_be_positive():
     with pytest.raises(ValueError, match="pool must be >= 1"):
         HNonLinearity(2, 1)(_maps(1, 2, 2, 2, 4, 4), pool=0)
+
+
+@pytest.mark.parametrize("with_bn", [False, True])
+def test_nonlinearity_inplace_writes_over_its_input_only_without_autograd(with_bn):
+    bn = HBatchNorm(3, 1).eval() if with_bn else None
+    act, ref_act = HNonLinearity(3, 1, inplace=True), HNonLinearity(3, 1)
+    z = _maps(2, 5, 5, 3, 2, 2).permute(0, 3, 4, 5, 1, 2)  # channels-last, as hnets layers
+    with torch.no_grad():
+        expected = ref_act(z, bn=bn)
+        before = z.clone()
+        with_grad_off = act(z.clone(), bn=bn)
+        torch.testing.assert_close(with_grad_off, expected, rtol=0, atol=0)
+        mine = z.clone()
+        out = act(mine, bn=bn)
+    from hnets import _native
+
+    if _native.available():
+        assert out.data_ptr() == mine.data_ptr() and torch.equal(mine, expected)
+    z_grad = before.clone().requires_grad_()
+    act(z_grad, bn=bn).sum().backward()  # with autograd: the input is kept intact
+    assert torch.equal(z_grad.detach(), before)
+    assert "inplace=True" in repr(act)
