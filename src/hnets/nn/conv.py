@@ -251,19 +251,28 @@ class HConv2d(nn.Module):
     **Speed.** The basis is a non-persistent buffer built once (it follows ``.to(device,
     dtype)``) and the filter bank is one small matrix product of the complex ring
     coefficients with a precomputed synthesis matrix, so synthesis costs next to
-    nothing. All order pairs then go through one real convolution with the dense filter
-    bank (:meth:`dense_weight`), or, with ``impl="gauss"``, through Gauss's three real
-    products (``W_r``, ``W_r + W_i``, ``W_i - W_r`` against ``X_r + X_i``, ``X_i``,
-    ``X_r``), 3/4 of the arithmetic. ``impl="auto"`` decides per call: Gauss's trick
-    when both sides have at least 32 complex streams (16 on maps of at most 16 x 16),
-    where on CPU three half-width convolutions beat one full-width one (``hnets
-    bench``); the dense bank otherwise. On float32 CPU tensors the (de)interleaving
-    around Gauss's products is one pass of a native kernel (:mod:`hnets._native`);
-    without it, Gauss's trick is taken from 64 streams. Outputs are stored channels-last
-    (memory ``(B, H, W, C, M, 2)``), so the next convolution reads them without a copy.
-    In eval mode under ``torch.no_grad()``/``torch.inference_mode()`` the synthesised
-    filter is cached and reused until a parameter changes, the module changes device or
-    dtype, or ``.train()`` is called; the ``state_dict`` is the same in both modes.
+    nothing (in training on float32 CPU tensors one native pass each way, written
+    straight in the layout the convolution reads). All order pairs then go through one
+    real convolution with the dense filter bank (:meth:`dense_weight`), or, with
+    ``impl="gauss"``, through Gauss's three real products (``W_r``, ``W_r + W_i``,
+    ``W_i - W_r`` against ``X_r + X_i``, ``X_i``, ``X_r``), 3/4 of the arithmetic, or,
+    with ``impl="karatsuba"`` (orders 0 and 1 on both sides), through three complex
+    products instead of four (the order-0 filter serves both diagonal order pairs:
+    ``y_0 = A + B``, ``y_1 = A + C`` with ``A = W_0 (x_0 + x_1)``,
+    ``B = (W_{-1} - W_0) x_1``, ``C = (W_1 - W_0) x_0``), each by Gauss's trick: nine
+    quarter-width real convolutions, 9/16 of the arithmetic. ``impl="auto"`` decides
+    per call from measurements on CPU (``hnets bench``): Karatsuba for orders 0..1 with
+    at least 32 channels (16 on maps larger than 16 x 16), Gauss from 32 complex
+    streams (16 on maps of at most 16 x 16), the dense bank otherwise. On float32 CPU
+    tensors the (de)interleaving around these products is one pass of a native kernel
+    (:mod:`hnets._native`); without it only Gauss's trick is used, from 64 streams.
+    A first layer (``in_max_order=0``) also takes real images ``(B, C, H, W)``
+    directly and convolves them with the real-input half of the bank. Outputs are
+    stored channels-last (memory ``(B, H, W, C, M, 2)``), so the next convolution reads
+    them without a copy. In eval mode under ``torch.no_grad()``/``torch.inference_mode()``
+    the synthesised filter is cached and reused until a parameter changes, the module
+    changes device or dtype, or ``.train()`` is called; the ``state_dict`` is the same
+    in both modes.
 
     Args:
         in_channels: input channels (each has ``in_max_order + 1`` complex streams).
@@ -278,8 +287,8 @@ class HConv2d(nn.Module):
         padding: ``"same"`` (``k // 2``), ``"valid"`` (0) or an integer.
         bias: add a learned complex bias to the order-0 output stream (the only
             stream where a constant commutes with rotations).
-        impl: ``"auto"``, ``"dense"`` or ``"gauss"``: how the convolution runs (same
-            result up to float round-off).
+        impl: ``"auto"``, ``"dense"``, ``"gauss"`` or ``"karatsuba"``: how the
+            convolution runs (same result up to float round-off).
 
     Shape:
         - Input: ``(B, in_channels, in_max_order + 1, 2, H, W)``; with ``in_max_order=0``
