@@ -282,7 +282,13 @@ def test_karatsuba_native_and_pytorch_paths_agree(monkeypatch):
 @needs_compiler
 @pytest.mark.parametrize(
     ("channels", "size", "expected"),
-    [(32, 7, "karatsuba"), (16, 28, "karatsuba"), (16, 14, "gauss"), (8, 28, "dense")],
+    [
+        (32, 7, "karatsuba"),
+        (32, 28, "karatsuba"),
+        (16, 28, "gauss"),
+        (16, 14, "gauss"),
+        (8, 28, "dense"),
+    ],  # fmt: skip
 )
 def test_auto_picks_the_measured_fastest(channels, size, expected):
     conv = HConv2d(channels, channels, 5, max_order=1)

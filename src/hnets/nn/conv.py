@@ -262,8 +262,8 @@ class HConv2d(nn.Module):
     ``B = (W_{-1} - W_0) x_1``, ``C = (W_1 - W_0) x_0``), each by Gauss's trick: nine
     quarter-width real convolutions, 9/16 of the arithmetic. ``impl="auto"`` decides
     per call from measurements on CPU (``hnets bench``): Karatsuba for orders 0..1 with
-    at least 32 channels (16 on maps larger than 16 x 16), Gauss from 32 complex
-    streams (16 on maps of at most 16 x 16), the dense bank otherwise. On float32 CPU
+    at least 32 channels, Gauss from 32 complex streams (16 on maps of at most
+    16 x 16), the dense bank otherwise. On float32 CPU
     tensors the (de)interleaving around these products is one pass of a native kernel
     (:mod:`hnets._native`); without it only Gauss's trick is used, from 64 streams.
     A first layer (``in_max_order=0``) also takes real images ``(B, C, H, W)``
@@ -560,12 +560,10 @@ class HConv2d(nn.Module):
         )
         pixels = images.shape[-2] * images.shape[-1]
         if _native.usable(images, memory_format=torch.channels_last):
-            if self.karatsuba_map is not None:
+            if self.karatsuba_map is not None and min(self.in_channels, self.out_channels) >= 32:
                 # orders 0..1 both sides: the nine quarter-width products pay from 32
-                # channels, and from 16 on maps larger than 16 x 16
-                channels = min(self.in_channels, self.out_channels)
-                if channels >= 32 or (channels >= 16 and pixels > 256):
-                    return "karatsuba"
+                # channels (16 -> 16 at 28 x 28: as fast as Gauss's three, but less steady)
+                return "karatsuba"
             # with the fused repacking, Gauss's three half-width products pay from 32
             # complex streams, and from 16 on maps of at most 16 x 16
             pays = small >= 32 or (small >= 16 and pixels <= 256)
