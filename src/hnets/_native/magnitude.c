@@ -458,41 +458,45 @@ void hnets_gmerge9(const float* const* parts, float* restrict gx, long n, long c
    read straight from its unmerged real products, so the merged map is never stored
    (inference). kind 1, Gauss: planes P1, P2, P3 (n x s), the pair (P1 - P2, P1 + P3);
    kind 2, Karatsuba: planes 0..8 (n x s/2), streams (channel, order) with order 0
-   A + B and order 1 A + C (see hnets_merge9). z has b x h x w positions. */
-static inline __attribute__((always_inline)) void load_pair(const int kind,
-                                                            const float* const* pl,
-                                                            long pos, long s, long s_count,
-                                                            float* re, float* im) {
+   A + B and order 1 A + C (see hnets_merge9). z has b x h x w positions. Per position
+   the pairs are first merged into a small buffer, then go through the ReLU: two
+   simple loops that vectorise. */
+static inline void merge_position(int kind, const float* const* pl, long pos, long s_count,
+                                  float* restrict z) {
   if (kind == 1) {
-    long i = pos * s_count + s;
-    float p1 = pl[0][i];
-    *re = p1 - pl[1][i];
-    *im = p1 + pl[2][i];
+    const float* restrict p1 = pl[0] + pos * s_count;
+    const float* restrict p2 = pl[1] + pos * s_count;
+    const float* restrict p3 = pl[2] + pos * s_count;
+    for (long s = 0; s < s_count; s++) {
+      z[2 * s] = p1[s] - p2[s];
+      z[2 * s + 1] = p1[s] + p3[s];
+    }
   } else {
-    long t_count = s_count / 2, i = pos * t_count + s / 2;
-    float p0 = pl[0][i];
-    float ar = p0 - pl[1][i], ai = p0 + pl[2][i];
-    if (s % 2 == 0) {
-      float p3 = pl[3][i];
-      *re = ar + (p3 - pl[4][i]);
-      *im = ai + (p3 + pl[5][i]);
-    } else {
-      float p6 = pl[6][i];
-      *re = ar + (p6 - pl[7][i]);
-      *im = ai + (p6 + pl[8][i]);
+    long t_count = s_count / 2, off = pos * t_count;
+    const float *restrict q0 = pl[0] + off, *restrict q1 = pl[1] + off,
+                          *restrict q2 = pl[2] + off, *restrict q3 = pl[3] + off,
+                          *restrict q4 = pl[4] + off, *restrict q5 = pl[5] + off,
+                          *restrict q6 = pl[6] + off, *restrict q7 = pl[7] + off,
+                          *restrict q8 = pl[8] + off;
+    for (long t = 0; t < t_count; t++) {
+      float ar = q0[t] - q1[t], ai = q0[t] + q2[t];
+      z[4 * t] = ar + (q3[t] - q4[t]);
+      z[4 * t + 1] = ai + (q3[t] + q5[t]);
+      z[4 * t + 2] = ar + (q6[t] - q7[t]);
+      z[4 * t + 3] = ai + (q6[t] + q8[t]);
     }
   }
 }
 
-static inline __attribute__((always_inline)) void relu_products(
-    const int kind, const float* const* pl, float* restrict out, long b, long h, long w,
-    long s_count, const float* restrict scale, const float* restrict bias, float eps, long k,
-    int threads) {
+void hnets_relu_products(int kind, const float* const* pl, float* restrict out, long b, long h,
+                         long w, long s_count, const float* restrict scale,
+                         const float* restrict bias, float eps, long k, int threads) {
   long ho = h / k, wo = w / k;
   float kk = (float)(k * k);
 #pragma omp parallel num_threads(threads)
   {
     float* acc = (float*)malloc(sizeof(float) * 2 * s_count);
+    float* zbuf = (float*)malloc(sizeof(float) * 2 * s_count);
 #pragma omp for collapse(2) schedule(static)
     for (long bi = 0; bi < b; bi++)
       for (long yo = 0; yo < ho; yo++)
@@ -500,12 +504,10 @@ static inline __attribute__((always_inline)) void relu_products(
           for (long j = 0; j < 2 * s_count; j++) acc[j] = 0.0f;
           for (long dy = 0; dy < k; dy++)
             for (long dx = 0; dx < k; dx++) {
-              long pos = (bi * h + yo * k + dy) * w + xo * k + dx;
+              merge_position(kind, pl, (bi * h + yo * k + dy) * w + xo * k + dx, s_count, zbuf);
               for (long s = 0; s < s_count; s++) {
-                float zr, zi;
-                load_pair(kind, pl, pos, s, s_count, &zr, &zi);
-                float yr = zr * scale[s];
-                float yi = zi * scale[s];
+                float yr = zbuf[2 * s] * scale[s];
+                float yi = zbuf[2 * s + 1] * scale[s];
                 float mag = sqrtf(fmaf(yi, yi, yr * yr) + eps);
                 float f = mag + bias[s];
                 f = f > 0.0f ? f : 0.0f;
@@ -521,14 +523,6 @@ static inline __attribute__((always_inline)) void relu_products(
             for (long j = 0; j < 2 * s_count; j++) op[j] = acc[j] / kk;
         }
     free(acc);
+    free(zbuf);
   }
-}
-
-void hnets_relu_products(int kind, const float* const* planes, float* out, long b, long h,
-                         long w, long s_count, const float* scale, const float* bias, float eps,
-                         long k, int threads) {
-  if (kind == 1)
-    relu_products(1, planes, out, b, h, w, s_count, scale, bias, eps, k, threads);
-  else
-    relu_products(2, planes, out, b, h, w, s_count, scale, bias, eps, k, threads);
 }
