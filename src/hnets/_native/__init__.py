@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 _SOURCE = Path(__file__).with_name("magnitude.c")
-_ABI_VERSION = 8
+_ABI_VERSION = 9
 # -fno-tree-loop-distribute-patterns: short copy loops stay loops, not memcpy calls
 _BASE_FLAGS = [
     "-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-tree-loop-distribute-patterns",
@@ -137,8 +137,6 @@ def _load() -> ctypes.CDLL:
         ptr, ptr, long_, long_, long_, long_, ptr, ptr, f32, long_, int_,
     ]  # fmt: skip
     lib.hnets_relu_pool_forward.restype = None
-    lib.hnets_relu_forward_inplace.argtypes = [ptr, long_, long_, ptr, ptr, f32, int_]
-    lib.hnets_relu_forward_inplace.restype = None
     lib.hnets_relu_backward.restype = None
     lib.hnets_split3.argtypes = [ptr, ptr, ptr, ptr, long_, int_]
     lib.hnets_split3.restype = None
@@ -230,12 +228,7 @@ def relu_forward(
     streams = pairs.shape[-3] * pairs.shape[-2]
     scale_v = _stream_vector(scale, streams, 1.0)
     bias_v = _stream_vector(bias, streams, 0.0)
-    if inplace and pool == 1:
-        _library().hnets_relu_forward_inplace(  # type: ignore[union-attr]
-            _ptr(pairs), pairs.numel() // (2 * streams) if streams else 0, streams,
-            _ptr(scale_v), _ptr(bias_v), eps, torch.get_num_threads(),
-        )  # fmt: skip
-        return pairs
+
     if pool > 1:
         b, h, w = pairs.shape[:3]
         out = torch.empty((b, h // pool, w // pool, *pairs.shape[3:]), dtype=pairs.dtype)
@@ -245,7 +238,7 @@ def relu_forward(
         )  # fmt: skip
         return out
     positions = pairs.numel() // (2 * streams) if streams else 0
-    out = torch.empty_like(pairs)
+    out = pairs if inplace else torch.empty_like(pairs)
     _library().hnets_relu_forward(  # type: ignore[union-attr]
         _ptr(pairs), _ptr(out), positions, streams, _ptr(scale_v), _ptr(bias_v), eps,
         torch.get_num_threads(),

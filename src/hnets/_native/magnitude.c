@@ -15,85 +15,41 @@
    double accumulators: vectorisable inner loops without float drift over 10^5 terms. */
 #define BLOCK 256
 
-int hnets_abi_version(void) { return 8; }
+int hnets_abi_version(void) { return 9; }
 
-/* out = y relu(|y|_eps + bias) / |y|_eps, y = z * scale (per stream). */
-void hnets_relu_forward(const float* restrict z, float* restrict out, long n, long s_count,
-                        const float* restrict scale, const float* restrict bias, float eps,
-                        int threads) {
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (long p = 0; p < n; p++) {
-    const float* restrict zp = z + p * s_count * 2;
-    float* restrict op = out + p * s_count * 2;
-    for (long s = 0; s < s_count; s++) {
-      float yr = zp[2 * s] * scale[s];
-      float yi = zp[2 * s + 1] * scale[s];
-      float mag = sqrtf(fmaf(yi, yi, yr * yr) + eps);
-      float f = mag + bias[s];
-      f = f > 0.0f ? f : 0.0f;
-      f = f / mag;
+/* One position's streams: op = y relu(|y|_eps + bias) / |y|_eps with y = zp * scale, or
+   op += that when accumulating. zp and op may be the same array (each stream's pair is
+   read before it is written). */
+static inline __attribute__((always_inline)) void relu_row(const float* zp, float* op,
+                                                           long s_count,
+                                                           const float* restrict scale,
+                                                           const float* restrict bias,
+                                                           float eps, const int accumulate) {
+#pragma omp simd
+  for (long s = 0; s < s_count; s++) {
+    float yr = zp[2 * s] * scale[s];
+    float yi = zp[2 * s + 1] * scale[s];
+    float mag = sqrtf(fmaf(yi, yi, yr * yr) + eps);
+    float f = mag + bias[s];
+    f = f > 0.0f ? f : 0.0f;
+    f = f / mag;
+    if (accumulate) {
+      op[2 * s] += yr * f;
+      op[2 * s + 1] += yi * f;
+    } else {
       op[2 * s] = yr * f;
       op[2 * s + 1] = yi * f;
     }
   }
 }
 
-/* The same, written over z. */
-void hnets_relu_forward_inplace(float* restrict z, long n, long s_count,
-                                const float* restrict scale, const float* restrict bias,
-                                float eps, int threads) {
+/* out = y relu(|y|_eps + bias) / |y|_eps, y = z * scale (per stream); out may be z. */
+void hnets_relu_forward(const float* z, float* out, long n, long s_count,
+                        const float* restrict scale, const float* restrict bias, float eps,
+                        int threads) {
 #pragma omp parallel for schedule(static) num_threads(threads)
-  for (long p = 0; p < n; p++) {
-    float* restrict zp = z + p * s_count * 2;
-    for (long s = 0; s < s_count; s++) {
-      float yr = zp[2 * s] * scale[s];
-      float yi = zp[2 * s + 1] * scale[s];
-      float mag = sqrtf(fmaf(yi, yi, yr * yr) + eps);
-      float f = mag + bias[s];
-      f = f > 0.0f ? f : 0.0f;
-      f = f / mag;
-      zp[2 * s] = yr * f;
-      zp[2 * s + 1] = yi * f;
-    }
-  }
-}
-
-/* The same, followed by k x k mean pooling over tiles (z: b x h x w positions, out:
-   b x h/k x w/k): the full-size result is never stored. Each window is summed in
-   row-major order and divided by k^2, as ATen's avg_pool2d does. */
-void hnets_relu_pool_forward(const float* restrict z, float* restrict out, long b, long h,
-                             long w, long s_count, const float* restrict scale,
-                             const float* restrict bias, float eps, long k, int threads) {
-  long ho = h / k, wo = w / k;
-  float kk = (float)(k * k);
-#pragma omp parallel num_threads(threads)
-  {
-    float* acc = (float*)malloc(sizeof(float) * 2 * s_count);
-#pragma omp for collapse(2) schedule(static)
-    for (long bi = 0; bi < b; bi++)
-      for (long yo = 0; yo < ho; yo++)
-        for (long xo = 0; xo < wo; xo++) {
-          for (long j = 0; j < 2 * s_count; j++) acc[j] = 0.0f;
-          for (long dy = 0; dy < k; dy++)
-            for (long dx = 0; dx < k; dx++) {
-              const float* restrict zp =
-                  z + ((bi * h + yo * k + dy) * w + xo * k + dx) * s_count * 2;
-              for (long s = 0; s < s_count; s++) {
-                float yr = zp[2 * s] * scale[s];
-                float yi = zp[2 * s + 1] * scale[s];
-                float mag = sqrtf(fmaf(yi, yi, yr * yr) + eps);
-                float f = mag + bias[s];
-                f = f > 0.0f ? f : 0.0f;
-                f = f / mag;
-                acc[2 * s] += yr * f;
-                acc[2 * s + 1] += yi * f;
-              }
-            }
-          float* restrict op = out + ((bi * ho + yo) * wo + xo) * s_count * 2;
-          for (long j = 0; j < 2 * s_count; j++) op[j] = acc[j] / kk;
-        }
-    free(acc);
-  }
+  for (long p = 0; p < n; p++)
+    relu_row(z + p * s_count * 2, out + p * s_count * 2, s_count, scale, bias, eps, 0);
 }
 
 /* power[s] = sum over positions of |z|^2 (double). */
@@ -376,24 +332,32 @@ void hnets_synthesise_backward(const float* restrict grad, const float* restrict
    P1 = (u_r + u_i) K_r, P2 = u_i (K_r + K_i), P3 = u_r (K_i - K_r): (P1 - P2, P1 + P3).
    Maps are pixel-major: x is n positions x c channels x 2 orders x 2 parts; the nine
    real maps are n x c planes, plane k at k * n * c. */
-void hnets_split9(const float* restrict x, float* restrict planes, long n, long c,
-                  int threads) {
+/* For the two pairs (q0, q1) at each position, three complex values u: forward
+   (x0 + x1, x1, x0) as planes (u_r + u_i, u_i, u_r); grad (g0 + g1, g0, g1) as
+   planes (u_r + u_i, u_r, u_i). */
+static inline void nine_planes(const float* restrict x, float* restrict planes, long n,
+                               long c, int grad, int threads) {
   long plane = n * c;
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (long p = 0; p < n * c; p++) {
     const float* xp = x + 4 * p;
-    float x0r = xp[0], x0i = xp[1], x1r = xp[2], x1i = xp[3];
-    float sr = x0r + x1r, si = x0i + x1i;
-    planes[p] = sr + si;
-    planes[plane + p] = si;
-    planes[2 * plane + p] = sr;
-    planes[3 * plane + p] = x1r + x1i;
-    planes[4 * plane + p] = x1i;
-    planes[5 * plane + p] = x1r;
-    planes[6 * plane + p] = x0r + x0i;
-    planes[7 * plane + p] = x0i;
-    planes[8 * plane + p] = x0r;
+    float q0r = xp[0], q0i = xp[1], q1r = xp[2], q1i = xp[3];
+    float u[3][2] = {{q0r + q1r, q0i + q1i}, {q1r, q1i}, {q0r, q0i}};
+    if (grad) {
+      u[1][0] = q0r, u[1][1] = q0i, u[2][0] = q1r, u[2][1] = q1i;
+    }
+    for (int k = 0; k < 3; k++) {
+      planes[3 * k * plane + p] = u[k][0] + u[k][1];
+      planes[(3 * k + 1) * plane + p] = grad ? u[k][0] : u[k][1];
+      planes[(3 * k + 2) * plane + p] = grad ? u[k][1] : u[k][0];
+    }
   }
+}
+
+/* The nine real inputs: for u = x0 + x1, x1, x0 the planes u_r + u_i, u_i, u_r. */
+void hnets_split9(const float* restrict x, float* restrict planes, long n, long c,
+                  int threads) {
+  nine_planes(x, planes, n, c, 0, threads);
 }
 
 /* The nine real products (each n x t, pointers in prods) -> y, n x t x 2 x 2. */
@@ -418,22 +382,9 @@ void hnets_merge9(const float* const* prods, float* restrict y, long n, long t, 
    planes, with the P2 planes (1, 4, 7) not negated (the caller negates what they give). */
 void hnets_gsplit9(const float* restrict g, float* restrict planes, long n, long t,
                    int threads) {
-  long plane = n * t;
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (long p = 0; p < n * t; p++) {
-    const float* gp = g + 4 * p;
-    float g0r = gp[0], g0i = gp[1], g1r = gp[2], g1i = gp[3];
-    float ar = g0r + g1r, ai = g0i + g1i;
-    planes[p] = ar + ai;
-    planes[plane + p] = ar;
-    planes[2 * plane + p] = ai;
-    planes[3 * plane + p] = g0r + g0i;
-    planes[4 * plane + p] = g0r;
-    planes[5 * plane + p] = g0i;
-    planes[6 * plane + p] = g1r + g1i;
-    planes[7 * plane + p] = g1r;
-    planes[8 * plane + p] = g1i;
-  }
+  /* d/dA = g0 + g1, d/dB = g0, d/dC = g1; each product's (P1, P2, P3) gradients are
+     (d_r + d_i, -d_r, d_i) */
+  nine_planes(g, planes, n, t, 1, threads);
 }
 
 /* Backward, input side: the nine input gradients (each n x c, pointers in parts; 1, 4
@@ -454,13 +405,11 @@ void hnets_gmerge9(const float* const* parts, float* restrict gx, long n, long c
   }
 }
 
-/* The magnitude ReLU (then k x k mean pooling when k > 1) of a convolution's output
-   read straight from its unmerged real products, so the merged map is never stored
-   (inference). kind 1, Gauss: planes P1, P2, P3 (n x s), the pair (P1 - P2, P1 + P3);
-   kind 2, Karatsuba: planes 0..8 (n x s/2), streams (channel, order) with order 0
-   A + B and order 1 A + C (see hnets_merge9). z has b x h x w positions. Per position
-   the pairs are first merged into a small buffer, then go through the ReLU: two
-   simple loops that vectorise. */
+/* One position of a convolution's output from its unmerged real products, as pairs in
+   z. kind 1, Gauss: planes P1, P2, P3 (n x s), the pair (P1 - P2, P1 + P3); kind 2,
+   Karatsuba: planes 0..8 (n x s/2), streams (channel, order) with order 0 A + B and
+   order 1 A + C (see hnets_merge9). Merging into a buffer first, then the ReLU: two
+   simple loops that vectorise (a per-element branch on the kind did not). */
 static inline void merge_position(int kind, const float* const* pl, long pos, long s_count,
                                   float* restrict z) {
   if (kind == 1) {
@@ -488,9 +437,14 @@ static inline void merge_position(int kind, const float* const* pl, long pos, lo
   }
 }
 
-void hnets_relu_products(int kind, const float* const* pl, float* restrict out, long b, long h,
-                         long w, long s_count, const float* restrict scale,
-                         const float* restrict bias, float eps, long k, int threads) {
+/* The magnitude ReLU, then k x k mean pooling over tiles when k > 1, of b x h x w
+   positions: from interleaved pairs (kind 0, pl[0]) or from unmerged products (kinds 1
+   and 2, merged per position into a small buffer first). Each window is summed in
+   row-major order and divided by k^2, as ATen's avg_pool2d does. */
+static inline __attribute__((always_inline)) void relu_pool(
+    const int kind, const float* const* pl, float* restrict out, long b, long h, long w,
+    long s_count, const float* restrict scale, const float* restrict bias, float eps, long k,
+    int threads) {
   long ho = h / k, wo = w / k;
   float kk = (float)(k * k);
 #pragma omp parallel num_threads(threads)
@@ -504,17 +458,13 @@ void hnets_relu_products(int kind, const float* const* pl, float* restrict out, 
           for (long j = 0; j < 2 * s_count; j++) acc[j] = 0.0f;
           for (long dy = 0; dy < k; dy++)
             for (long dx = 0; dx < k; dx++) {
-              merge_position(kind, pl, (bi * h + yo * k + dy) * w + xo * k + dx, s_count, zbuf);
-              for (long s = 0; s < s_count; s++) {
-                float yr = zbuf[2 * s] * scale[s];
-                float yi = zbuf[2 * s + 1] * scale[s];
-                float mag = sqrtf(fmaf(yi, yi, yr * yr) + eps);
-                float f = mag + bias[s];
-                f = f > 0.0f ? f : 0.0f;
-                f = f / mag;
-                acc[2 * s] += yr * f;
-                acc[2 * s + 1] += yi * f;
+              long pos = (bi * h + yo * k + dy) * w + xo * k + dx;
+              const float* zp = pl[0] + pos * s_count * 2;
+              if (kind != 0) {
+                merge_position(kind, pl, pos, s_count, zbuf);
+                zp = zbuf;
               }
+              relu_row(zp, acc, s_count, scale, bias, eps, 1);
             }
           float* restrict op = out + ((bi * ho + yo) * wo + xo) * s_count * 2;
           if (k == 1)
@@ -525,4 +475,24 @@ void hnets_relu_products(int kind, const float* const* pl, float* restrict out, 
     free(acc);
     free(zbuf);
   }
+}
+
+/* hnets_relu_forward followed by k x k mean pooling (z: b x h x w positions, out:
+   b x h/k x w/k): the full-size result is never stored. */
+void hnets_relu_pool_forward(const float* z, float* out, long b, long h, long w, long s_count,
+                             const float* scale, const float* bias, float eps, long k,
+                             int threads) {
+  const float* planes[1] = {z};
+  relu_pool(0, planes, out, b, h, w, s_count, scale, bias, eps, k, threads);
+}
+
+/* The same from a convolution's unmerged products (kind 1 Gauss, 2 Karatsuba), so its
+   merged output is never stored (inference). */
+void hnets_relu_products(int kind, const float* const* pl, float* out, long b, long h, long w,
+                         long s_count, const float* scale, const float* bias, float eps, long k,
+                         int threads) {
+  if (kind == 1)
+    relu_pool(1, pl, out, b, h, w, s_count, scale, bias, eps, k, threads);
+  else
+    relu_pool(2, pl, out, b, h, w, s_count, scale, bias, eps, k, threads);
 }
