@@ -273,3 +273,19 @@ def test_real_input_weight_is_the_real_columns_of_the_dense_bank():
         half = conv.dense_weight(real_input=True)
         assert torch.equal(half, conv.dense_weight()[:, 0::2])
     assert half.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_unmerged_products_only_for_native_gauss_or_karatsuba_inference():
+    z = torch.randn(2, 32, 2, 2, 7, 7)
+    karatsuba = HConv2d(32, 32, 5, max_order=1).eval()
+    assert karatsuba.unmerged_products(z) is None  # autograd is recording
+    with torch.no_grad():
+        products = karatsuba.unmerged_products(z)
+        from hnets import _native
+
+        if _native.available():
+            assert len(products) == 9 and products[0].shape == (2, 32, 7, 7)
+            merged = _native.merge9(products).view(2, 32, 2, 2, 7, 7)
+            torch.testing.assert_close(merged, karatsuba(z), rtol=0, atol=0)
+        assert HConv2d(32, 32, 5, max_order=1, impl="dense").unmerged_products(z) is None
+        assert HConv2d(32, 32, 5, max_order=1, bias=True).unmerged_products(z) is None

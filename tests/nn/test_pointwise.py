@@ -350,3 +350,9 @@ def test_nonlinearity_inplace_writes_over_its_input_only_without_autograd(with_b
     act(z_grad, bn=bn).sum().backward()  # with autograd: the input is kept intact
     assert torch.equal(z_grad.detach(), before)
     assert "inplace=True" in repr(act)
+
+
+def test_nonlinearity_pool_with_another_function_is_the_composition():
+    act = HNonLinearity(2, 1, fn=F.softplus)
+    z = _maps(2, 2, 2, 2, 6, 6)
+    torch.testing.assert_close(act(z, pool=2), HAvgPool2d(2)(act(z)), rtol=0, atol=0)
