@@ -137,3 +137,17 @@ def test_hnet_inference_fusions_give_the_layer_by_layer_logits(monkeypatch):
         got = model(x)
     assert len(fused_calls) == 4  # blocks 3 to 6 (Gauss, Gauss, Gauss, Karatsuba)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_hnet_inference_fusion_steps_aside_for_hooks_on_its_layers():
+    model = hnets.HNetMNIST().eval()
+    seen = []
+    block = model.features[7]  # 32 -> 32 channels: Karatsuba, fused in inference
+    handle = block.conv.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        hooked = model(x)
+    handle.remove()
+    assert seen == [(2, 32, 2, 2, 7, 7)]
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), hooked, rtol=1e-5, atol=1e-5)

@@ -86,6 +86,8 @@ class _HBlock(nn.Module):
         bn = self.bn if isinstance(self.bn, HBatchNorm) else None
         if self.act.fn is not F.relu or (bn is not None and bn.training):
             return None
+        if _hooked(self.conv) or _hooked(self.act):  # hooks see the layers run
+            return None
         products = self.conv.unmerged_products(z)
         if products is None:
             return None
