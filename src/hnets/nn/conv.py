@@ -67,8 +67,9 @@ class _GaussConv(torch.autograd.Function):
     """
 
     @staticmethod
-    def products(images, w_re, w_sum, w_diff, stride, padding):  # noqa: ANN001, ANN205
+    def products(images, weights, stride, padding):  # noqa: ANN001, ANN205
         """The three real products ``P1, P2, P3`` and the three real inputs."""
+        w_re, w_sum, w_diff = weights
         x_re, x_im, x_sum = _native.split3(images)
         conv = partial(F.conv2d, stride=stride, padding=padding)
         cl = torch.channels_last
@@ -77,15 +78,15 @@ class _GaussConv(torch.autograd.Function):
         return prods, (x_re, x_im, x_sum)
 
     @staticmethod
-    def run(images, w_re, w_sum, w_diff, stride, padding):  # noqa: ANN001, ANN205
+    def run(images, weights, stride, padding):  # noqa: ANN001, ANN205
         """The forward; returns the output and the three real inputs."""
-        prods, inputs = _GaussConv.products(images, w_re, w_sum, w_diff, stride, padding)
+        prods, inputs = _GaussConv.products(images, weights, stride, padding)
         return _native.merge3(*prods, -1.0, 1.0), inputs
 
     @staticmethod
-    def forward(ctx, images, w_re, w_sum, w_diff, stride, padding):  # noqa: ANN001, ANN205
-        out, (x_re, x_im, x_sum) = _GaussConv.run(images, w_re, w_sum, w_diff, stride, padding)
-        ctx.save_for_backward(x_re, x_im, x_sum, w_re, w_sum, w_diff)
+    def forward(ctx, images, stride, padding, *weights):  # noqa: ANN001, ANN205
+        out, inputs = _GaussConv.run(images, weights, stride, padding)
+        ctx.save_for_backward(*inputs, *weights)
         ctx.conv_args = (stride, padding)
         return out
 
@@ -106,15 +107,15 @@ class _GaussConv(torch.autograd.Function):
                 [need_x, need_w, False],
             )  # fmt: skip
 
-        a_x, a_w = back(g_sum, x_sum, w_re, ctx.needs_input_grad[1])[:2]
-        b_x, b_w = back(g_re, x_im, w_sum, ctx.needs_input_grad[2])[:2]
-        c_x, c_w = back(g_im, x_re, w_diff, ctx.needs_input_grad[3])[:2]
+        a_x, a_w = back(g_sum, x_sum, w_re, ctx.needs_input_grad[3])[:2]
+        b_x, b_w = back(g_re, x_im, w_sum, ctx.needs_input_grad[4])[:2]
+        c_x, c_w = back(g_im, x_re, w_diff, ctx.needs_input_grad[5])[:2]
         grad_images = None
         if need_x:
             # dX_r = A + C, dX_i = A - B
             parts = (t.contiguous(memory_format=cl) for t in (a_x, c_x, b_x))
             grad_images = _native.merge3(*parts, 1.0, -1.0)
-        return grad_images, a_w, None if b_w is None else -b_w, c_w, None, None
+        return grad_images, None, None, a_w, None if b_w is None else -b_w, c_w
 
 
 def _coefficients_of(weight: torch.Tensor, phase: torch.Tensor | None) -> torch.Tensor:
@@ -218,6 +219,34 @@ class _KaratsubaConv(torch.autograd.Function):
             grad_weights.append(-gw if gw is not None and k % 3 == 1 else gw)
         grad_images = _native.merge9_grad(grad_inputs) if need_x else None
         return (grad_images, None, None, *grad_weights)
+
+
+_SCHEMES = {"gauss": _GaussConv, "karatsuba": _KaratsubaConv}  # native, by impl
+
+
+def _gauss_torch(images: torch.Tensor, weights: list[torch.Tensor], conv) -> torch.Tensor:  # noqa: ANN001
+    """Gauss's three products with PyTorch ops (other devices and dtypes, gradcheck)."""
+    b, _, h, w = images.shape
+    parts = images.view(b, -1, 2, h, w)
+    x_re = parts[:, :, 0].contiguous(memory_format=torch.channels_last)
+    x_im = parts[:, :, 1].contiguous(memory_format=torch.channels_last)
+    w_re, w_sum, w_diff = weights
+    p = conv(x_re + x_im, w_re)
+    out = torch.stack([p - conv(x_im, w_sum), p + conv(x_re, w_diff)], dim=2)
+    return out.flatten(1, 2).contiguous(memory_format=torch.channels_last)
+
+
+def _karatsuba_torch(images: torch.Tensor, weights: list[torch.Tensor], conv) -> torch.Tensor:  # noqa: ANN001
+    """Karatsuba's nine products with PyTorch ops (other devices and dtypes, gradcheck)."""
+    b, _, h, w = images.shape
+    x = images.view(b, -1, 2, 2, h, w)
+    x0r, x0i, x1r, x1i = x[:, :, 0, 0], x[:, :, 0, 1], x[:, :, 1, 0], x[:, :, 1, 1]
+    sr, si = x0r + x1r, x0i + x1i
+    inputs = [sr + si, si, sr, x1r + x1i, x1i, x1r, x0r + x0i, x0i, x0r]
+    p = [conv(u, wk) for u, wk in zip(inputs, weights, strict=True)]
+    a, b_, c = (p[0] - p[1], p[0] + p[2]), (p[3] - p[4], p[3] + p[5]), (p[6] - p[7], p[6] + p[8])
+    out = torch.stack([a[0] + b_[0], a[1] + b_[1], a[0] + c[0], a[1] + c[1]], dim=2)
+    return out.flatten(1, 2).contiguous(memory_format=torch.channels_last)
 
 
 class HConv2d(nn.Module):
@@ -477,35 +506,28 @@ class HConv2d(nn.Module):
         this is what :func:`hnets.export` uses. With ``real_input=True`` (layers with
         ``in_max_order=0`` only) just the columns that read real parts:
         ``(out * Mo * 2, in, k, k)``, the weight for real images ``(B, in, H, W)``.
+        Stored channels-last (memory ``(out, k, k, in)``), what the convolution of a
+        channels-last input wants: otherwise it would copy the weight on every call.
         """
-        o, i, k = self.out_channels, self.in_channels, self.kernel_size
-        mo, mi = self.max_order + 1, self.in_max_order + 1
-        parts = 2
-        blocks = self._mapped(self.dense_map).view(o, i, mo * 2, mi, 2, k, k)
-        if real_input:
-            if self.in_max_order != 0:
-                raise ValueError("real_input needs in_max_order=0")
-            blocks, parts = blocks[:, :, :, :, :1], 1
-        # stored channels-last (memory (out, k, k, in)), what the convolution of a
-        # channels-last input wants: otherwise it would copy the weight on every call
-        bank = blocks.permute(0, 2, 5, 6, 1, 3, 4).reshape(o * mo * 2, k, k, i * mi * parts)
-        return bank.contiguous().permute(0, 3, 1, 2)  # (a no-op copy unless real_input)
+        if real_input and self.in_max_order != 0:
+            raise ValueError("real_input needs in_max_order=0")
+        (weight,) = self._torch_banks("real" if real_input else "dense")
+        return weight
 
     def gauss_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Gauss's real banks ``(W_r, W_r + W_i, W_i - W_r)``, each ``(out*Mo, in*Mi, k, k)``."""
-        o, i, k = self.out_channels, self.in_channels, self.kernel_size
-        mo, mi = self.max_order + 1, self.in_max_order + 1
-        blocks = self._mapped(self.gauss_map).view(o, i, 3, mo, mi, k, k)
-        banks = blocks.permute(2, 0, 3, 5, 6, 1, 4).reshape(3, o * mo, k, k, i * mi)
-        w_re, w_sum, w_diff = banks.permute(0, 1, 4, 2, 3).unbind(0)  # channels-last, as above
+        """Gauss's real banks ``(W_r, W_r + W_i, W_i - W_r)``, each ``(out*Mo, in*Mi, k, k)``,
+        channels-last like :meth:`dense_weight`."""
+        w_re, w_sum, w_diff = self._torch_banks("gauss")
         return w_re, w_sum, w_diff
 
     def _layout(self, impl: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """The synthesis matrix of ``impl`` as ``(q, G, A, B)`` for :class:`_Synthesis`: the
-        bank ``(G, O, A, I, B)`` it gives is the memory of :meth:`dense_weight` (``G = 1``,
-        ``A = (Mo, 2, k, k)``, ``B = (Mi, 2)``, or ``B = Mi`` for real input) or of
-        :meth:`gauss_weights` (``G = 3``, ``A = (Mo, k, k)``, ``B = Mi``); and its
-        transpose ``(G, A, B, q)`` for the backward."""
+        """The synthesis matrix of ``impl`` as ``(q, G, A, B)``: the bank
+        ``(G, O, A, I, B) = sum_q coefficients[O, I, q] matrix[q, G, A, B]`` is, in memory,
+        the channels-last weights of the scheme (:meth:`_banks_of`): one dense bank
+        (``G = 1``, ``A = (2 Mo, k, k)``, ``B = (Mi, 2)``, or ``B = Mi`` for real input),
+        Gauss's three (``G = 3``, ``A = (Mo, k, k)``, ``B = Mi``) or Karatsuba's nine
+        (``G = 9``, ``A = (k, k)``, ``B = 1``); and its transpose ``(G, A, B, q)`` for the
+        native backward."""
         if impl not in self._layouts:
             q = self.dense_map.shape[0]
             mo, mi, k = self.max_order + 1, self.in_max_order + 1, self.kernel_size
@@ -522,12 +544,8 @@ class HConv2d(nn.Module):
             self._layouts[impl] = (m.contiguous(), m.permute(1, 2, 3, 0).contiguous())
         return self._layouts[impl]
 
-    def _native_synthesis(self, impl: str) -> tuple[torch.Tensor, ...]:
-        bank = _Synthesis.apply(self.weight, self.phase, *self._layout(impl))
-        return self._banks_of(bank, impl)
-
     def _banks_of(self, bank: torch.Tensor, impl: str) -> tuple[torch.Tensor, ...]:
-        """The ``(G, O, A, I, B)`` bank of ``impl`` as convolution weights (channels-last)."""
+        """The contiguous ``(G, O, A, I, B)`` bank of ``impl`` as its channels-last weights."""
         o, i, k = self.out_channels, self.in_channels, self.kernel_size
         mo, mi = self.max_order + 1, self.in_max_order + 1
         if impl == "karatsuba":
@@ -537,19 +555,18 @@ class HConv2d(nn.Module):
             return tuple(banks.unbind(0))
         return (bank.view(o * mo * 2, k, k, -1).permute(0, 3, 1, 2),)
 
+    def _torch_banks(self, impl: str) -> tuple[torch.Tensor, ...]:
+        """The weights of ``impl`` by PyTorch ops (any device and dtype, differentiable)."""
+        bank = _bank_torch(self.weight, self.phase, self._layout(impl)[0])
+        return self._banks_of(bank.contiguous(), impl)
+
     def _synthesise(self, impl: str) -> tuple[torch.Tensor, ...]:
         params = [self.weight] if self.phase is None else [self.weight, self.phase]
         if torch.is_grad_enabled() and self.weight.requires_grad and _native.usable(*params):
-            return self._native_synthesis(impl)
-        if impl == "karatsuba":
-            layout = self._layout(impl)[0]
-            bank = _bank_torch(self.weight, self.phase, layout).contiguous()
-            return self._banks_of(bank, impl)
-        if impl == "real":
-            return (self.dense_weight(real_input=True),)
-        if impl == "dense":
-            return (self.dense_weight(),)
-        return self.gauss_weights()
+            return self._banks_of(
+                _Synthesis.apply(self.weight, self.phase, *self._layout(impl)), impl
+            )
+        return self._torch_banks(impl)
 
     def _choose_impl(self, images: torch.Tensor) -> str:
         """``impl``, with ``"auto"`` resolved for this input (thresholds from ``hnets bench``)."""
@@ -589,7 +606,8 @@ class HConv2d(nn.Module):
         return self._cache[1]
 
     # -- forward ------------------------------------------------------------------------
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def _prepare(self, z: torch.Tensor) -> tuple[torch.Tensor, str]:
+        """Check ``z`` and return it as channels-last images, with the scheme to run."""
         if z.dim() == 4 and self.in_max_order == 0:
             # real images: the same as self(lift(z)), with half the input channels
             if z.shape[1] != self.in_channels:
@@ -597,21 +615,29 @@ class HConv2d(nn.Module):
                     f"HConv2d expects {self.in_channels} channels; got {z.shape[1]} "
                     f"({tuple(z.shape)})"
                 )
-            images, impl = z.contiguous(memory_format=torch.channels_last), "real"
-        else:
-            check_harmonic(
-                z, channels=self.in_channels, orders=self.in_max_order + 1, where="HConv2d"
-            )
-            images = _as_images(z)
-            impl = self._choose_impl(images)
+            return z.contiguous(memory_format=torch.channels_last), "real"
+        check_harmonic(z, channels=self.in_channels, orders=self.in_max_order + 1, where="HConv2d")
+        images = _as_images(z)
+        return images, self._choose_impl(images)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        images, impl = self._prepare(z)
         weights = [w.to(images.dtype) for w in self._filters(impl)]
         conv = partial(F.conv2d, stride=self.stride, padding=self.padding)
         if impl in ("dense", "real"):
             out = conv(images, weights[0])
+        elif _native.usable(images, memory_format=torch.channels_last):  # weights: any layout
+            scheme = _SCHEMES[impl]
+            if torch.is_grad_enabled() and (
+                images.requires_grad or any(w.requires_grad for w in weights)
+            ):
+                out = scheme.apply(images, self.stride, self.padding, *weights)
+            else:
+                out = scheme.run(images, weights, self.stride, self.padding)[0]
         elif impl == "karatsuba":
-            out = self._karatsuba_conv(images, weights, conv)
+            out = _karatsuba_torch(images, weights, conv)
         else:
-            out = self._gauss_conv(images, weights, conv)
+            out = _gauss_torch(images, weights, conv)
         result = _as_harmonic(out, self.out_channels, self.max_order + 1)
         if self.bias is not None:  # order 0 only: a constant commutes with rotations there
             onehot = torch.zeros(self.max_order + 1, 1, dtype=result.dtype, device=result.device)
@@ -630,57 +656,11 @@ class HConv2d(nn.Module):
         """
         if torch.is_grad_enabled() or self.bias is not None or z.dim() != 6:
             return None
-        check_harmonic(z, channels=self.in_channels, orders=self.in_max_order + 1, where="HConv2d")
-        images = _as_images(z)
-        impl = self._choose_impl(images)
-        if impl not in ("gauss", "karatsuba") or not _native.usable(
-            images, memory_format=torch.channels_last
-        ):
+        images, impl = self._prepare(z)
+        if impl not in _SCHEMES or not _native.usable(images, memory_format=torch.channels_last):
             return None
         weights = [w.to(images.dtype) for w in self._filters(impl)]
-        if impl == "gauss":
-            return _GaussConv.products(images, *weights, self.stride, self.padding)[0]
-        return _KaratsubaConv.products(images, weights, self.stride, self.padding)[0]
-
-    def _gauss_conv(self, images: torch.Tensor, weights: list[torch.Tensor], conv) -> torch.Tensor:  # noqa: ANN001
-        if _native.usable(images, memory_format=torch.channels_last):  # weights: any layout
-            if torch.is_grad_enabled() and (
-                images.requires_grad or any(w.requires_grad for w in weights)
-            ):
-                return _GaussConv.apply(images, *weights, self.stride, self.padding)
-            return _GaussConv.run(images, *weights, self.stride, self.padding)[0]
-        b, _, h, w = images.shape
-        parts = images.view(b, -1, 2, h, w)
-        x_re = parts[:, :, 0].contiguous(memory_format=torch.channels_last)
-        x_im = parts[:, :, 1].contiguous(memory_format=torch.channels_last)
-        w_re, w_sum, w_diff = weights
-        p = conv(x_re + x_im, w_re)
-        out = torch.stack([p - conv(x_im, w_sum), p + conv(x_re, w_diff)], dim=2)
-        return out.flatten(1, 2).contiguous(memory_format=torch.channels_last)
-
-    def _karatsuba_conv(
-        self, images: torch.Tensor, weights: list[torch.Tensor], conv
-    ) -> torch.Tensor:  # noqa: ANN001
-        if _native.usable(images, memory_format=torch.channels_last):
-            if torch.is_grad_enabled() and (
-                images.requires_grad or any(w.requires_grad for w in weights)
-            ):
-                return _KaratsubaConv.apply(images, self.stride, self.padding, *weights)
-            return _KaratsubaConv.run(images, weights, self.stride, self.padding)[0]
-        # the same arithmetic with PyTorch ops (other devices and dtypes, gradcheck)
-        b, _, h, w = images.shape
-        x = images.view(b, -1, 2, 2, h, w)
-        x0r, x0i, x1r, x1i = x[:, :, 0, 0], x[:, :, 0, 1], x[:, :, 1, 0], x[:, :, 1, 1]
-        sr, si = x0r + x1r, x0i + x1i
-        inputs = [sr + si, si, sr, x1r + x1i, x1i, x1r, x0r + x0i, x0i, x0r]
-        p = [conv(u, wk) for u, wk in zip(inputs, weights, strict=True)]
-        a, b_, c = (
-            (p[0] - p[1], p[0] + p[2]),
-            (p[3] - p[4], p[3] + p[5]),
-            (p[6] - p[7], p[6] + p[8]),
-        )
-        out = torch.stack([a[0] + b_[0], a[1] + b_[1], a[0] + c[0], a[1] + c[1]], dim=2)
-        return out.flatten(1, 2).contiguous(memory_format=torch.channels_last)
+        return _SCHEMES[impl].products(images, weights, self.stride, self.padding)[0]
 
     def extra_repr(self) -> str:
         return (
