@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 _SOURCE = Path(__file__).with_name("magnitude.c")
-_ABI_VERSION = 9
+_ABI_VERSION = 10
 # -fno-tree-loop-distribute-patterns: short copy loops stay loops, not memcpy calls
 _BASE_FLAGS = [
     "-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-tree-loop-distribute-patterns",
@@ -133,10 +133,6 @@ def _load() -> ctypes.CDLL:
     lib.hnets_relu_backward.argtypes = [
         ptr, ptr, ptr, long_, long_, ptr, ptr, f32, ptr, ptr, ptr, long_, long_, long_, int_,
     ]  # fmt: skip
-    lib.hnets_relu_pool_forward.argtypes = [
-        ptr, ptr, long_, long_, long_, long_, ptr, ptr, f32, long_, int_,
-    ]  # fmt: skip
-    lib.hnets_relu_pool_forward.restype = None
     lib.hnets_relu_backward.restype = None
     lib.hnets_split3.argtypes = [ptr, ptr, ptr, ptr, long_, int_]
     lib.hnets_split3.restype = None
@@ -148,10 +144,10 @@ def _load() -> ctypes.CDLL:
     for name, first in (("split9", ptr), ("gsplit9", ptr), ("merge9", ptrs), ("gmerge9", ptrs)):
         getattr(lib, f"hnets_{name}").argtypes = [first, ptr, long_, long_, int_]
         getattr(lib, f"hnets_{name}").restype = None
-    lib.hnets_relu_products.argtypes = [
+    lib.hnets_relu_pool.argtypes = [
         int_, ptrs, ptr, long_, long_, long_, long_, ptr, ptr, f32, long_, int_,
     ]  # fmt: skip
-    lib.hnets_relu_products.restype = None
+    lib.hnets_relu_pool.restype = None
     lib.hnets_synthesise.argtypes = [ptr] * 5 + [long_] * 7 + [int_]
     lib.hnets_synthesise.restype = None
     lib.hnets_synthesise_backward.argtypes = [ptr] * 7 + [long_] * 7 + [int_]
@@ -225,18 +221,12 @@ def relu_forward(
     multiples of ``k`` and the result is its ``k x k`` mean pool ``(B, H/k, W/k, C, M, 2)``.
     With ``inplace=True`` (and ``pool=1``) the result is written over ``pairs``.
     """
+    if pool > 1:
+        b, h, w, c, m = pairs.shape[:5]
+        return _relu_pool(0, [pairs], (b, h, w), (c, m), scale, bias, eps, pool)
     streams = pairs.shape[-3] * pairs.shape[-2]
     scale_v = _stream_vector(scale, streams, 1.0)
     bias_v = _stream_vector(bias, streams, 0.0)
-
-    if pool > 1:
-        b, h, w = pairs.shape[:3]
-        out = torch.empty((b, h // pool, w // pool, *pairs.shape[3:]), dtype=pairs.dtype)
-        _library().hnets_relu_pool_forward(  # type: ignore[union-attr]
-            _ptr(pairs), _ptr(out), b, h, w, streams, _ptr(scale_v), _ptr(bias_v), eps, pool,
-            torch.get_num_threads(),
-        )  # fmt: skip
-        return out
     positions = pairs.numel() // (2 * streams) if streams else 0
     out = pairs if inplace else torch.empty_like(pairs)
     _library().hnets_relu_forward(  # type: ignore[union-attr]
@@ -426,15 +416,29 @@ def relu_products(
     the nine of :func:`merge9`. ``streams`` is ``(C, M)`` of the output; returns the
     pixel-major ``(B, H/pool, W/pool, C, M, 2)`` result, float32.
     """
-    c, m = streams
     b, _, h, w = products[0].shape
     products = [p.contiguous(memory_format=torch.channels_last) for p in products]
-    kind = 1 if len(products) == 3 else 2
+    return _relu_pool(1 if len(products) == 3 else 2, products, (b, h, w), streams, scale, bias,
+                      eps, pool)  # fmt: skip
+
+
+def _relu_pool(
+    kind: int,
+    planes: list[torch.Tensor],
+    positions: tuple[int, int, int],
+    streams: tuple[int, int],
+    scale: torch.Tensor | None,
+    bias: torch.Tensor,
+    eps: float,
+    pool: int,
+) -> torch.Tensor:
+    """``hnets_relu_pool``: kind 0 interleaved pairs, 1 Gauss's or 2 Karatsuba's products."""
+    (b, h, w), (c, m) = positions, streams
     scale_v = _stream_vector(scale, c * m, 1.0)
     bias_v = _stream_vector(bias, c * m, 0.0)
-    out = torch.empty((b, h // pool, w // pool, c, m, 2), dtype=products[0].dtype)
-    pointers = (ctypes.c_void_p * len(products))(*(p.data_ptr() for p in products))
-    _library().hnets_relu_products(  # type: ignore[union-attr]
+    out = torch.empty((b, h // pool, w // pool, c, m, 2), dtype=planes[0].dtype)
+    pointers = (ctypes.c_void_p * len(planes))(*(p.data_ptr() for p in planes))
+    _library().hnets_relu_pool(  # type: ignore[union-attr]
         kind, pointers, _ptr(out), b, h, w, c * m, _ptr(scale_v), _ptr(bias_v), eps, pool,
         torch.get_num_threads(),
     )  # fmt: skip

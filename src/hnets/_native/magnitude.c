@@ -15,7 +15,7 @@
    double accumulators: vectorisable inner loops without float drift over 10^5 terms. */
 #define BLOCK 256
 
-int hnets_abi_version(void) { return 9; }
+int hnets_abi_version(void) { return 10; }
 
 /* One position's streams: op = y relu(|y|_eps + bias) / |y|_eps with y = zp * scale, or
    op += that when accumulating. zp and op may be the same array (each stream's pair is
@@ -112,7 +112,7 @@ static inline void backward_row(const float* restrict gp, const float* restrict 
 }
 
 /* grad_out may be NULL (reductions only). grad_a and grad_bias receive s doubles.
-   With k > 1 the forward was pooled (hnets_relu_pool_forward): z has n = b h w
+   With k > 1 the forward was pooled (hnets_relu_pool, kind 0): z has n = b h w
    positions (rows of w), g is the pooled gradient, each of its values spread over its
    k x k tile divided by k^2 (the mean pool's backward). */
 void hnets_relu_backward(const float* g, const float* z, float* grad_out, long n, long s_count,
@@ -477,22 +477,17 @@ static inline __attribute__((always_inline)) void relu_pool(
   }
 }
 
-/* hnets_relu_forward followed by k x k mean pooling (z: b x h x w positions, out:
-   b x h/k x w/k): the full-size result is never stored. */
-void hnets_relu_pool_forward(const float* z, float* out, long b, long h, long w, long s_count,
-                             const float* scale, const float* bias, float eps, long k,
-                             int threads) {
-  const float* planes[1] = {z};
-  relu_pool(0, planes, out, b, h, w, s_count, scale, bias, eps, k, threads);
-}
-
-/* The same from a convolution's unmerged products (kind 1 Gauss, 2 Karatsuba), so its
-   merged output is never stored (inference). */
-void hnets_relu_products(int kind, const float* const* pl, float* out, long b, long h, long w,
-                         long s_count, const float* scale, const float* bias, float eps, long k,
-                         int threads) {
-  if (kind == 1)
-    relu_pool(1, pl, out, b, h, w, s_count, scale, bias, eps, k, threads);
+/* The magnitude ReLU, then k x k mean pooling (k = 1: none), of b x h x w positions,
+   out b x h/k x w/k: kind 0 from the interleaved pairs planes[0] (so that the full-size
+   result is never stored), kinds 1 and 2 from a convolution's unmerged products (so
+   that its merged output is never stored). */
+void hnets_relu_pool(int kind, const float* const* planes, float* out, long b, long h, long w,
+                     long s_count, const float* scale, const float* bias, float eps, long k,
+                     int threads) {
+  if (kind == 0)
+    relu_pool(0, planes, out, b, h, w, s_count, scale, bias, eps, k, threads);
+  else if (kind == 1)
+    relu_pool(1, planes, out, b, h, w, s_count, scale, bias, eps, k, threads);
   else
-    relu_pool(2, pl, out, b, h, w, s_count, scale, bias, eps, k, threads);
+    relu_pool(2, planes, out, b, h, w, s_count, scale, bias, eps, k, threads);
 }
