@@ -308,7 +308,7 @@ def test_nonlinearity_fused_with_pooling_equals_the_composition(
 
 @pytest.mark.parametrize("with_bn", [False, True])
 def test_nonlinearity_fused_with_pooling_gradcheck(with_bn):
-    """The PyTorch path of the fused layer (float64), including its backward's unpooling."""
+    """In float64 (no native kernels) ``pool=2`` runs the two layers one after the other."""
     torch.manual_seed(0)
     bn = HBatchNorm(2, 1).double() if with_bn else None
     act = HNonLinearity(2, 1).double()
@@ -356,3 +356,31 @@ def test_nonlinearity_pool_with_another_function_is_the_composition():
     act = HNonLinearity(2, 1, fn=F.softplus)
     z = _maps(2, 2, 2, 2, 6, 6)
     torch.testing.assert_close(act(z, pool=2), HAvgPool2d(2)(act(z)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("with_bn", [False, True])
+def test_fused_pooling_functions_pytorch_path_gradcheck(with_bn, monkeypatch):
+    """The fused autograd functions' PyTorch forward and backward (pooling and its spread,
+    what a double backward through the native forward differentiates): the composition's
+    values, gradcheck, and gradgradcheck where double backward is supported."""
+    from hnets.nn.functional import from_pixel_major, to_pixel_major
+    from hnets.nn.nonlinearity import _BatchNormMagnitudeReLU, _MagnitudeReLU
+
+    monkeypatch.setenv("HNETS_NATIVE", "0")
+    pairs = _maps(2, 4, 4, 2, 2, 2, dtype=torch.float64).requires_grad_()
+    bias = torch.full((2, 2), -0.3, dtype=torch.float64, requires_grad=True)
+
+    def fused(p, b):
+        if with_bn:
+            return _BatchNormMagnitudeReLU.apply(p, None, b, 1e-5, 1e-6, 2)[0]
+        return _MagnitudeReLU.apply(p, None, b, 1e-6, 2)
+
+    act = HNonLinearity(2, 1).double()
+    bn = HBatchNorm(2, 1, affine=False).double() if with_bn else None
+    with torch.no_grad():
+        act.bias.copy_(bias)
+        composed = to_pixel_major(HAvgPool2d(2)(act(from_pixel_major(pairs), bn=bn)))
+    torch.testing.assert_close(fused(pairs, bias), composed, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(fused, (pairs, bias))
+    if not with_bn:  # the batch-norm variant's backward is not twice differentiable
+        assert torch.autograd.gradgradcheck(fused, (pairs, bias))

@@ -303,7 +303,7 @@ class HNonLinearity(nn.Module):
         relu = self.fn is F.relu and z.dtype in (torch.float32, torch.float64)
         tiles = pool == 1 or (z.shape[-2] % pool == 0 and z.shape[-1] % pool == 0)
         if pool > 1 and not (relu and tiles and _native.usable(pairs)):
-            return _mean_pool(self(z, bn=bn), pool)  # one layer after the other
+            return HAvgPool2d(pool)(self(z, bn=bn))  # one layer after the other
         bias = self.bias.to(z.dtype)
         if bn is not None and bn.training and relu:
             weight = None if bn.weight is None else bn.weight.to(z.dtype)
@@ -329,7 +329,3 @@ class HNonLinearity(nn.Module):
         name = getattr(self.fn, "__name__", type(self.fn).__name__)
         inplace = ", inplace=True" if self.inplace else ""
         return f"{self.channels}, max_order={self.max_order}, fn={name}, eps={self.eps}{inplace}"
-
-
-def _mean_pool(z: torch.Tensor, k: int) -> torch.Tensor:
-    return HAvgPool2d(k)(z)
