@@ -17,7 +17,15 @@ from hypothesis.extra.numpy import arrays
 from PIL import Image, ImageDraw
 
 from hnets.errors import HNetsError
-from hnets.images import load_image, preprocess_digit, read_grayscale
+from hnets.images import (
+    image_info,
+    load_garment,
+    load_image,
+    load_image_as,
+    preprocess_digit,
+    preprocess_garment,
+    read_grayscale,
+)
 
 from .conftest import MNIST_SOURCE
 
@@ -262,3 +270,120 @@ def test_any_small_png_gives_a_digit_or_a_clean_error(pixels):
             assert str(path) in str(exc) and "\n" not in str(exc)
             return
     assert x.shape == (1, 28, 28) and float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+
+
+# --- load_image_as: any image as a fixed (C, S, S) array ----------------------------------
+
+
+def test_load_image_as_sixteen_bit_uses_the_real_range(tmp_path):
+    values = np.tile(np.linspace(1000, 1400, 16), (8, 1)).astype(np.uint16)  # 12-bit data
+    path = save(Image.fromarray(values), tmp_path / "deep.png")
+    assert Image.open(path).mode.startswith("I;16")
+    info = image_info(path)
+    assert (info.width, info.height, info.is_color) == (16, 8, False)
+    gray = load_image_as(path, size=16, channels=1)
+    assert gray.shape == (1, 16, 16) and gray.dtype == np.float32
+    assert gray.min() < 0.05 and gray.max() > 0.95
+    assert np.all(np.diff(gray[0, 8]) > 0)  # the ramp survives, left to right
+    rgb = load_image_as(path, size=16, channels=3)
+    assert rgb.shape == (3, 16, 16) and np.array_equal(rgb[0], rgb[2])
+    np.testing.assert_allclose(rgb[1], gray[0], atol=1e-6)
+
+
+def test_load_image_as_palette_images(tmp_path):
+    pixels = np.zeros((12, 12, 3), np.uint8)
+    pixels[:, 6:] = (200, 40, 0)  # red right half
+    colour = save(Image.fromarray(pixels, "RGB").quantize(colors=4), tmp_path / "pal.png")
+    assert Image.open(colour).mode == "P" and image_info(colour).is_color
+    x = load_image_as(colour, size=6, channels=3)
+    assert x.shape == (3, 6, 6)
+    red = np.broadcast_to(np.array([200, 40, 0])[:, None, None] / 255, (3, 6, 2))
+    np.testing.assert_allclose(x[:, :, 4:], red, atol=0.01)
+    assert x[:, :, :2].max() < 0.01
+    gray = save(Image.fromarray(pixels[..., 0]).convert("P"), tmp_path / "graypal.png")
+    assert Image.open(gray).mode == "P" and not image_info(gray).is_color
+    y = load_image_as(gray, size=6, channels=1)
+    assert y.shape == (1, 6, 6) and abs(float(y[0, 0, 5]) - 200 / 255) < 0.01
+
+
+def test_load_image_as_squashes_and_composites_alpha_onto_black(tmp_path):
+    rgba = np.zeros((20, 40, 4), np.uint8)  # 40 wide, 20 high
+    rgba[..., :3] = 255
+    rgba[:, :20, 3] = 255  # the left half opaque white, the right half transparent white
+    path = save(Image.fromarray(rgba, "RGBA"), tmp_path / "half.png")
+    x = load_image_as(path, size=8, channels=1)
+    assert x.shape == (1, 8, 8)  # squashed to a square, not cropped
+    assert np.allclose(x[0, :, :3], 1.0) and np.allclose(x[0, :, 5:], 0.0)
+    assert image_info(path).is_color
+
+
+def test_load_image_as_keeps_pixels_as_stored_and_names_bad_files(tmp_path):
+    img = Image.fromarray(np.tri(10, 10, dtype=np.uint8) * 255)
+    exif = Image.Exif()
+    exif[0x0112] = 3  # orientation: rotated 180 degrees
+    path = save(img, tmp_path / "exif.jpg", exif=exif, quality=100)
+    x = load_image_as(path, size=10, channels=1)
+    assert x[0, 9, 0] > 0.9 and x[0, 0, 9] < 0.1  # the tag is not applied
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image at all")
+    for call in (lambda: load_image_as(broken, size=8, channels=3), lambda: image_info(broken)):
+        with pytest.raises(HNetsError, match="not an image") as info:
+            call()
+        assert str(broken) in str(info.value)
+    with pytest.raises(HNetsError, match="over the limit"):
+        load_image_as(path, size=8, channels=1, max_pixels=50)
+
+
+# --- preprocess_garment: Fashion-MNIST's recipe --------------------------------------------
+
+
+def garment(height: int = 100, width: int = 160, top: int = 10, left: int = 90) -> np.ndarray:
+    """A dark 40 x 60 (h x w) "bag" on white, away from the centre, float64 in [0, 1]."""
+    g = np.ones((height, width))
+    g[top : top + 40, left : left + 60] = 0.2
+    return g
+
+
+def _extent(x: torch.Tensor) -> tuple[int, int, int, int]:
+    ink = x[0] > 0.1
+    rows, cols = ink.any(1).nonzero().flatten(), ink.any(0).nonzero().flatten()
+    return int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+
+
+def test_preprocess_garment_fits_the_longer_side_and_centres_geometrically():
+    x = preprocess_garment(garment())
+    assert x.shape == (1, 28, 28) and x.dtype == torch.float32
+    assert float(x.min()) >= 0.0 and float(x.max()) == pytest.approx(1.0)
+    top, bottom, left, right = _extent(x)
+    assert (left, right) == (0, 27)  # the longer side fills the field
+    assert bottom - top + 1 in (18, 19) and abs((top + bottom) / 2 - 13.5) <= 0.5
+
+
+def test_preprocess_garment_inverts_dark_on_white_only():
+    dark_on_white = preprocess_garment(garment())
+    light_on_black = preprocess_garment(1.0 - garment())
+    assert similarity(dark_on_white, light_on_black) > 0.999
+    assert float(dark_on_white[0, 14, 14]) > 0.9 and float(dark_on_white[0, 0, 0]) == 0.0
+
+
+def test_preprocess_garment_centres_by_geometry_not_mass():
+    """A garment heavier at the bottom stays where its box says, unlike a digit."""
+    g = np.zeros((60, 60))
+    g[20:40, 10:50] = 0.3  # 20 high, 40 wide
+    g[35:40, 10:50] = 1.0  # heavy bottom edge
+    x = preprocess_garment(g)
+    assert _extent(x) == (7, 20, 0, 27)  # 14 rows centred in 28: 7 above, 7 below
+    top, bottom, _, _ = _extent(preprocess_digit(g))
+    assert (top + bottom) / 2 < 13  # the digit recipe lifts it to centre the mass
+
+
+def test_blank_garments_and_load_garment(tmp_path):
+    for value in (0.0, 0.5, 1.0):
+        with pytest.raises(HNetsError, match="no garment found"):
+            preprocess_garment(np.full((30, 30), value))
+    path = save((garment() * 255).astype(np.uint8), tmp_path / "bag.png")
+    assert similarity(load_garment(path), preprocess_garment(garment())) > 0.99
+    blank = save(np.full((30, 30), 255, np.uint8), tmp_path / "blank.png")
+    with pytest.raises(HNetsError, match="no garment") as info:
+        load_garment(blank)
+    assert str(blank) in str(info.value) and "\n" not in str(info.value)

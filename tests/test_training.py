@@ -291,13 +291,13 @@ def test_a_checkpoint_whose_contents_do_not_fit_is_refused(tmp_path, data_env):
 
 def test_a_sweep_run_with_test_off_never_opens_the_test_split(tmp_path, data_env, monkeypatch):
     opened = []
-    real = training.RotMNIST
+    real = training.ImageDataset
 
     def spy(root, split, **kwargs):
         opened.append(split)
         return real(root, split, **kwargs)
 
-    monkeypatch.setattr(training, "RotMNIST", spy)
+    monkeypatch.setattr(training, "ImageDataset", spy)
     summary = train(tiny(test=False), tmp_path / "r", progress=False)
     assert opened == ["train", "valid"]
     assert summary["test_accuracy"] is None and summary["test_n"] is None

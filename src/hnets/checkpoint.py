@@ -55,6 +55,9 @@ __all__ = [
     "load_training_state",
     "rng_state",
     "set_rng_state",
+    "checkpoint_classes",
+    "checkpoint_dataset",
+    "load_checkpoint_data",
 ]
 
 MODEL_FORMAT = "hnets-model/1"
@@ -191,6 +194,90 @@ def load_model(
     model.load_state_dict(tensors, strict=True)
     model.hnets_checkpoint = config
     return model.to(target).eval()
+
+
+def checkpoint_dataset(config: Mapping[str, Any]) -> str:
+    """The ``--dataset`` name a checkpoint was trained on (``rotmnist`` for older ones).
+
+    ``config`` is a checkpoint's ``config.json`` (``model.hnets_checkpoint``).
+    """
+    return str(config.get("extra", {}).get("dataset") or "rotmnist")
+
+
+def checkpoint_classes(config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The class names a checkpoint predicts, in logit order (digits for older ones)."""
+    from .data.registry import DATASETS, DIGITS
+
+    extra = config.get("extra", {})
+    classes = extra.get("classes")
+    if classes:
+        return tuple(str(c) for c in classes)
+    spec = DATASETS.get(checkpoint_dataset(config))
+    return spec.classes if spec is not None else DIGITS
+
+
+def load_checkpoint_data(
+    config: Mapping[str, Any],
+    split: str,
+    *,
+    dataset: str | None = None,
+    variant: str | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+    recorded_variant: bool = True,
+) -> Any:
+    """The split of the data a checkpoint was trained on, or of a compatible ``dataset``.
+
+    By default the dataset (and, for the same dataset with ``recorded_variant``, the
+    variant) recorded in the checkpoint; a folder is prepared again at the image size
+    and channels the model was trained with. Another ``dataset`` is accepted only
+    when it has the same class names and channels as the checkpoint (Rot-MNIST
+    exported to a folder of digit images, say).
+
+    Args:
+        config: the checkpoint's ``config.json`` (``model.hnets_checkpoint``).
+        split: ``train``, ``valid``, ``test`` or ``train+valid``.
+        dataset, variant, data_dir, limit: as for :func:`hnets.data.load_dataset`.
+        progress: progress bars while preparing.
+        recorded_variant: take the recorded variant when none is given (else the
+            dataset's default variant).
+
+    Returns:
+        A :class:`hnets.data.ImageDataset`.
+
+    Raises:
+        DataError: the data is missing, or its classes or channels are not the model's.
+    """
+    from .data import ImageDataset
+    from .data.locate import locate_variant
+    from .data.registry import is_folder
+    from .errors import DataError
+
+    extra = config.get("extra", {})
+    trained_on = checkpoint_dataset(config)
+    name = dataset or trained_on
+    if recorded_variant and variant is None and name == trained_on and not is_folder(name):
+        variant = extra.get("data_variant")
+    channels = int(config.get("options", {}).get("in_channels", 1))
+    folder: dict[str, Any] = {}
+    if is_folder(name):
+        shape = extra.get("image_shape") or [channels, 28, 28]
+        skip_bad = bool(extra.get("train_config", {}).get("skip_bad", False))
+        folder = {"image_size": int(shape[-1]), "channels": channels, "skip_bad": skip_bad}
+    vdir = locate_variant(data_dir, variant, dataset=name, progress=progress, **folder)
+    data = ImageDataset(vdir, split, limit=limit)
+    classes = checkpoint_classes(config)
+    if data.classes != classes:
+        raise DataError(
+            f"the model was trained on {trained_on} ({_some(list(classes), 4)}), "
+            f"{name} has other classes ({_some(list(data.classes), 4)})"
+        )
+    if data.channels != channels:
+        raise DataError(
+            f"the model takes {channels}-channel images, {name} has {data.channels} channels"
+        )
+    return data
 
 
 def update_model_extra(out_dir: str | os.PathLike[str], extra: Mapping[str, Any]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._io import save_figure
+from .checkpoint import checkpoint_classes, checkpoint_dataset
 from .images import load_image
 
 __all__ = ["evaluate", "predict", "iter_predictions", "plot_confusion", "plot_curves"]
@@ -100,15 +101,24 @@ def iter_predictions(
     batch_size: int = 256,
     top: int = 3,
     device: str | torch.device | None = None,
+    classes: Sequence[str] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Classify image files, yielding one result per file in order.
 
-    Images are decoded and preprocessed (:func:`hnets.images.load_image`)
-    ``batch_size`` at a time, so memory stays bounded however many files there are.
+    Images are decoded and preprocessed as the model's dataset was made
+    (:func:`hnets.images.image_loader`: MNIST's recipe for Rot-MNIST models,
+    Fashion-MNIST's for Rot-Fashion-MNIST ones, the folder's resizing for a folder
+    dataset) ``batch_size`` at a time, so memory stays bounded however many files
+    there are.
+
+    Args:
+        classes: class names in logit order (default: those the model's checkpoint
+            records, else the class indices as strings).
 
     Yields:
-        ``{"path", "label", "probability", "top": [{"label", "probability"}, ...]}``
-        with the ``top`` most probable classes, most probable first.
+        ``{"path", "label", "class", "probability", "top": [{"label", "class",
+        "probability"}, ...]}`` with the ``top`` most probable classes, most
+        probable first (``label`` the class index, ``class`` its name).
 
     Raises:
         HNetsError: a file that is not a readable image (named in the message).
@@ -118,18 +128,32 @@ def iter_predictions(
     if top < 1:
         raise ValueError(f"top must be >= 1, got {top}")
     device = torch.device(device) if device is not None else _model_device(model)
+    config = getattr(model, "hnets_checkpoint", {})
+    if classes is None and config:
+        classes = checkpoint_classes(config)
+    load = _image_loader(config)
     model.eval()
     iterator = iter(paths)
     while batch := list(itertools.islice(iterator, batch_size)):
-        x = torch.stack([load_image(path) for path in batch]).to(device)
+        x = torch.stack([load(path) for path in batch]).to(device)
         with torch.inference_mode():
             probs = torch.softmax(model(x).float(), dim=1).cpu()
-        values, classes = probs.topk(min(top, probs.shape[1]), dim=1)
-        for path, p, c in zip(batch, values.tolist(), classes.tolist(), strict=True):
-            ranked = [{"label": int(k), "probability": float(v)} for k, v in zip(c, p, strict=True)]
+        if classes is not None and len(classes) != probs.shape[1]:
+            raise ValueError(f"{len(classes)} class names for {probs.shape[1]} logits")
+        values, indices = probs.topk(min(top, probs.shape[1]), dim=1)
+        for path, p, c in zip(batch, values.tolist(), indices.tolist(), strict=True):
+            ranked = [
+                {
+                    "label": int(k),
+                    "class": classes[k] if classes is not None else str(k),
+                    "probability": float(v),
+                }
+                for k, v in zip(c, p, strict=True)
+            ]
             yield {
                 "path": str(path),
                 "label": ranked[0]["label"],
+                "class": ranked[0]["class"],
                 "probability": ranked[0]["probability"],
                 "top": ranked,
             }
@@ -142,15 +166,27 @@ def predict(
     batch_size: int = 256,
     top: int = 3,
     device: str | torch.device | None = None,
+    classes: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`iter_predictions` collected into a list (results are small; images are not kept)."""
-    return list(iter_predictions(model, paths, batch_size=batch_size, top=top, device=device))
+    return list(
+        iter_predictions(
+            model, paths, batch_size=batch_size, top=top, device=device, classes=classes
+        )
+    )
 
 
 def plot_confusion(
-    confusion: Sequence[Sequence[int]], path: str | os.PathLike[str], *, title: str = ""
+    confusion: Sequence[Sequence[int]],
+    path: str | os.PathLike[str],
+    *,
+    title: str = "",
+    classes: Sequence[str] | None = None,
 ) -> Path:
-    """Draw a confusion matrix (rows true, columns predicted; counts and row shares)."""
+    """Draw a confusion matrix (rows true, columns predicted; counts and row shares).
+
+    ``classes`` names the rows and columns (default: their indices).
+    """
     from matplotlib.figure import Figure
 
     matrix = torch.tensor(confusion, dtype=torch.float64)
@@ -165,8 +201,14 @@ def plot_confusion(
             ax.text(
                 j, i, f"{int(matrix[i, j])}", ha="center", va="center", fontsize=7, color=colour
             )
-    ax.set_xticks(range(n_classes))
-    ax.set_yticks(range(n_classes))
+    if classes is None:
+        ax.set_xticks(range(n_classes))
+        ax.set_yticks(range(n_classes))
+    else:
+        names = [str(c) for c in classes]
+        rotate = max(len(n) for n in names) > 2
+        ax.set_xticks(range(n_classes), names, rotation=45 if rotate else 0, fontsize=7)
+        ax.set_yticks(range(n_classes), names, fontsize=7)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title or "confusion matrix")
@@ -196,3 +238,20 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike[st
 def _model_device(model: nn.Module) -> torch.device:
     param = next(itertools.chain(model.parameters(), model.buffers()), None)
     return param.device if param is not None else torch.device("cpu")
+
+
+def _image_loader(config: Mapping[str, Any]) -> Callable[[str | os.PathLike[str]], torch.Tensor]:
+    """How to turn an image file into the input of the model a checkpoint describes."""
+    from . import images
+    from .data.registry import DATASETS
+
+    if not config:
+        return load_image
+    spec = DATASETS.get(checkpoint_dataset(config))
+    if spec is not None and spec.preprocess == "digit":
+        return load_image
+    if spec is not None and spec.preprocess == "garment":
+        return images.load_garment
+    shape = config.get("extra", {}).get("image_shape") or [1, 28, 28]
+    channels, size = int(shape[0]), int(shape[-1])
+    return lambda path: torch.from_numpy(images.load_image_as(path, size=size, channels=channels))

@@ -252,20 +252,29 @@ def export_checkpoint(
     data_dir: str | Path | None = None,
     variant: str | None = None,
     batch_size: int = 256,
+    dataset: str | None = None,
 ) -> dict:
     """Export a checkpoint and check the copies against the original on test images.
 
     The logits must agree to 1e-5 (plain PyTorch) or 1e-4 (ONNX) plus 5e-5 of the
     largest logit (float32 round-off grows with the logits' size), and no
-    prediction may change (ties aside); all are timed side by side (interleaved,
+    prediction may change (ties aside); the images are the checkpoint's dataset's (or
+    a compatible ``dataset``'s) first test images; all are timed side by side (interleaved,
     medians) with the original in eval mode on up to 5,000 of the images. Raises
     :class:`HNetsError` when a check fails.
     """
-    from .checkpoint import load_model
-    from .data import RotMNIST, ensure_dataset
+    from .checkpoint import load_checkpoint_data, load_model
 
     model = load_model(checkpoint)
-    images = RotMNIST(ensure_dataset(data_dir, variant), "test", limit=n_images).images
+    images = load_checkpoint_data(
+        model.hnets_checkpoint,
+        "test",
+        dataset=dataset,
+        variant=variant,
+        data_dir=data_dir,
+        limit=n_images,
+        recorded_variant=False,
+    ).images
     plain = export(model)
 
     def logits(net) -> torch.Tensor:  # noqa: ANN001

@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from ._io import atomic_write, save_figure, write_json
-from .data import RotMNIST, ensure_dataset, rotate_images
+from .data import rotate_images
 from .equivariance import disc_mask, relative_error
+from .errors import DataError
 
 __all__ = [
     "robustness_curve",
@@ -101,6 +102,33 @@ def _load(checkpoint: str | Path) -> tuple[nn.Module, str]:
     return model, model.hnets_config["name"]
 
 
+def _test_images(
+    model: nn.Module,
+    dataset: str | None,
+    variant: str | None,
+    data_dir: str | Path | None,
+    limit: int | None,
+) -> Any:
+    from .checkpoint import load_checkpoint_data
+
+    return load_checkpoint_data(
+        model.hnets_checkpoint,
+        "test",
+        dataset=dataset,
+        variant=variant,
+        data_dir=data_dir,
+        limit=limit,
+        recorded_variant=False,
+    )
+
+
+def _check_classes(model: nn.Module, test: Any, checkpoint: str | Path) -> None:
+    from .checkpoint import checkpoint_classes
+
+    if checkpoint_classes(model.hnets_checkpoint) != tuple(test.classes):
+        raise DataError(f"{checkpoint}: the model predicts other classes than {test.name} has")
+
+
 def _label(checkpoint: str | Path, name: str) -> str:
     return f"{name} ({Path(checkpoint).name})"
 
@@ -114,20 +142,25 @@ def robustness_study(
     variant: str | None = None,
     out_dir: Path = Path("robustness"),
     by_stored_angle: bool = False,
+    dataset: str | None = None,
 ) -> dict[str, Any]:
     """Run :func:`robustness_curve` for each checkpoint; write JSON, CSV and one figure.
 
-    With ``by_stored_angle`` the test images are not rotated further: accuracy is
-    binned by the rotation each image already has (:func:`accuracy_by_angle`; the
-    stand-in and upright variants store it), which is what a model trained on
-    upright digits should be judged by.
+    The test images are those of the first checkpoint's dataset (or ``dataset``,
+    which must have its classes; see :func:`hnets.checkpoint.load_checkpoint_data`),
+    every checkpoint must predict the same classes. With ``by_stored_angle`` the
+    test images are not rotated further: accuracy is binned by the rotation each
+    image already has (:func:`accuracy_by_angle`; the variants built by hnets store
+    it), which is what a model trained on upright images should be judged by.
     """
     from matplotlib.figure import Figure
 
     if step_degrees <= 0 or step_degrees > 360:
         raise ValueError(f"--step must be in (0, 360] degrees; got {step_degrees}")
-    root = ensure_dataset(data_dir, variant)
-    test = RotMNIST(root, "test", limit=limit)
+    models = [_load(checkpoint) for checkpoint in checkpoints]
+    test = _test_images(models[0][0], dataset, variant, data_dir, limit)
+    for (model, _), checkpoint in zip(models, checkpoints, strict=True):
+        _check_classes(model, test, checkpoint)
     angles = [i * step_degrees for i in range(int(math.ceil(360 / step_degrees - 1e-9)))]
     if by_stored_angle and test.angles is None:
         raise ValueError(
@@ -135,8 +168,7 @@ def robustness_study(
         )
     curves: dict[str, list[float]] = {}
     counts: list[int] | None = None
-    for checkpoint in checkpoints:
-        model, name = _load(checkpoint)
+    for checkpoint, (model, name) in zip(checkpoints, models, strict=True):
         if by_stored_angle:
             angles, accs, counts = accuracy_by_angle(
                 model, test.images, test.labels, test.angles, step_degrees
@@ -147,7 +179,8 @@ def robustness_study(
     result = {
         "angles_degrees": angles,
         "n_images": len(test),
-        "data": str(root),
+        "data": str(test.root),
+        "dataset": test.name,
         "variant": test.variant,
         "mode": "by stored angle" if by_stored_angle else "extra rotation",
         "images_per_angle": counts,
@@ -166,7 +199,7 @@ def robustness_study(
     for label, accs in curves.items():
         ax.plot(angles, [100 * a for a in accs], "o-", label=label)
     ax.set_xlabel(
-        "rotation of the test digit (degrees, bin centre)"
+        "rotation of the test image (degrees, bin centre)"
         if by_stored_angle
         else "extra rotation of every test image (degrees)"
     )
@@ -174,7 +207,7 @@ def robustness_study(
     ax.set_xticks(range(0, 361, 45))
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title(f"Rot-MNIST ({test.variant}), {len(test)} test images")
+    ax.set_title(f"{test.title} ({test.variant}), {len(test)} test images")
     save_figure(fig, files[2])
     header = "angle  " + "  ".join(f"{k:>28s}" for k in curves)
     rows = [
@@ -261,14 +294,18 @@ def equivariance_study(
     data_dir: str | Path | None = None,
     variant: str | None = None,
     out_dir: Path = Path("equivariance"),
+    dataset: str | None = None,
 ) -> dict[str, Any]:
-    """:func:`feature_equivariance` on a few test digits; JSON report and a feature-map figure."""
+    """:func:`feature_equivariance` on a few test images; JSON report and a feature-map figure.
+
+    The images come from the checkpoint's dataset (or a compatible ``dataset``).
+    """
     from matplotlib.figure import Figure
 
     if n_digits < 1:
         raise ValueError(f"--digits must be >= 1; got {n_digits}")
     model, name = _load(checkpoint)
-    test = RotMNIST(ensure_dataset(data_dir, variant), "test", limit=n_digits)
+    test = _test_images(model, dataset, variant, data_dir, n_digits)
     report = feature_equivariance(model, test.images, angles_degrees)
     report.update({"model": name, "checkpoint": str(checkpoint), "n_digits": len(test)})
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -286,7 +323,8 @@ def equivariance_study(
     axes = fig.subplots(2, 3)
     titles = ["digit", f"layer {layer + 1} map", f"layer {layer + 1} map, turned back"]
     for row, (img, rot) in enumerate(((digit, 0.0), (turned, angle))):
-        axes[row, 0].imshow(img[0, 0].numpy(), cmap="gray")
+        shown = img[0].permute(1, 2, 0).clamp(0, 1) if img.shape[1] == 3 else img[0, 0]
+        axes[row, 0].imshow(shown.numpy(), cmap="gray")
         if chosen is not None:
             fmap = chosen[row : row + 1, :1]
             axes[row, 1].imshow(fmap[0, 0].numpy(), cmap="magma")

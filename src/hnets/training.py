@@ -64,7 +64,8 @@ from .checkpoint import (
     unwrap_model,
     update_model_extra,
 )
-from .data import RotMNIST, ensure_dataset, rotate_images
+from .data import ImageDataset, ensure_dataset, rotate_images
+from .data.registry import DATASETS, get_dataset, is_folder
 from .errors import CheckpointError, HNetsError
 from .evaluation import evaluate, plot_curves
 from .models import build_model, count_parameters, model_names
@@ -142,8 +143,14 @@ class TrainConfig:
         amp: mixed precision on CUDA (bfloat16 where supported, else float16 with a
             gradient scaler); ignored elsewhere.
         compile: ``torch.compile`` the model for training.
+        dataset: ``rotmnist``, ``rotfashion`` or ``folder:PATH`` (the user's images,
+            see :mod:`hnets.data.folder`); the model is built for its channels and
+            classes.
         data_dir, data_variant: where the data is and which variant (``None``: the
-            original if prepared, else the stand-in; see :func:`hnets.data.ensure_dataset`).
+            dataset's default, for Rot-MNIST the original if prepared, else the
+            stand-in; see :func:`hnets.data.ensure_dataset`).
+        image_size, channels, skip_bad: how a ``folder:PATH`` dataset is prepared
+            (``None``: its defaults); unused for the other datasets.
         limit_train, limit_eval: use only the first N samples (training; validation and
             test), for quick runs.
         eval_batch_size, num_workers: evaluation batch size; ``DataLoader`` workers
@@ -169,8 +176,12 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = False
     compile: bool = False
+    dataset: str = "rotmnist"
     data_dir: str | None = None
     data_variant: str | None = None
+    image_size: int | None = None
+    channels: int | None = None
+    skip_bad: bool = False
     limit_train: int | None = None
     limit_eval: int | None = None
     eval_batch_size: int = 500
@@ -209,7 +220,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        for name in ("limit_train", "limit_eval"):
+        for name in ("limit_train", "limit_eval", "image_size", "channels"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
@@ -228,11 +239,29 @@ class TrainConfig:
             ("optimizer", OPTIMIZERS),
             ("train_split", TRAIN_SPLITS),
             ("device", DEVICES),
-            ("data_variant", (None, "original", "standin", "upright")),
         ):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        self._check_data()
         return self
+
+    def _check_data(self) -> None:
+        if not isinstance(self.dataset, str):
+            raise ValueError(f"dataset must be a name, got {self.dataset!r}")
+        if is_folder(self.dataset):
+            if self.data_variant not in (None, "folder"):
+                raise ValueError(f"a folder dataset has no variant {self.data_variant!r}")
+        else:
+            if self.dataset not in DATASETS:
+                get_dataset(self.dataset)  # DataError listing the known names
+            allowed = (None, *DATASETS[self.dataset].variants)
+            if self.data_variant not in allowed:
+                raise ValueError(
+                    f"data_variant must be one of {allowed} for {self.dataset}, "
+                    f"got {self.data_variant!r}"
+                )
+            if self.image_size is not None or self.channels is not None or self.skip_bad:
+                raise ValueError("image_size, channels and skip_bad are for folder:PATH datasets")
 
 
 def train(
@@ -290,14 +319,12 @@ def _train(
     progress: bool,
 ) -> dict[str, Any]:
     device = world.device
-    # -- model (first: bad options fail before anything is touched), data, optimizer --
-    _seed_everything(config.seed)
-    try:
-        model = build_model(config.model, **config.model_options).to(device)
-    except ValueError as exc:
-        raise ValueError(f"model {config.model!r} with {config.model_options}: {exc}") from None
-    saved = _claim_out_dir(out_dir, config, world, resume=resume, overwrite=overwrite)
+    # -- data (it decides the model's input channels and classes), model (bad options
+    #    fail before the run directory is touched), optimizer --
     data = _Data.load(config, world, progress)
+    _seed_everything(config.seed)
+    model = _build(config, data).to(device)
+    saved = _claim_out_dir(out_dir, config, world, resume=resume, overwrite=overwrite)
     optimizer = _make_optimizer(config, model)
     amp_dtype = _amp_dtype(config, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -554,27 +581,63 @@ class _Data:
 
     vdir: Path
     variant: str
-    train: RotMNIST
-    valid: RotMNIST | None
+    train: ImageDataset
+    valid: ImageDataset | None
 
     @classmethod
     def load(cls, config: TrainConfig, world: _World, progress: bool) -> _Data:
-        vdir = ensure_dataset(
-            config.data_dir, config.data_variant, progress=progress and world.is_main
+        folder = (
+            {"image_size": config.image_size, "channels": config.channels}
+            | {"skip_bad": config.skip_bad}
+            if is_folder(config.dataset)
+            else {}
         )
-        train = RotMNIST(vdir, config.train_split, limit=config.limit_train)
+        vdir = ensure_dataset(
+            config.data_dir,
+            config.data_variant,
+            dataset=config.dataset,
+            progress=progress and world.is_main,
+            **folder,
+        )
+        train = ImageDataset(vdir, config.train_split, limit=config.limit_train)
         valid = (
-            RotMNIST(vdir, "valid", limit=config.limit_eval)
+            ImageDataset(vdir, "valid", limit=config.limit_eval)
             if config.train_split == "train"
             else None
         )
         return cls(vdir, train.variant, train, valid)
+
+    def description(self) -> dict[str, Any]:
+        """What a checkpoint and a summary record of the data."""
+        return {
+            "dataset": self.train.name,
+            "title": self.train.title,
+            "classes": list(self.train.classes),
+            "image_shape": list(self.train.images.shape[1:]),
+            "variant": self.variant,
+            "standin": self.train.standin,
+        }
 
     def train_tensors(self, device: torch.device | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Training images and labels, moved to ``device`` once (``None``: kept on the CPU)."""
         if device is None:
             return self.train.images, self.train.labels
         return self.train.images.to(device), self.train.labels.to(device)
+
+
+def _build(config: TrainConfig, data: _Data) -> nn.Module:
+    """The model of ``config`` for ``data``'s input channels and number of classes.
+
+    The two enter the model's options only where they differ from the defaults
+    (one channel, ten classes), so Rot-MNIST checkpoints read as they always did.
+    """
+    shape = {"in_channels": data.train.channels, "n_classes": len(data.train.classes)}
+    options = {k: v for k, v in shape.items() if v != {"in_channels": 1, "n_classes": 10}[k]}
+    options |= config.model_options
+    try:
+        return build_model(config.model, **options)
+    except ValueError as exc:
+        raise ValueError(f"model {config.model!r} with {options}: {exc}") from None
 
 
 def _batches(
@@ -883,7 +946,7 @@ def _rewrite_outputs(out_dir: Path, config: TrainConfig, data: _Data, run: _RunS
     with atomic_write(out_dir / METRICS_FILE, "w") as fh:
         fh.writelines(json.dumps(row, sort_keys=True) + "\n" for row in run.history)
     if run.best_state is not None:
-        best = build_model(config.model, **config.model_options)
+        best = _build(config, data)
         best.load_state_dict(run.best_state)
         save_model(best, out_dir, extra=_model_extra(config, data, run))
 
@@ -935,7 +998,8 @@ def _model_extra(config: TrainConfig, data: _Data, run: _RunState) -> dict[str, 
         "valid_accuracy": best.get("valid_acc"),
         "valid_loss": best.get("valid_loss"),
         "data_variant": data.variant,
-        "standin": data.variant != "original",
+        "standin": data.train.standin,
+        **{k: v for k, v in data.description().items() if k not in ("variant", "standin")},
         "train_config": config.to_dict(),
     }
 
@@ -958,7 +1022,7 @@ def _finish(
     best = load_model(out_dir, world.device)
     test: dict[str, Any] = {"accuracy": None, "error": None, "n": None}
     if config.test:
-        test_set = RotMNIST(data.vdir, "test", limit=config.limit_eval)
+        test_set = ImageDataset(data.vdir, "test", limit=config.limit_eval)
         test = evaluate(best, test_set.images, test_set.labels, batch_size=config.eval_batch_size)
     eval_seconds = time.perf_counter() - started
     train_seconds = sum(row["train_seconds"] for row in run.history)
@@ -980,8 +1044,7 @@ def _finish(
         "seed": config.seed,
         "versions": _versions(),
         "data": {
-            "variant": data.variant,
-            "standin": data.variant != "original",
+            **data.description(),
             "dir": str(data.vdir),
             "train_n": len(data.train),
             "valid_n": len(data.valid) if data.valid is not None else 0,

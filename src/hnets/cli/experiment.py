@@ -20,7 +20,7 @@ from ..training import (
 
 __all__ = ["register"]
 
-_VARIANTS = ("original", "standin", "upright")
+_DATASET_HELP = "rotmnist, rotfashion or folder:PATH (your own images: PATH/train/<class>/...)"
 #: ``hnets train`` options that map one to one onto :class:`TrainConfig` fields.
 _CONFIG_FLAGS = {f.name for f in dataclasses.fields(TrainConfig)} - {"model_options"}
 _MODEL_OPTION_FLAGS = ("width", "max_order")
@@ -42,12 +42,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     d = TrainConfig()
     p = sub.add_parser(
         "train",
-        help="train a model on Rot-MNIST",
+        help="train a model on Rot-MNIST, Rot-Fashion-MNIST or your own images",
         description=(
-            "Train an H-Net or a CNN on Rot-MNIST. Writes model.safetensors and config.json "
-            "(the best model by validation accuracy), checkpoint.pt (for --resume), "
-            "metrics.jsonl, and at the end summary.json (test accuracy on the whole test "
-            "split) and curves.png. Runs unchanged under torchrun for several processes."
+            "Train an H-Net or a CNN on Rot-MNIST (--dataset for another). Writes "
+            "model.safetensors and config.json (the best model by validation accuracy), "
+            "checkpoint.pt (for --resume), metrics.jsonl, and at the end summary.json "
+            "(test accuracy on the whole test split) and curves.png. Runs unchanged under "
+            "torchrun for several processes."
         ),
     )
     # Defaults are left out (SUPPRESS) so that --resume can tell the options given from
@@ -112,6 +113,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         default=s,
         help="torch.compile the model (default off)",
     )
+    p.add_argument("--dataset", default=s, help=f"{_DATASET_HELP} (default {d.dataset})")
     p.add_argument(
         "--data-dir", default=s, help="where data lives (default: $HNETS_DATA or ~/.cache/hnets)"
     )
@@ -119,7 +121,27 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--variant",
         dest="data_variant",
         default=s,
-        help=f"{', '.join(_VARIANTS)} (default: original if prepared, else standin)",
+        help="rotmnist: original, standin or upright (default: original if prepared, else "
+        "standin); rotfashion: rotated or upright (default rotated)",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=s,
+        help="folder:PATH only: side of the square images in the cache (default 28 for "
+        "gray images, else the median side)",
+    )
+    p.add_argument(
+        "--channels",
+        type=int,
+        default=s,
+        help="folder:PATH only: 1 (gray) or 3 (RGB) (default 3 if any image has colour)",
+    )
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        default=s,
+        help="folder:PATH only: skip files that are not readable images (counted)",
     )
     p.add_argument("--limit-train", type=int, default=s, help="use the first N training images")
     p.add_argument(
@@ -155,7 +177,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _add_test(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "test",
-        help="evaluate a saved model on Rot-MNIST",
+        help="evaluate a saved model on the test (or valid) split of its dataset",
         description=(
             "Print accuracy, error, per-class accuracy and the confusion matrix of a saved "
             "model, and save the confusion-matrix figure (confusion.png in the checkpoint "
@@ -165,6 +187,11 @@ def _add_test(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, metavar="DIR", help="a model directory")
     p.add_argument("--split", default="test", help="valid or test (default test)")
     p.add_argument("--data-dir", help="where data lives (default: $HNETS_DATA or ~/.cache/hnets)")
+    p.add_argument(
+        "--dataset",
+        help=f"{_DATASET_HELP} (default: the one the model was trained on; another must have "
+        "the same classes)",
+    )
     p.add_argument("--variant", help="data variant (default: the one the model was trained on)")
     p.add_argument("--limit", type=int, help="use only the first N images")
     p.add_argument("--batch-size", type=int, default=500, help="(default 500)")
@@ -177,11 +204,14 @@ def _add_test(sub: argparse._SubParsersAction) -> None:
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
-        help="classify digit images",
+        help="classify image files with a saved model",
         description=(
-            "Classify image files (PNG, JPEG, PGM, BMP...) with a saved model. Each image is "
-            "converted to grayscale, inverted if the digit is dark on light paper, cropped, "
-            "fitted into 20x20 and centred by mass in 28x28, as MNIST was made."
+            "Classify image files (PNG, JPEG, PGM, BMP...) with a saved model; classes are "
+            "named as in the model's dataset. For Rot-MNIST models each image is converted "
+            "to grayscale, inverted if the digit is dark on light paper, cropped, fitted into "
+            "20x20 and centred by mass in 28x28, as MNIST was made; for Rot-Fashion-MNIST "
+            "the garment is fitted into 28x28 as Fashion-MNIST was made; for a folder "
+            "dataset the image is resized as the folder's images were."
         ),
     )
     p.add_argument("--checkpoint", required=True, metavar="DIR", help="a model directory")
@@ -215,7 +245,7 @@ def _train(args: argparse.Namespace) -> int:
         kind = "stand-in " if data["standin"] else ""
         print(
             f"test accuracy {summary['test_accuracy']:.2%} (error {summary['test_error']:.2%}) "
-            f"on {summary['test_n']} {kind}Rot-MNIST test images ({data['variant']}); "
+            f"on {summary['test_n']} {kind}{data['title']} test images ({data['variant']}); "
             f"best epoch {summary['best_epoch']}"
         )
         print(
@@ -226,8 +256,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _test(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_model
-    from ..data import RotMNIST, ensure_dataset
+    from ..checkpoint import load_checkpoint_data, load_model
     from ..evaluation import evaluate, plot_confusion
     from ..training import resolve_device
 
@@ -238,9 +267,14 @@ def _test(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, device)
     config = model.hnets_checkpoint
-    variant = args.variant or config.get("extra", {}).get("data_variant")
-    data = RotMNIST(
-        ensure_dataset(args.data_dir, variant, progress=not args.json), args.split, limit=args.limit
+    data = load_checkpoint_data(
+        config,
+        args.split,
+        dataset=args.dataset,
+        variant=args.variant,
+        data_dir=args.data_dir,
+        limit=args.limit,
+        progress=not args.json,
     )
     result = evaluate(model, data.images, data.labels, batch_size=args.batch_size)
     ckpt = Path(args.checkpoint)
@@ -249,21 +283,25 @@ def _test(args: argparse.Namespace) -> int:
         if args.figure
         else (ckpt.parent if ckpt.is_file() else ckpt) / ("confusion.png")
     )
-    title = f"{config['model']} on Rot-MNIST {data.variant} {args.split}: {result['accuracy']:.2%}"
-    plot_confusion(result["confusion"], figure, title=title)
+    title = (
+        f"{config['model']} on {data.title} {data.variant} {args.split}: {result['accuracy']:.2%}"
+    )
+    plot_confusion(result["confusion"], figure, title=title, classes=data.classes)
     if args.json:
         report = {
             "checkpoint": str(ckpt),
             "model": config["model"],
             "split": args.split,
+            "dataset": data.name,
             "variant": data.variant,
+            "classes": list(data.classes),
             **result,
             "figure": str(figure),
         }
         print(json.dumps(report))
         return 0
     print(
-        f"{config['model']} from {ckpt} on Rot-MNIST {data.variant}, {args.split} split, "
+        f"{config['model']} from {ckpt} on {data.title} {data.variant}, {args.split} split, "
         f"{result['n']} images"
     )
     print(
@@ -271,10 +309,9 @@ def _test(args: argparse.Namespace) -> int:
         f"loss {result['loss']:.4f}"
     )
     print("per-class accuracy:")
-    print(
-        "  " + "  ".join(f"{c}: {_percent(a)}" for c, a in enumerate(result["per_class_accuracy"]))
-    )
-    print("confusion matrix (rows: true digit, columns: predicted):")
+    pairs = zip(data.classes, result["per_class_accuracy"], strict=True)
+    print("  " + "  ".join(f"{c}: {_percent(a)}" for c, a in pairs))
+    print("confusion matrix (rows: true class, columns: predicted):")
     print(_format_matrix(result["confusion"]))
     print(f"wrote {figure}")
     return 0
@@ -292,8 +329,8 @@ def _predict(args: argparse.Namespace) -> int:
         print(json.dumps({"checkpoint": str(args.checkpoint), "predictions": list(results)}))
         return 0
     for result in results:
-        ranked = " | ".join(f"{r['label']} {r['probability']:.1%}" for r in result["top"])
-        print(f"{result['path']}: {result['label']}   ({ranked})")
+        ranked = " | ".join(f"{r['class']} {r['probability']:.1%}" for r in result["top"])
+        print(f"{result['path']}: {result['class']}   ({ranked})")
     return 0
 
 

@@ -11,6 +11,11 @@ from ..errors import HNetsError
 
 __all__ = ["register"]
 
+_DATASET_HELP = (
+    "rotmnist, rotfashion or folder:PATH (default: the dataset the model was trained on; "
+    "another must have the same classes)"
+)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser(
@@ -40,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="test images used to compare the exported model with the original",
     )
     exp.add_argument("--data-dir")
+    exp.add_argument("--dataset", help=_DATASET_HELP)
     exp.add_argument("--variant")
     exp.set_defaults(handler=_export)
 
@@ -53,6 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     rob.add_argument("--step", type=float, default=15.0, help="angle step in degrees")
     rob.add_argument("--limit", type=int, help="use the first N test images")
     rob.add_argument("--data-dir")
+    rob.add_argument("--dataset", help=_DATASET_HELP)
     rob.add_argument("--variant")
     rob.add_argument("--out", default="robustness", help="output directory for JSON, CSV, figure")
     rob.add_argument(
@@ -68,6 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     eqv.add_argument("--digits", type=int, default=8, help="number of test digits")
     eqv.add_argument("--angles", default="90,180,270,15,30,45", help="degrees, comma-separated")
     eqv.add_argument("--data-dir")
+    eqv.add_argument("--dataset", help=_DATASET_HELP)
     eqv.add_argument("--variant")
     eqv.add_argument("--out", default="equivariance", help="output directory for JSON and figure")
     eqv.set_defaults(handler=_equivariance)
@@ -106,6 +114,7 @@ def _export(args: argparse.Namespace) -> int:
         n_images=args.check_images,
         data_dir=args.data_dir,
         variant=args.variant,
+        dataset=args.dataset,
     )
     for line in result["lines"]:
         print(line)
@@ -123,6 +132,7 @@ def _robustness(args: argparse.Namespace) -> int:
         variant=args.variant,
         out_dir=Path(args.out),
         by_stored_angle=args.by_stored_angle,
+        dataset=args.dataset,
     )
     print(result["table"])
     print(f"wrote {', '.join(str(p) for p in result['files'])}", file=sys.stderr)
@@ -140,6 +150,7 @@ def _equivariance(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         variant=args.variant,
         out_dir=Path(args.out),
+        dataset=args.dataset,
     )
     print(result["table"])
     print(f"wrote {', '.join(str(p) for p in result['files'])}", file=sys.stderr)

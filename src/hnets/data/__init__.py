@@ -1,28 +1,45 @@
-"""Rot-MNIST for hnets: preparation, caching, loading, augmentation and analysis.
+"""Datasets for hnets: preparation, caching, loading, augmentation and analysis.
 
+Which datasets exist is :mod:`hnets.data.registry`'s: ``rotmnist`` (Rot-MNIST),
+``rotfashion`` (Rot-Fashion-MNIST) and ``folder:PATH`` (the user's own images).
 Where data lives: ``--data-dir``, else ``$HNETS_DATA``, else ``~/.cache/hnets``
-(:func:`resolve_data_dir`). Each prepared variant sits in ``rotmnist-<variant>/``:
+(:func:`resolve_data_dir`). Each prepared variant sits in ``<dataset>-<variant>/``:
 
-* ``original``: the real ``mnist_rotation_new`` (:func:`prepare_download`);
-* ``standin``: built offline from the MNIST idx files with the same protocol and
-  sizes (:func:`prepare_from_mnist`);
-* ``upright``: the stand-in's train/valid digits unrotated, its rotated test split.
+* ``rotmnist-original``: the real ``mnist_rotation_new`` (:func:`prepare_download`);
+* ``rotmnist-standin``: built offline from the MNIST idx files with the same
+  protocol and sizes (:func:`prepare_from_mnist`);
+* ``rotmnist-upright``: the stand-in's train/valid digits unrotated, its rotated test
+  split;
+* ``rotfashion-rotated`` / ``rotfashion-upright``: the same protocol applied to
+  Fashion-MNIST (:func:`prepare_from_idx`);
+* ``folder-<name>-<key>``: a folder of labelled images (:func:`prepare_folder`).
 
-:class:`RotMNIST` serves ``(image (1, 28, 28) float32 in [0, 1], label)`` pairs of
-upright digits; :func:`make_loader` wraps it in a ``DataLoader``;
+:func:`load_dataset` returns any of them as an :class:`ImageDataset` of
+``(image (C, H, W) float32 in [0, 1], label)`` pairs; :class:`RotMNIST` is the same
+for Rot-MNIST; :func:`make_loader` wraps one in a ``DataLoader``;
 :func:`random_rotate_batch` / :class:`RandomRotation` augment batches.
 """
 
 from .archive import DEFAULT_MAX_UNPACKED_BYTES, download, safe_extract
 from .cache import ALL_SPLITS, SPLITS, VARIANTS, SplitArrays, resolve_data_dir, verify_variant
+from .dataset import ImageDataset
+from .folder import prepare_folder
 from .loaders import make_loader
-from .mnist import build_standin, load_mnist, parse_idx, prepare_from_mnist, read_idx
+from .locate import ensure_dataset, load_dataset, locate_variant
+from .mnist import (
+    build_standin,
+    download_idx,
+    load_mnist,
+    parse_idx,
+    prepare_from_idx,
+    prepare_from_mnist,
+    read_idx,
+)
+from .registry import DATASETS, DatasetSpec, dataset_names, get_dataset
 from .rotmnist import (
     DEFAULT_MD5,
     DEFAULT_URL,
     RotMNIST,
-    ensure_dataset,
-    locate_variant,
     parse_amat,
     parse_npz,
     prepare_download,
@@ -32,19 +49,26 @@ from .transforms import RandomRotation, random_rotate_batch, rotate_images
 
 __all__ = [
     "ALL_SPLITS",
+    "DATASETS",
     "DEFAULT_MAX_UNPACKED_BYTES",
     "DEFAULT_MD5",
     "DEFAULT_URL",
     "SPLITS",
     "VARIANTS",
+    "DatasetSpec",
+    "ImageDataset",
     "RandomRotation",
     "RotMNIST",
     "SplitArrays",
     "build_standin",
+    "dataset_names",
     "dataset_stats",
     "download",
+    "download_idx",
     "ensure_dataset",
     "format_stats",
+    "get_dataset",
+    "load_dataset",
     "load_mnist",
     "locate_variant",
     "make_loader",
@@ -52,6 +76,8 @@ __all__ = [
     "parse_idx",
     "parse_npz",
     "prepare_download",
+    "prepare_folder",
+    "prepare_from_idx",
     "prepare_from_mnist",
     "random_rotate_batch",
     "read_idx",

@@ -1,12 +1,15 @@
-"""Where Rot-MNIST lives on disk, and how a prepared variant is written and read.
+"""Where prepared datasets live on disk, and how a prepared variant is written and read.
 
-Layout: ``<data_dir>/rotmnist-<variant>/`` holds, for each split in ``train``,
-``valid`` and ``test``, the files ``<split>_images.npy`` (float32 ``(N, 28, 28)``,
-upright digits in ``[0, 1]``), ``<split>_labels.npy`` (int64 ``(N,)``) and, for the
-MNIST-built variants, ``<split>_angles.npy`` (float32 ``(N,)``, radians), plus
-``manifest.json`` (source, seed, sizes, the sha256 of every array file, creation
+Layout: ``<data_dir>/<dataset>-<variant>/`` (e.g. ``rotmnist-standin``; see
+:mod:`hnets.data.registry`) holds, for each split in ``train``, ``valid`` and
+``test``, the files ``<split>_images.npy`` (float32 ``(N, H, W)`` for one channel,
+as every Rot-MNIST build stores it, or ``(N, C, H, W)``; values in ``[0, 1]``),
+``<split>_labels.npy`` (int64 ``(N,)``) and, for the variants built by rotating,
+``<split>_angles.npy`` (float32 ``(N,)``, radians), plus ``manifest.json`` (dataset,
+variant, class names, source, seed, sizes, the sha256 of every array file, creation
 time, hnets version). The manifest is written last: a directory without a valid
-manifest is not a dataset.
+manifest is not a dataset. Manifests written before datasets had names are
+Rot-MNIST's.
 
 A variant is built in a temporary directory next to its target and renamed into
 place in one step, so a crash or a concurrent ``prepare`` never leaves a partial
@@ -34,9 +37,12 @@ import numpy as np
 
 from .._io import atomic_write, read_json, write_json
 from ..errors import DataError, HNetsError
+from .registry import DATASETS, DIGITS
 
 __all__ = [
     "VARIANTS",
+    "FOLDER_DATASET",
+    "manifest_classes",
     "SPLITS",
     "ALL_SPLITS",
     "MANIFEST_NAME",
@@ -54,7 +60,10 @@ __all__ = [
     "verify_variant",
 ]
 
-VARIANTS = ("original", "standin", "upright")
+#: Rot-MNIST's variants (every dataset's are in :data:`hnets.data.registry.DATASETS`).
+VARIANTS = DATASETS["rotmnist"].variants
+#: ``dataset`` and ``variant`` of a folder of the user's images in its manifest.
+FOLDER_DATASET = "folder"
 SPLITS = ("train", "valid", "test")
 ALL_SPLITS = (*SPLITS, "train+valid")
 MANIFEST_NAME = "manifest.json"
@@ -70,8 +79,9 @@ class SplitArrays:
     """The arrays of one split.
 
     Attributes:
-        images: float32 ``(N, 28, 28)``, upright digits in ``[0, 1]``.
-        labels: int64 ``(N,)``, digits 0-9.
+        images: float32 ``(N, H, W)`` (one channel) or ``(N, C, H, W)``, upright
+            images in ``[0, 1]``.
+        labels: int64 ``(N,)``, class indices.
         angles: float32 ``(N,)`` rotation angles in radians, or ``None`` when the
             angles are unknown (the original Rot-MNIST files do not record them).
     """
@@ -79,6 +89,11 @@ class SplitArrays:
     images: np.ndarray
     labels: np.ndarray
     angles: np.ndarray | None = None
+
+    @property
+    def chw(self) -> np.ndarray:
+        """The images as ``(N, C, H, W)`` (a view)."""
+        return self.images[:, None] if self.images.ndim == 3 else self.images
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -113,21 +128,30 @@ def check_split(split: str) -> str:
     return split
 
 
-def variant_dir(data_dir: str | os.PathLike[str] | None, variant: str) -> Path:
-    """``<data_dir>/rotmnist-<variant>`` (``data_dir`` resolved by :func:`resolve_data_dir`)."""
-    return resolve_data_dir(data_dir) / f"rotmnist-{check_variant(variant)}"
+def variant_dir(
+    data_dir: str | os.PathLike[str] | None, variant: str, dataset: str = "rotmnist"
+) -> Path:
+    """``<data_dir>/<dataset>-<variant>`` (``data_dir`` resolved by :func:`resolve_data_dir`)."""
+    spec = DATASETS.get(dataset)
+    if spec is None:
+        raise DataError(f"unknown dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
+    return resolve_data_dir(data_dir) / spec.dir_name(variant)
 
 
 @contextlib.contextmanager
-def staging_dir(data_dir: Path, variant: str) -> Iterator[Path]:
-    """A fresh temporary directory next to the variant's target; removed on exit.
+def staging_dir(data_dir: Path, name: str) -> Iterator[Path]:
+    """A fresh temporary directory next to the target ``data_dir/<name>``; removed on exit.
+
+    ``name`` is a target directory name (``rotmnist-standin``) or, as before datasets
+    had names, a Rot-MNIST variant.
 
     When the directory has been published (renamed to the target) in the meantime,
     there is nothing left to remove.
     """
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".rotmnist-{variant}.", suffix=".tmp", dir=data_dir))
+        prefix = f".{name if '-' in name else f'rotmnist-{name}'}."
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=data_dir))
         tmp.chmod(_DIR_MODE)  # mkdtemp makes it private; a dataset is meant to be shared
     except OSError as exc:
         raise HNetsError(f"cannot create a directory in {data_dir}: {exc.strerror or exc}") from exc
@@ -146,12 +170,16 @@ def write_variant(
     staging: Path,
     force: bool = False,
     accept: Callable[[dict[str, Any]], bool] | None = None,
+    dataset: str = "rotmnist",
+    classes: tuple[str, ...] | list[str] | None = None,
+    dir_name: str | None = None,
 ) -> Path:
     """Write ``splits`` into ``staging`` with a manifest, then publish it as the variant.
 
     Args:
-        data_dir: the data directory; the variant goes to ``data_dir/rotmnist-<variant>``.
-        variant: one of :data:`VARIANTS`.
+        data_dir: the data directory; the variant goes to ``data_dir/<dataset>-<variant>``
+            (or ``data_dir/<dir_name>``).
+        variant: one of the dataset's variants (``folder`` for a folder).
         splits: arrays for each of ``train``, ``valid`` and ``test``.
         info: extra manifest entries (``source``, ``seed``, ``protocol``...).
         staging: an empty directory on the same file system (see :func:`staging_dir`).
@@ -159,16 +187,30 @@ def write_variant(
         accept: decides whether an existing valid variant (found before or while
             publishing) holds the data asked for; without ``force`` an accepted one is
             kept and returned, a rejected one raises :class:`DataError`.
+        dataset: a name in :data:`hnets.data.registry.DATASETS`, or ``folder``.
+        classes: class names in label order (default: the registry's; required for
+            folders).
+        dir_name: the target directory's name (default ``<dataset>-<variant>``).
 
     Returns:
         The variant directory.
     """
-    check_variant(variant)
+    _check_dataset_variant(dataset, variant)
+    if classes is None:
+        if dataset == FOLDER_DATASET:
+            raise ValueError("a folder dataset needs its class names")
+        classes = DATASETS[dataset].classes
+    if dir_name is None:
+        dir_name = DATASETS[dataset].dir_name(variant)
+    for split in SPLITS:
+        _check_label_range(split, splits[split].labels, len(classes))
     entries = {split: _save_split(staging, split, splits[split]) for split in SPLITS}
     manifest = {
         "format": _FORMAT,
-        "dataset": "rotmnist",
+        "dataset": dataset,
         "variant": variant,
+        "classes": list(classes),
+        "image_shape": list(splits["train"].chw.shape[1:]),
         **dict(info),
         "splits": entries,
         "sizes": {split: entries[split]["n"] for split in SPLITS},
@@ -180,7 +222,7 @@ def write_variant(
         if path.is_file():
             path.chmod(_FILE_MODE)
     _fsync_dir(staging)
-    return _publish(staging, data_dir / f"rotmnist-{variant}", force=force, accept=accept)
+    return _publish(staging, data_dir / dir_name, force=force, accept=accept)
 
 
 def read_manifest(vdir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -201,6 +243,11 @@ def read_manifest(vdir: str | os.PathLike[str]) -> dict[str, Any]:
     if problem:
         raise DataError(f"{path}: {problem}")
     return manifest
+
+
+def manifest_classes(manifest: Mapping[str, Any]) -> tuple[str, ...]:
+    """The class names a manifest records (Rot-MNIST's digits for older manifests)."""
+    return tuple(manifest.get("classes") or DIGITS)
 
 
 def is_prepared(vdir: str | os.PathLike[str]) -> bool:
@@ -239,7 +286,7 @@ def load_split(
         split: one of :data:`ALL_SPLITS`.
         limit: keep only the first ``limit`` samples.
         fields: which arrays to read; images left out come back as an empty
-            ``(0, 28, 28)`` array (for statistics that need only labels).
+            ``(0, H, W)`` array (for statistics that need only labels).
         manifest: the already-read manifest, to skip reading it again.
 
     Returns:
@@ -272,8 +319,7 @@ def _load_part(
         if field not in files:
             out[field] = None
         elif field not in fields:
-            shape = (0, IMAGE_SIZE, IMAGE_SIZE) if field == "images" else (0,)
-            out[field] = np.zeros(shape, dtype=_DTYPES[field])
+            out[field] = np.zeros((0, *files[field]["shape"][1:]), dtype=_DTYPES[field])
         else:
             out[field] = _load_array(vdir / files[field]["file"], files[field], n)
     return out
@@ -317,17 +363,42 @@ def _save_split(staging: Path, split: str, arrays: SplitArrays) -> dict[str, Any
 
 def _check_split_arrays(split: str, arrays: SplitArrays) -> None:
     n = len(arrays)
-    if arrays.images.shape != (n, IMAGE_SIZE, IMAGE_SIZE):
+    if arrays.images.ndim not in (3, 4) or arrays.images.shape[0] != n:
         raise ValueError(f"{split}: images {arrays.images.shape} do not match {n} labels")
     if arrays.angles is not None and arrays.angles.shape != (n,):
         raise ValueError(f"{split}: angles {arrays.angles.shape} do not match {n} labels")
 
 
+def _check_dataset_variant(dataset: str, variant: str) -> None:
+    if dataset == FOLDER_DATASET:
+        if variant != FOLDER_DATASET:
+            raise DataError(f"a folder dataset has variant {FOLDER_DATASET!r}, not {variant!r}")
+        return
+    spec = DATASETS.get(dataset)
+    if spec is None:
+        raise DataError(f"unknown dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
+    spec.check_variant(variant)
+
+
+def _check_label_range(split: str, labels: np.ndarray, n_classes: int) -> None:
+    bad = np.flatnonzero((labels < 0) | (labels >= n_classes))
+    if bad.size:
+        raise DataError(
+            f"{split}: label {int(labels[bad[0]])} of sample {int(bad[0])} is outside the "
+            f"{n_classes} classes"
+        )
+
+
 def _manifest_problem(vdir: Path, manifest: Any) -> str | None:
     if not isinstance(manifest, dict) or manifest.get("format") != _FORMAT:
-        return f"not a format-{_FORMAT} Rot-MNIST manifest"
-    if manifest.get("variant") not in VARIANTS:
-        return f"unknown variant {manifest.get('variant')!r}"
+        return f"not a format-{_FORMAT} hnets dataset manifest"
+    try:
+        _check_dataset_variant(manifest.get("dataset", "rotmnist"), manifest.get("variant"))
+    except (DataError, TypeError) as exc:
+        return str(exc)
+    classes = manifest.get("classes", list(DIGITS))
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        return "'classes' must be a non-empty list of names"
     splits = manifest.get("splits")
     if not isinstance(splits, dict) or any(s not in splits for s in SPLITS):
         return f"manifest must describe the splits {SPLITS}"

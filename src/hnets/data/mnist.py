@@ -1,10 +1,14 @@
-"""MNIST idx files, and the offline Rot-MNIST stand-in built from them.
+"""MNIST-like idx files, and the rotated datasets built from them by the Rot-MNIST protocol.
+
+The protocol below builds the offline Rot-MNIST stand-in from MNIST and
+Rot-Fashion-MNIST from Fashion-MNIST (same file names, sizes and format; which
+files and checksums belong to which dataset is :mod:`hnets.data.registry`'s).
 
 The idx format (LeCun et al.): two zero bytes, a type code (``0x08`` unsigned byte,
 ``0x09`` signed byte, ``0x0B`` int16, ``0x0C`` int32, ``0x0D`` float32, ``0x0E``
 float64), the number of dimensions, one big-endian uint32 per dimension, then the
 big-endian data. Files may be gzipped; the well-known md5 of each *uncompressed*
-MNIST file is checked, so the stand-in is always built from the same digits.
+file is checked, so a dataset is always built from the same images.
 
 Stand-in protocol (same sizes and split roles as ``mnist_rotation_new``), for a
 seed ``s`` and ``rng = numpy.random.default_rng(s)``, in this order:
@@ -22,7 +26,7 @@ seed ``s`` and ``rng = numpy.random.default_rng(s)``, in this order:
 
 The ``upright`` variant draws exactly the same numbers but leaves the train and
 valid digits unrotated (their angles are 0); its test split is identical to the
-stand-in's. Same seed, same bytes.
+rotated variant's. Same seed, same bytes.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import torch
 from tqdm import tqdm
 
 from ..errors import DataError
+from .archive import download
 from .cache import (
     IMAGE_SIZE,
     SplitArrays,
@@ -52,6 +57,7 @@ from .cache import (
     staging_dir,
     write_variant,
 )
+from .registry import FASHION_SOURCE, MNIST_SOURCE, DatasetSpec, IdxSource, get_dataset
 from .transforms import rotate_images
 
 __all__ = [
@@ -63,18 +69,19 @@ __all__ = [
     "read_mnist_images",
     "read_mnist_labels",
     "load_mnist",
+    "load_idx_files",
     "standin_indices",
     "build_standin",
+    "prepare_from_idx",
     "prepare_from_mnist",
+    "find_idx_dir",
+    "download_idx",
 ]
 
 #: The four MNIST files: name -> md5 of the uncompressed file (the well-known values).
-MNIST_FILES = {
-    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
-    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
-    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
-    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
-}
+MNIST_FILES = MNIST_SOURCE.files
+#: The same for Fashion-MNIST.
+FASHION_FILES = FASHION_SOURCE.files
 #: Split sizes of the stand-in (those of mnist_rotation_new); test takes 40,000
 #: training-file digits beyond train and valid, plus the 10,000 t10k digits.
 STANDIN_SIZES = {"train": 10_000, "valid": 2_000, "test": 50_000}
@@ -164,11 +171,32 @@ def load_mnist(mnist_dir: str | os.PathLike[str], *, verify: bool = True) -> Mni
     Raises:
         DataError: a file is missing, malformed, or not the original MNIST file.
     """
-    mnist_dir = Path(mnist_dir).expanduser()
+    return load_idx_files(mnist_dir, MNIST_SOURCE, verify=verify, title="MNIST")
+
+
+def load_idx_files(
+    idx_dir: str | os.PathLike[str],
+    source: IdxSource,
+    *,
+    verify: bool = True,
+    title: str = "idx",
+) -> MnistArrays:
+    """Read the four idx files of an MNIST-like dataset (each ``NAME`` or ``NAME.gz``).
+
+    Args:
+        idx_dir: directory with ``train-images-idx3-ubyte[.gz]`` and the three others.
+        source: which files and checksums (:data:`hnets.data.registry.MNIST_SOURCE`...).
+        verify: check the md5 of each uncompressed file against ``source.files``.
+        title: how messages call the files (``MNIST``, ``Fashion-MNIST``).
+
+    Raises:
+        DataError: a file is missing, malformed, or not the expected file.
+    """
+    mnist_dir = Path(idx_dir).expanduser()
     if not mnist_dir.is_dir():
-        raise DataError(f"{mnist_dir}: MNIST directory not found")
+        raise DataError(f"{mnist_dir}: {title} directory not found")
     arrays = {}
-    for stem, md5 in MNIST_FILES.items():
+    for stem, md5 in source.files.items():
         path = _find_idx(mnist_dir, stem)
         data = _read_maybe_gzip(path)
         array = parse_idx(data, str(path))
@@ -178,10 +206,10 @@ def load_mnist(mnist_dir: str | os.PathLike[str], *, verify: bool = True) -> Mni
             array = _check_labels(array, str(path))
         if verify and hashlib.md5(data).hexdigest() != md5:
             raise DataError(
-                f"{path}: md5 of the content is not {md5} (not the original MNIST file)"
+                f"{path}: md5 of the content is not {md5} (not the original {title} file)"
             )
         arrays[stem] = array
-    out = MnistArrays(*(arrays[stem] for stem in MNIST_FILES))
+    out = MnistArrays(*(arrays[stem] for stem in source.files))
     _check_pairs(out, mnist_dir)
     return out
 
@@ -261,33 +289,63 @@ def prepare_from_mnist(
 ) -> Path:
     """Build the Rot-MNIST stand-in (or its ``upright`` variant) from MNIST idx files.
 
+    The same as ``prepare_from_idx(mnist_dir, data_dir, dataset="rotmnist", ...)``.
+
+    Returns:
+        The variant directory ``<data_dir>/rotmnist-<variant>``.
+    """
+    return prepare_from_idx(
+        mnist_dir,
+        data_dir,
+        dataset="rotmnist",
+        seed=seed,
+        upright=upright,
+        force=force,
+        progress=progress,
+    )
+
+
+def prepare_from_idx(
+    idx_dir: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    dataset: str = "rotmnist",
+    seed: int = 0,
+    upright: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Build a rotated dataset (or its ``upright`` variant) from its idx files by the protocol.
+
     An existing build with the same seed is reused; one with another seed needs
     ``force``. The variant is built next to its target and renamed into place, so
     concurrent runs are safe (the loser accepts the winner's identical build).
 
     Args:
-        mnist_dir: directory with the four MNIST files (gzipped or raw).
+        idx_dir: directory with the four idx files (gzipped or raw).
         data_dir: where data lives (see :func:`hnets.data.resolve_data_dir`).
+        dataset: ``rotmnist`` (from MNIST: the stand-in) or ``rotfashion`` (from
+            Fashion-MNIST).
         seed: the protocol's seed.
-        upright: build variant ``upright`` instead of ``standin``.
+        upright: build the ``upright`` variant.
         force: rebuild even if the variant exists.
         progress: show progress bars.
 
     Returns:
-        The variant directory ``<data_dir>/rotmnist-<variant>``.
+        The variant directory ``<data_dir>/<dataset>-<variant>``.
     """
+    spec = get_dataset(dataset)
+    if spec.source is None:
+        raise DataError(f"{spec.title} is not built from idx files")
     root = resolve_data_dir(data_dir)
-    variant = "upright" if upright else "standin"
-    target = root / f"rotmnist-{variant}"
+    variant = "upright" if upright else rotated_variant(spec)
+    target = root / spec.dir_name(variant)
     seed = int(seed)
 
     def same_build(manifest: dict[str, Any]) -> bool:
         source = manifest.get("source")
-        return (
-            isinstance(source, dict)
-            and source.get("kind") == "mnist"
-            and manifest.get("seed") == seed
-        )
+        kind = source.get("kind") if isinstance(source, dict) else None
+        return kind in ("mnist", "idx") and manifest.get("seed") == seed
 
     if not force and is_prepared(target):
         manifest = read_manifest(target)
@@ -297,21 +355,108 @@ def prepare_from_mnist(
             f"{target} was built with seed {manifest.get('seed')}; "
             f"use --force to rebuild it with seed {seed}"
         )
-    mnist = load_mnist(mnist_dir)
-    splits = build_standin(mnist, seed=seed, upright=upright, progress=progress)
+    title = _idx_title(spec)
+    arrays = load_idx_files(idx_dir, spec.source, title=title)
+    splits = build_standin(arrays, seed=seed, upright=upright, progress=progress)
+    kind = "mnist" if spec.name == "rotmnist" else "idx"  # "mnist": as Rot-MNIST builds always said
     info = {
         "source": {
-            "kind": "mnist",
-            "mnist_dir": str(Path(mnist_dir).resolve()),
-            "md5": MNIST_FILES,
+            "kind": kind,
+            "idx_dir": str(Path(idx_dir).resolve()),
+            **({"mnist_dir": str(Path(idx_dir).resolve())} if kind == "mnist" else {}),
+            "md5": dict(spec.source.files),
         },
         "seed": seed,
-        "protocol": f"hnets Rot-MNIST stand-in v1 ({variant}); see hnets.data.mnist",
+        "protocol": f"hnets {spec.title} by the Rot-MNIST protocol v1 ({variant}); "
+        "see hnets.data.mnist",
     }
-    with staging_dir(root, variant) as staging:
+    with staging_dir(root, spec.dir_name(variant)) as staging:
         return write_variant(
-            root, variant, splits, info, staging=staging, force=force, accept=same_build
+            root,
+            variant,
+            splits,
+            info,
+            staging=staging,
+            force=force,
+            accept=same_build,
+            dataset=spec.name,
         )
+
+
+def rotated_variant(spec: DatasetSpec) -> str:
+    """The variant the protocol builds with every split rotated (``standin``, ``rotated``)."""
+    return next(v for v in spec.variants if v not in ("original", spec.upright_variant))
+
+
+def find_idx_dir(spec: DatasetSpec, given: str | os.PathLike[str] | None = None) -> Path | None:
+    """Where a dataset's idx files are: ``given``, else ``$ENV``, else a system directory.
+
+    Returns ``None`` when none of those holds them (``given`` is returned as it is,
+    so that a wrong directory is reported when it is read).
+    """
+    if spec.source is None:
+        return None
+    if given:
+        return Path(given).expanduser()
+    env = os.environ.get(spec.source.env)
+    if env:
+        return Path(env).expanduser()
+    for candidate in spec.source.system_dirs:
+        path = Path(candidate)
+        if all(_has_idx(path, stem) for stem in spec.source.files):
+            return path
+    return None
+
+
+def download_idx(
+    spec: DatasetSpec,
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    url: str | None = None,
+    gz_md5: dict[str, str] | None = None,
+    progress: bool = True,
+) -> Path:
+    """Download a dataset's four gzipped idx files into ``<data_dir>/downloads/<name>/``.
+
+    Each file is written atomically and checked against the published gzip md5
+    (``gz_md5``, default the registry's); files already there with the right md5 are
+    reused. The content md5s are checked again when the files are read.
+
+    Args:
+        spec: the dataset (it must name a download location).
+        data_dir: where data lives.
+        url: base URL instead of the published one (``url + stem + ".gz"``).
+        gz_md5: stem -> md5 of the gzip files; ``{}`` skips the gzip check (the
+            content is still verified when read).
+        progress: progress bars.
+
+    Returns:
+        The directory holding the four files.
+    """
+    source = spec.source
+    if source is None or (url is None and source.url is None):
+        raise DataError(f"{spec.title}: no published idx files to download")
+    base = url if url is not None else source.url
+    md5s = source.gz_md5 if gz_md5 is None else gz_md5
+    dest = resolve_data_dir(data_dir) / "downloads" / spec.name
+    hint = f" Offline? {spec.title}: {source.install_hint}."
+    for stem in source.files:
+        download(
+            f"{base}{stem}.gz",
+            dest / f"{stem}.gz",
+            md5=md5s.get(stem),
+            progress=progress,
+            hint=hint,
+        )
+    return dest
+
+
+def _idx_title(spec: DatasetSpec) -> str:
+    return "MNIST" if spec.source is MNIST_SOURCE else spec.title.removeprefix("Rot-")
+
+
+def _has_idx(directory: Path, stem: str) -> bool:
+    return (directory / stem).is_file() or (directory / f"{stem}.gz").is_file()
 
 
 def _draw_angles(rng: np.random.Generator, n: int) -> np.ndarray:

@@ -37,25 +37,20 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
 from ..errors import DataError
 from .archive import DEFAULT_MAX_UNPACKED_BYTES, download, file_md5, safe_extract, zip_names
 from .cache import (
     IMAGE_SIZE,
-    MANIFEST_NAME,
     SplitArrays,
     check_split,
-    check_variant,
     is_prepared,
-    load_split,
-    read_manifest,
     resolve_data_dir,
     staging_dir,
     write_variant,
 )
-from .mnist import prepare_from_mnist
+from .dataset import ImageDataset
+from .locate import ensure_dataset, locate_variant, missing_data_message
 
 __all__ = [
     "DEFAULT_URL",
@@ -92,12 +87,14 @@ _PIXEL_TOLERANCE = 1e-4
 _MAX_NPY_BYTES = 1 << 30
 
 
-class RotMNIST(Dataset):
+class RotMNIST(ImageDataset):
     """A prepared Rot-MNIST split as a map-style dataset of ``(image, label)``.
 
     Items are ``(image, label)``: ``image`` a float32 tensor ``(1, 28, 28)`` in
     ``[0, 1]`` (upright: row 0 at the top), ``label`` an ``int`` in 0-9. The whole
-    split is held in memory (the 50,000-image test split is 157 MB).
+    split is held in memory (the 50,000-image test split is 157 MB). For the other
+    datasets see :func:`hnets.data.load_dataset`; this is
+    ``load_dataset("rotmnist", split, root=root, variant=variant, limit=limit)``.
 
     Args:
         root: the data directory (``None``: :func:`resolve_data_dir`), or a variant
@@ -106,7 +103,7 @@ class RotMNIST(Dataset):
         variant: ``original``, ``standin`` or ``upright``; ``None`` takes
             ``original`` if prepared, else ``standin``; missing data is built from
             ``$HNETS_MNIST_DIR`` when set, else :class:`DataError` says what to do
-            (see :func:`ensure_dataset`).
+            (see :func:`hnets.data.ensure_dataset`).
         limit: keep only the first ``limit`` samples.
 
     Attributes:
@@ -124,21 +121,7 @@ class RotMNIST(Dataset):
         limit: int | None = None,
     ) -> None:
         check_split(split)
-        vdir = locate_variant(root, variant)
-        manifest = read_manifest(vdir)
-        arrays = load_split(vdir, split, limit=limit, manifest=manifest)
-        self.root = vdir
-        self.variant: str = manifest["variant"]
-        self.split = split
-        self.images = torch.from_numpy(arrays.images).unsqueeze(1)
-        self.labels = torch.from_numpy(arrays.labels)
-        self.angles = torch.from_numpy(arrays.angles) if arrays.angles is not None else None
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.images[index], int(self.labels[index])
+        super().__init__(locate_variant(root, variant, dataset="rotmnist"), split, limit=limit)
 
     def __repr__(self) -> str:
         return (
@@ -257,66 +240,6 @@ def prepare_download(
     except BaseException:
         _remove_empty(created + [root / "downloads"])
         raise
-
-
-def ensure_dataset(
-    data_dir: str | os.PathLike[str] | None = None,
-    variant: str | None = None,
-    *,
-    progress: bool = True,
-) -> Path:
-    """The directory of a prepared variant, building the stand-in if that is possible.
-
-    With ``variant=None``: ``original`` if prepared, else ``standin`` if prepared.
-    When the data is missing and ``$HNETS_MNIST_DIR`` is set (and the variant is
-    ``None``, ``standin`` or ``upright``), the stand-in is built from there with
-    seed 0. The network is never used.
-
-    Raises:
-        DataError: no data, with a message saying how to get it.
-    """
-    root = resolve_data_dir(data_dir)
-    if variant is not None:
-        check_variant(variant)
-    for candidate in (variant,) if variant else ("original", "standin"):
-        vdir = root / f"rotmnist-{candidate}"
-        if is_prepared(vdir):
-            return vdir
-    mnist_dir = os.environ.get("HNETS_MNIST_DIR")
-    if mnist_dir and variant in (None, "standin", "upright"):
-        upright = variant == "upright"
-        return prepare_from_mnist(mnist_dir, root, upright=upright, progress=progress)
-    raise DataError(missing_data_message(root, variant))
-
-
-def missing_data_message(root: Path, variant: str | None = None) -> str:
-    """The one-line explanation of how to get data into ``root``."""
-    what = f"Rot-MNIST variant {variant!r}" if variant else "Rot-MNIST data"
-    if variant == "original":
-        how = f"run `hnets data prepare` to download {DEFAULT_URL} (or `--file ZIP`)"
-    else:
-        flag = " --upright" if variant == "upright" else ""
-        how = (
-            f"run `hnets data prepare{flag} --from-mnist DIR` to build the stand-in from MNIST "
-            "idx files (or set HNETS_MNIST_DIR=DIR), or `hnets data prepare` to download "
-            f"{DEFAULT_URL}"
-        )
-    return f"no {what} in {root}: {how}; choose the location with --data-dir DIR or HNETS_DATA"
-
-
-def locate_variant(root: str | os.PathLike[str] | None, variant: str | None = None) -> Path:
-    """The variant directory named by ``root`` (a data or variant directory) and ``variant``.
-
-    A ``root`` holding ``manifest.json`` is a variant directory itself; anything else
-    is a data directory handed to :func:`ensure_dataset`.
-    """
-    if root is not None and (Path(root) / MANIFEST_NAME).is_file():
-        vdir = Path(root)
-        found = read_manifest(vdir)["variant"]
-        if variant is not None and found != variant:
-            raise DataError(f"{vdir} holds variant {found!r}, not {variant!r}")
-        return vdir
-    return ensure_dataset(root, variant)
 
 
 def _parse_amat_lines(lines: Iterable[bytes], name: str) -> tuple[np.ndarray, np.ndarray]:

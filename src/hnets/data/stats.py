@@ -15,8 +15,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .._io import save_figure
-from .cache import SPLITS, SplitArrays, load_split, read_manifest
-from .rotmnist import locate_variant
+from .cache import SPLITS, SplitArrays, load_split, manifest_classes, read_manifest
+from .locate import locate_variant
+from .registry import DATASETS
 
 __all__ = ["dataset_stats", "format_stats", "write_stats_figures"]
 
@@ -28,29 +29,38 @@ def dataset_stats(
     root: str | os.PathLike[str] | None = None,
     variant: str | None = None,
     limit: int | None = None,
+    *,
+    dataset: str | None = None,
+    **folder_options: Any,
 ) -> dict[str, Any]:
     """Sample counts, class balance and angle summary of every split.
 
     Args:
-        root: data directory or variant directory (as for :class:`RotMNIST`).
-        variant: which variant (``None``: as for :class:`RotMNIST`).
+        root: data directory or variant directory (as for :func:`load_dataset`).
+        variant: which variant (``None``: the dataset's default).
         limit: only the first ``limit`` samples of each split.
+        dataset: ``rotmnist`` (default), ``rotfashion`` or ``folder:PATH``.
+        folder_options: ``image_size``, ``channels``, ``skip_bad`` for folders.
 
     Returns:
-        ``{"variant", "root", "source", "seed", "splits": {split: {"n", "counts"
-        (10 ints), "percent" (10 floats), "angles" ({"min", "max", "mean",
-        "std"} in radians, or None)}}}``.
+        ``{"dataset", "title", "classes", "variant", "root", "source", "seed",
+        "splits": {split: {"n", "counts" (one int per class), "percent", "angles"
+        ({"min", "max", "mean", "std"} in radians, or None)}}}``.
     """
-    vdir = locate_variant(root, variant)
+    vdir = locate_variant(root, variant, dataset=dataset, **folder_options)
     manifest = read_manifest(vdir)
+    classes = manifest_classes(manifest)
     splits = {}
     for split in SPLITS:
         arrays = load_split(
             vdir, split, limit=limit, fields=("labels", "angles"), manifest=manifest
         )
-        splits[split] = _split_stats(arrays)
+        splits[split] = _split_stats(arrays, len(classes))
     source = manifest.get("source")
     return {
+        "dataset": manifest.get("dataset", "rotmnist"),
+        "title": _title(manifest),
+        "classes": list(classes),
         "variant": manifest["variant"],
         "root": str(vdir),
         "source": source.get("kind") if isinstance(source, dict) else None,
@@ -62,7 +72,9 @@ def dataset_stats(
 def format_stats(stats: dict[str, Any]) -> str:
     """A plain-text report of :func:`dataset_stats`: sizes, then the class balance table."""
     splits = stats["splits"]
-    lines = [f"Rot-MNIST variant {stats['variant']!r} in {stats['root']}", ""]
+    classes = stats.get("classes") or [str(d) for d in range(10)]
+    title = stats.get("title", "Rot-MNIST")
+    lines = [f"{title} variant {stats['variant']!r} in {stats['root']}", ""]
     lines.append(f"{'split':<8}{'samples':>9}  angles (degrees)")
     for split, entry in splits.items():
         angles = entry["angles"]
@@ -72,17 +84,18 @@ def format_stats(stats: dict[str, Any]) -> str:
             else "unknown"
         )
         lines.append(f"{split:<8}{entry['n']:>9}  {span}")
+    head = "digit" if stats.get("dataset", "rotmnist") == "rotmnist" else "class"
+    width = max(7, *(len(c) + 2 for c in classes))
     lines += [
         "",
         "class balance: count (percent)",
-        f"{'digit':<7}" + "".join(f"{s:>18}" for s in splits),
+        f"{head:<{width}}" + "".join(f"{s:>18}" for s in splits),
     ]
-    for digit in range(10):
+    for k, name in enumerate(classes):
         cells = "".join(
-            f"{entry['counts'][digit]:>9} ({entry['percent'][digit]:5.2f}%)"
-            for entry in splits.values()
+            f"{entry['counts'][k]:>9} ({entry['percent'][k]:5.2f}%)" for entry in splits.values()
         )
-        lines.append(f"{digit:<7}{cells}")
+        lines.append(f"{name:<{width}}{cells}")
     return "\n".join(lines)
 
 
@@ -91,34 +104,40 @@ def write_stats_figures(
     out_dir: str | os.PathLike[str],
     variant: str | None = None,
     limit: int | None = None,
+    *,
+    dataset: str | None = None,
+    **folder_options: Any,
 ) -> list[Path]:
     """Write the analysis figures as PNG files into ``out_dir``.
 
-    Files: ``samples_<split>.png`` (a grid of the first digits with their labels
-    and angles), ``class_histogram.png`` (percent per digit and split) and, when
-    the angles are known, ``angle_histogram.png``.
+    Files: ``samples_<split>.png`` (a grid of the first images with their class
+    names and angles), ``class_histogram.png`` (percent per class and split) and,
+    when the angles are known, ``angle_histogram.png``.
 
     Args:
         root: data directory or variant directory.
         out_dir: where the figures go (created).
         variant: which variant.
         limit: use only the first ``limit`` samples of each split.
+        dataset: ``rotmnist`` (default), ``rotfashion`` or ``folder:PATH``.
+        folder_options: ``image_size``, ``channels``, ``skip_bad`` for folders.
 
     Returns:
         The paths written.
     """
-    vdir = locate_variant(root, variant)
+    vdir = locate_variant(root, variant, dataset=dataset, **folder_options)
     manifest = read_manifest(vdir)
+    classes = manifest_classes(manifest)
     data = {split: load_split(vdir, split, limit=limit, manifest=manifest) for split in SPLITS}
     out_dir = Path(out_dir)
-    title = f"Rot-MNIST ({manifest['variant']})"
+    title = f"{_title(manifest)} ({manifest['variant']})"
     written = []
     for split, arrays in data.items():
         path = out_dir / f"samples_{split}.png"
-        save_figure(_sample_grid(arrays, f"{title}, {split}"), path, dpi=100)
+        save_figure(_sample_grid(arrays, f"{title}, {split}", classes), path, dpi=100)
         written.append(path)
     path = out_dir / "class_histogram.png"
-    save_figure(_class_histogram(data, title), path, dpi=100)
+    save_figure(_class_histogram(data, title, classes), path, dpi=100)
     written.append(path)
     if all(arrays.angles is not None for arrays in data.values()):
         path = out_dir / "angle_histogram.png"
@@ -127,10 +146,15 @@ def write_stats_figures(
     return written
 
 
-def _split_stats(arrays: SplitArrays) -> dict[str, Any]:
+def _title(manifest: dict[str, Any]) -> str:
+    spec = DATASETS.get(manifest.get("dataset", "rotmnist"))
+    return spec.title if spec is not None else str(manifest.get("title") or "folder")
+
+
+def _split_stats(arrays: SplitArrays, n_classes: int = 10) -> dict[str, Any]:
     n = len(arrays)
-    counts = np.bincount(arrays.labels, minlength=10)[:10]
-    percent = counts * (100.0 / n) if n else np.zeros(10)
+    counts = np.bincount(arrays.labels, minlength=n_classes)[:n_classes]
+    percent = counts * (100.0 / n) if n else np.zeros(n_classes)
     angles = None
     if arrays.angles is not None and n:
         a = arrays.angles.astype(np.float64)
@@ -144,7 +168,7 @@ def _split_stats(arrays: SplitArrays) -> dict[str, Any]:
     }
 
 
-def _sample_grid(arrays: SplitArrays, title: str) -> Figure:
+def _sample_grid(arrays: SplitArrays, title: str, classes: tuple[str, ...]) -> Figure:
     fig = Figure(figsize=(_GRID_COLS * 1.1, _GRID_ROWS * 1.3))
     fig.suptitle(title)
     for i in range(_GRID_ROWS * _GRID_COLS):
@@ -152,30 +176,37 @@ def _sample_grid(arrays: SplitArrays, title: str) -> Figure:
         ax.set_axis_off()
         if i >= len(arrays):
             continue
-        ax.imshow(arrays.images[i], cmap="gray", vmin=0.0, vmax=1.0)
-        label = f"{int(arrays.labels[i])}"
+        image = arrays.chw[i]
+        if image.shape[0] == 1:
+            ax.imshow(image[0], cmap="gray", vmin=0.0, vmax=1.0)
+        else:
+            ax.imshow(np.clip(image.transpose(1, 2, 0), 0.0, 1.0))
+        label = classes[int(arrays.labels[i])]
         if arrays.angles is not None:
-            label += f" ({math.degrees(float(arrays.angles[i])):.0f}°)"
-        ax.set_title(label, fontsize=8)
+            gap = "\n" if len(label) > 3 else " "
+            label += f"{gap}({math.degrees(float(arrays.angles[i])):.0f}°)"
+        ax.set_title(label, fontsize=8 if len(label) < 12 else 7)
     return fig
 
 
-def _class_histogram(data: dict[str, SplitArrays], title: str) -> Figure:
-    fig = Figure(figsize=(7, 3.5), layout="constrained")
+def _class_histogram(data: dict[str, SplitArrays], title: str, classes: tuple[str, ...]) -> Figure:
+    n_classes = len(classes)
+    fig = Figure(figsize=(max(7.0, 0.7 * n_classes), 3.5), layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
     width = 0.8 / len(data)
     top = 0.0
     for k, (split, arrays) in enumerate(data.items()):
-        stats = _split_stats(arrays)
+        stats = _split_stats(arrays, n_classes)
         top = max(top, *stats["percent"])
         ax.bar(
-            np.arange(10) + (k - (len(data) - 1) / 2) * width,
+            np.arange(n_classes) + (k - (len(data) - 1) / 2) * width,
             stats["percent"],
             width,
             label=f"{split} (n={stats['n']})",
         )
-    ax.set_xticks(range(10))
-    ax.set_xlabel("digit")
+    digits = classes == tuple(str(d) for d in range(n_classes))
+    ax.set_xticks(range(n_classes), classes, rotation=0 if digits else 30, fontsize=8)
+    ax.set_xlabel("digit" if digits else "class")
     ax.set_ylabel("percent of split")
     ax.set_title(f"{title}: class balance")
     ax.set_ylim(0.0, 1.3 * top if top > 0 else 1.0)
