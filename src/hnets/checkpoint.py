@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from ._io import atomic_write, read_json, write_json
-from .errors import CheckpointError, HNetsError
+from .errors import CheckpointError, DataError, HNetsError
 from .models import build_model, count_parameters, model_names
 
 __all__ = [
@@ -251,12 +251,15 @@ def load_checkpoint_data(
     """
     from .data import ImageDataset
     from .data.locate import locate_variant
-    from .data.registry import is_folder
-    from .errors import DataError
+    from .data.registry import DATASETS, is_folder
 
     extra = config.get("extra", {})
     trained_on = checkpoint_dataset(config)
     name = dataset or trained_on
+    classes = checkpoint_classes(config)
+    spec = DATASETS.get(name)
+    if spec is not None:  # known before anything is prepared
+        _check_classes(classes, spec.classes, trained_on, name)
     if recorded_variant and variant is None and name == trained_on and not is_folder(name):
         variant = extra.get("data_variant")
     channels = int(config.get("options", {}).get("in_channels", 1))
@@ -267,17 +270,22 @@ def load_checkpoint_data(
         folder = {"image_size": int(shape[-1]), "channels": channels, "skip_bad": skip_bad}
     vdir = locate_variant(data_dir, variant, dataset=name, progress=progress, **folder)
     data = ImageDataset(vdir, split, limit=limit)
-    classes = checkpoint_classes(config)
-    if data.classes != classes:
-        raise DataError(
-            f"the model was trained on {trained_on} ({_some(list(classes), 4)}), "
-            f"{name} has other classes ({_some(list(data.classes), 4)})"
-        )
+    _check_classes(classes, data.classes, trained_on, name)
     if data.channels != channels:
         raise DataError(
             f"the model takes {channels}-channel images, {name} has {data.channels} channels"
         )
     return data
+
+
+def _check_classes(
+    model_classes: tuple[str, ...], data_classes: tuple[str, ...], trained_on: str, name: str
+) -> None:
+    if tuple(data_classes) != tuple(model_classes):
+        raise DataError(
+            f"the model was trained on {trained_on} ({_some(list(model_classes), 4)}), "
+            f"{name} has other classes ({_some(list(data_classes), 4)})"
+        )
 
 
 def update_model_extra(out_dir: str | os.PathLike[str], extra: Mapping[str, Any]) -> None:
