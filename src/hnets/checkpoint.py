@@ -230,8 +230,10 @@ def load_checkpoint_data(
     """The split of the data a checkpoint was trained on, or of a compatible ``dataset``.
 
     By default the dataset (and, for the same dataset with ``recorded_variant``, the
-    variant) recorded in the checkpoint; a folder is prepared again at the image size
-    and channels the model was trained with. Another ``dataset`` is accepted only
+    variant) recorded in the checkpoint. The folder the model was trained on is looked
+    up with the preparation options training asked for, so the copy training cached is
+    reused, not built again; any other folder is prepared at the image size and
+    channels the model takes. Another ``dataset`` is accepted only
     when it has the same class names and channels as the checkpoint (Rot-MNIST
     exported to a folder of digit images, say).
 
@@ -250,8 +252,10 @@ def load_checkpoint_data(
         DataError: the data is missing, or its classes or channels are not the model's.
     """
     from .data import ImageDataset
+    from .data.cache import read_manifest
+    from .data.folder import scan_folder
     from .data.locate import locate_variant
-    from .data.registry import DATASETS, is_folder
+    from .data.registry import DATASETS, folder_path, is_folder
 
     extra = config.get("extra", {})
     trained_on = checkpoint_dataset(config)
@@ -260,15 +264,33 @@ def load_checkpoint_data(
     spec = DATASETS.get(name)
     if spec is not None:  # known before anything is prepared
         _check_classes(classes, spec.classes, trained_on, name)
+    elif is_folder(name) and not (
+        data_dir is not None and Path(data_dir, "manifest.json").is_file()
+    ):
+        # a folder's classes are its folder names: refuse it before decoding any image
+        _check_classes(classes, scan_folder(folder_path(name)).classes, trained_on, name)
     if recorded_variant and variant is None and name == trained_on and not is_folder(name):
         variant = extra.get("data_variant")
     channels = int(config.get("options", {}).get("in_channels", 1))
     folder: dict[str, Any] = {}
+    vdir = None
     if is_folder(name):
         shape = extra.get("image_shape") or [channels, 28, 28]
-        skip_bad = bool(extra.get("train_config", {}).get("skip_bad", False))
+        recipe = extra.get("train_config") or {}
+        skip_bad = bool(recipe.get("skip_bad", False))
         folder = {"image_size": int(shape[-1]), "channels": channels, "skip_bad": skip_bad}
-    vdir = locate_variant(data_dir, variant, dataset=name, progress=progress, **folder)
+        if recipe and _same_folder(name, trained_on):
+            # the options training asked for find the cache entry training made (the
+            # cache is keyed by them, not by the sizes they resolved to)
+            asked = {k: recipe.get(k) for k in ("image_size", "channels")}
+            vdir = locate_variant(
+                data_dir, variant, dataset=name, progress=progress, skip_bad=skip_bad, **asked
+            )
+            manifest = read_manifest(vdir)
+            if [manifest.get("image_size"), manifest.get("channels")] != [int(shape[-1]), channels]:
+                vdir = None  # the folder changed since: prepare it as the model needs
+    if vdir is None:
+        vdir = locate_variant(data_dir, variant, dataset=name, progress=progress, **folder)
     data = ImageDataset(vdir, split, limit=limit)
     _check_classes(classes, data.classes, trained_on, name)
     if data.channels != channels:
@@ -276,6 +298,16 @@ def load_checkpoint_data(
             f"the model takes {channels}-channel images, {name} has {data.channels} channels"
         )
     return data
+
+
+def _same_folder(name: str, trained_on: str) -> bool:
+    """Whether ``folder:PATH`` names the folder a checkpoint was trained on."""
+    from .data.registry import folder_path, is_folder
+
+    if not is_folder(trained_on):
+        return False
+    here, there = (Path(folder_path(n)).expanduser() for n in (name, trained_on))
+    return here == there or (here.exists() and here.resolve() == there.resolve())
 
 
 def _check_classes(

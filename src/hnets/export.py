@@ -55,7 +55,7 @@ class MagnitudeReLU(nn.Module):
 
 
 class ExportedHNet(nn.Module):
-    """Plain-PyTorch :class:`~hnets.models.HNetMNIST`: images ``(B, 1, H, W)`` -> logits."""
+    """Plain-PyTorch :class:`~hnets.models.HNetMNIST`: images ``(B, C, H, W)`` -> logits."""
 
     def __init__(
         self,
@@ -176,10 +176,18 @@ def export(model: nn.Module) -> nn.Module:
     return plain.to(memory_format=torch.channels_last).eval()
 
 
-def export_onnx(model: nn.Module, path: str | Path, *, opset: int = 18) -> Path:
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    opset: int = 18,
+    input_shape: tuple[int, int, int] | None = None,
+) -> Path:
     """Write ``export(model)`` as ONNX with a dynamic batch dimension; returns the path.
 
-    Needs the optional ``export`` extra (``onnx``, ``onnxscript``). The file is
+    ``input_shape`` is ``(C, H, W)`` of one image (default: the ``image_shape`` its
+    checkpoint records, else ``in_channels`` by 28 x 28); the ONNX model takes that size
+    only. Needs the optional ``export`` extra (``onnx``, ``onnxscript``). The file is
     written to a temporary name and renamed.
     """
     try:
@@ -191,7 +199,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, opset: int = 18) -> Path:
     from ._io import atomic_write
 
     plain = export(model)
-    example = torch.rand(2, 1, 28, 28)
+    example = torch.rand(2, *(input_shape or _input_shape(model)))
     batch = torch.export.Dim("batch", min=1, max=65536)
     onnx_logger = logging.getLogger("torch.onnx")
     level = onnx_logger.level
@@ -215,6 +223,15 @@ def export_onnx(model: nn.Module, path: str | Path, *, opset: int = 18) -> Path:
     with atomic_write(path, "wb") as fh:
         fh.write(program.model_proto.SerializeToString())
     return path
+
+
+def _input_shape(model: nn.Module) -> tuple[int, int, int]:
+    """``(C, H, W)`` of the images ``model`` was trained on, as far as it records them."""
+    shape = getattr(model, "hnets_checkpoint", {}).get("extra", {}).get("image_shape")
+    if shape:
+        return (int(shape[0]), int(shape[-2]), int(shape[-1]))
+    options = getattr(model, "hnets_config", {}).get("options", {})
+    return (int(options.get("in_channels", 1)), 28, 28)
 
 
 _TIMED_IMAGES = 5000
@@ -328,7 +345,7 @@ def export_checkpoint(
             raise HNetsError(
                 "checking the ONNX model needs onnxruntime: pip install 'hnets[export]'"
             ) from None
-        export_onnx(model, onnx_path)
+        export_onnx(model, onnx_path, input_shape=tuple(images.shape[1:]))
         session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         onnx_out = torch.cat(
