@@ -56,3 +56,16 @@ def test_append_line_rewrites_atomically(tmp_path):
     append_line(path, '{"epoch": 1}')
     append_line(path, '{"epoch": 2}\n')
     assert path.read_text().splitlines() == ['{"epoch": 1}', '{"epoch": 2}']
+
+
+def test_atomic_write_without_fchmod(monkeypatch, tmp_path):
+    """Windows before Python 3.13 has no os.fchmod: the write still goes through."""
+    monkeypatch.delattr(os, "fchmod", raising=False)
+    path = tmp_path / "a.json"
+    write_json(path, {"x": 1})
+    append_line(tmp_path / "m.jsonl", '{"epoch": 1}')
+    assert read_json(path) == {"x": 1}
+    assert (tmp_path / "m.jsonl").read_text() == '{"epoch": 1}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "m.jsonl"]
+    if os.name == "posix":
+        assert os.stat(path).st_mode & 0o777 == 0o666 & ~_umask()

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +18,7 @@ from hnets.nn.batchnorm import HBatchNorm
 from hnets.nn.nonlinearity import _relu_backward, _relu_forward_torch
 
 needs_compiler = pytest.mark.skipif(_native._compiler() is None, reason="needs a C compiler")
+needs_sh = pytest.mark.skipif(sys.platform == "win32", reason="the fake compiler is a sh script")
 
 
 def _pairs(*shape, seed=0):
@@ -172,7 +178,8 @@ def test_broken_build_falls_back(monkeypatch, tmp_path):
     monkeypatch.setenv("HNETS_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.warns(RuntimeWarning, match="unavailable"):
         assert not _native.available()
-    assert not list((tmp_path / "cache").glob("*.so"))  # nothing half-written left behind
+    suffix = _native._platform()[0]
+    assert not list((tmp_path / "cache").glob(f"*{suffix}"))  # nothing half-written left behind
 
 
 @needs_compiler
@@ -180,7 +187,7 @@ def test_build_is_cached(monkeypatch, tmp_path):
     monkeypatch.setattr(_native, "_state", {})
     monkeypatch.setenv("HNETS_CACHE_DIR", str(tmp_path))
     assert _native.available()
-    built = list(tmp_path.glob("magnitude-*.so"))
+    built = list(tmp_path.glob(f"magnitude-*{_native._platform()[0]}"))
     assert len(built) == 1
     stamp = built[0].stat().st_mtime_ns
     monkeypatch.setattr(_native, "_state", {})
@@ -322,3 +329,133 @@ def test_relu_of_unmerged_products_matches_merge_then_relu(kind, pool, scaled):
     got = _native.relu_products(products, streams, scale, bias, 1e-6, pool=pool)
     assert got.shape == (2, h // pool, w // pool, *streams, 2)
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def _fake_cc(tmp_path: Path, refuse: str) -> Path:
+    """A compiler script that fails on any argument matching the sh pattern ``refuse`` (naming
+    it, as compilers do) and otherwise runs the real compiler; it logs each command line."""
+    real = shutil.which(_native._compiler() or "cc") or "cc"
+    script = tmp_path / "fake-cc"
+    script.write_text(
+        "#!/bin/sh\n"
+        f"echo \"$*\" >> '{tmp_path / 'cc.log'}'\n"
+        'for arg in "$@"; do\n'
+        f'  case "$arg" in {refuse}) echo "fake-cc: error: unsupported option \'$arg\'" >&2; '
+        "exit 1;; esac\n"
+        "done\n"
+        f"exec '{real}' \"$@\"\n"
+    )
+    script.chmod(0o755)
+    return script
+
+
+def _fresh_build(monkeypatch, tmp_path: Path, refuse: str) -> Path:
+    """Nothing loaded, an empty cache, ``CC`` -> a fake compiler refusing ``refuse``."""
+    monkeypatch.setattr(_native, "_state", {})
+    monkeypatch.setenv("HNETS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", str(_fake_cc(tmp_path, refuse)))
+    return tmp_path / "cc.log"
+
+
+def _compiles(log: Path) -> list[str]:
+    return [line for line in log.read_text().splitlines() if "magnitude.c" in line]
+
+
+@needs_compiler
+@needs_sh
+def test_compiler_without_openmp_gets_the_serial_build(monkeypatch, tmp_path):
+    log = _fresh_build(monkeypatch, tmp_path, "-fopenmp")  # as Apple clang
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning: the kernels are there
+        assert _native.available()
+    assert _native.variant() == "serial"
+    flags = _native._state["flags"]
+    assert "-fopenmp" not in flags and "-fopenmp-simd" in flags and "-march=native" in flags
+    assert [p.name.split("-")[1] for p in (tmp_path / "cache").iterdir()] == ["serial"]
+    first, second = _compiles(log)  # OpenMP refused: straight to the serial build
+    assert " -fopenmp " in f" {first} " and " -fopenmp " not in f" {second} "
+
+    z, g = _pairs(5, 6, 7, 4, 2), _pairs(5, 6, 7, 4, 2, seed=1)
+    bias = torch.linspace(-1.0, 0.5, 8).view(4, 2)
+    torch.testing.assert_close(
+        _native.relu_forward(z, None, bias, 1e-6),
+        _relu_forward_torch(z, None, bias, 1e-6),
+        rtol=1e-6,
+        atol=1e-7,
+    )
+    power = (z.double() ** 2).sum(-1).sum((0, 1, 2))  # per-thread sums, one thread here
+    torch.testing.assert_close(_native.power_sum(z), power, rtol=1e-6, atol=1e-6)
+    _, _, grad_bias = _native.relu_backward(g, z, None, bias, 1e-6, write=False)
+    ref_bias = _relu_backward(g, z, None, bias, 1e-6, need_bias=True, need_scale=False)[3]
+    torch.testing.assert_close(grad_bias.float(), ref_bias, rtol=1e-5, atol=1e-5)
+    torch.manual_seed(0)
+    model, x = HNetMNIST().eval(), torch.rand(4, 1, 28, 28)
+    with torch.inference_mode():
+        ours = model(x)
+        monkeypatch.setenv("HNETS_NATIVE", "0")
+        ref = model(x)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+@needs_compiler
+@needs_sh
+def test_serial_build_is_found_in_the_cache_without_compiling(monkeypatch, tmp_path):
+    log = _fresh_build(monkeypatch, tmp_path, "-fopenmp")
+    assert _native.variant() == "serial"
+    before = len(_compiles(log))
+    monkeypatch.setattr(_native, "_state", {})  # a new process, as far as hnets knows
+    assert _native.variant() == "serial"
+    assert len(_compiles(log)) == before  # not even the OpenMP build is retried
+
+
+@needs_compiler
+@needs_sh
+@pytest.mark.parametrize("flag", ["-fno-tree-loop-distribute-patterns", "-march=native"])
+def test_rejected_tuning_flags_are_dropped(flag, monkeypatch, tmp_path):
+    """clang rejects GCC's -fno-tree-loop-distribute-patterns; some compilers -march=native."""
+    log = _fresh_build(monkeypatch, tmp_path, flag)
+    assert _native.variant() == "openmp"
+    flags = _native._state["flags"]
+    assert flag not in flags
+    assert set(_native._TUNING) - {flag} <= set(flags)  # the others kept
+    assert len(_compiles(log)) == 2  # dropped as soon as the compiler named it
+
+
+@needs_sh
+def test_compiler_that_always_fails_warns_once(monkeypatch, tmp_path):
+    log = _fresh_build(monkeypatch, tmp_path, "*")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not _native.available()
+        assert _native.variant() is None
+        assert not _native.usable(torch.zeros(2, 2))
+        HNonLinearity(2, 1)(torch.randn(1, 2, 2, 2, 3, 3))  # the PyTorch path
+    assert [w.category for w in caught] == [RuntimeWarning]
+    assert "fake-cc: error" in str(caught[0].message)
+    compiles = _compiles(log)
+    assert any(" -fopenmp " in f" {c} " for c in compiles)  # tried with OpenMP
+    assert any(" -fopenmp " not in f" {c} " for c in compiles)  # and without
+    assert not list((tmp_path / "cache").iterdir())  # no temporaries left behind
+
+
+@needs_compiler
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_one_openmp_runtime_next_to_torch(tmp_path):
+    """Loaded after torch, the OpenMP build maps no second libgomp: its NEEDED libgomp.so.1
+    is torch's own (same soname), as a fresh process's /proc/self/maps shows."""
+    code = (
+        "import os, torch\n"
+        "def gomp():\n"
+        "    lines = open('/proc/self/maps').read().splitlines()\n"
+        "    return {os.path.realpath(l.split()[-1]) for l in lines if 'libgomp' in l}\n"
+        "before = gomp()\n"
+        "from hnets import _native\n"
+        "print(_native.variant(), len(before), len(gomp() - before))\n"
+    )
+    env = {**os.environ, "HNETS_CACHE_DIR": str(tmp_path), "HNETS_NATIVE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    variant, torch_runtimes, added = out.stdout.split()
+    if variant != "openmp":
+        pytest.skip(f"the {variant} build here")
+    assert added == "0", "the kernels loaded a second libgomp next to torch's"

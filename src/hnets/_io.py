@@ -39,8 +39,8 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
         raise HNetsError(f"cannot write {path}: {exc.strerror or exc}") from exc
     tmp_path = Path(tmp)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, mode) as fh:
+            _chmod(fh.fileno(), tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
@@ -51,6 +51,16 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _chmod(fd: int, path: Path, mode: int) -> None:
+    """``os.fchmod`` where it exists; ``os.chmod`` on the path elsewhere (Windows before
+    Python 3.13, where it only sets or clears the read-only bit)."""
+    fchmod = getattr(os, "fchmod", None)
+    if fchmod is not None:
+        fchmod(fd, mode)
+    else:
+        os.chmod(path, mode)
 
 
 def _umask() -> int:

@@ -91,7 +91,8 @@ def machine_description() -> str:
         pass
     from . import _native
 
-    kernels = "native kernels on" if _native.available() else "native kernels off"
+    variant = _native.variant()
+    kernels = f"native kernels on ({variant})" if variant else "native kernels off"
     return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, {kernels}"
 
 

@@ -9,20 +9,24 @@ batch-norm backward), with OpenMP over positions.
 The C file is plain C99 without Python or torch headers, so it builds with the
 system compiler in well under a second, and is loaded with :mod:`ctypes`. The
 shared object is cached under ``$HNETS_CACHE_DIR`` (default
-``$XDG_CACHE_HOME/hnets`` or ``~/.cache/hnets``), keyed by the source, the flags,
-the compiler and the CPU. Where no compiler is found or the build fails, hnets
-warns once and uses its PyTorch implementation (same results up to float
-round-off). ``HNETS_NATIVE=0`` turns the kernels off.
+``$XDG_CACHE_HOME/hnets`` or ``~/.cache/hnets``), keyed by the source, the build
+variant, the flags, the compiler and the CPU. The build tries OpenMP first, then (a
+compiler without it, as Apple clang) a single-threaded build, dropping tuning flags
+the compiler rejects; :func:`variant` says which one runs. Where no compiler is
+found or nothing builds, hnets warns once and uses its PyTorch implementation (same
+results up to float round-off). ``HNETS_NATIVE=0`` turns the kernels off.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import itertools
 import os
 import platform
 import shutil
 import subprocess
+import sys
 import sysconfig
 import tempfile
 import threading
@@ -46,15 +50,25 @@ __all__ = [
     "relu_products",
     "tile_spread",
     "usable",
+    "variant",
 ]
 
 _SOURCE = Path(__file__).with_name("magnitude.c")
-_ABI_VERSION = 10
-# -fno-tree-loop-distribute-patterns: short copy loops stay loops, not memcpy calls
-_BASE_FLAGS = [
-    "-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-tree-loop-distribute-patterns",
-    "-fopenmp", "-shared", "-fPIC",
-]  # fmt: skip
+_ABI_VERSION = 11
+# Always passed; the first two keep every rounding as magnitude.c spells it.
+_FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno"]
+# Tried, and dropped where the compiler rejects them: tuning for this CPU (Apple clang on
+# arm64 and GCC on POWER reject -march=native), and GCC's flag that keeps short copy loops
+# loops rather than memcpy calls (clang rejects it: "unknown argument").
+_TUNING = ["-march=native", "-fno-tree-loop-distribute-patterns"]
+# The build chain, best first: (variant, flags it needs, flags it tries). "serial" is for
+# compilers without OpenMP (Apple clang, clang without libomp): the same one pass over
+# memory on one thread, still far faster than the PyTorch path; -fopenmp-simd keeps the
+# simd pragmas without the runtime.
+_VARIANTS = (
+    ("openmp", ["-fopenmp"], _TUNING),
+    ("serial", [], ["-fopenmp-simd", *_TUNING]),
+)
 _lock = threading.Lock()
 _state: dict[str, object] = {}
 
@@ -72,12 +86,27 @@ def _cache_dir() -> Path:
 
 
 def _compiler() -> str | None:
-    """``$CC``, else the compiler Python was built with, else ``cc``: the first on ``PATH``."""
+    """``$CC``, else the compiler Python was built with, else ``cc``, ``gcc`` or ``clang``
+    (MinGW on Windows has no ``cc``): the first on ``PATH``."""
     python_cc = (sysconfig.get_config_var("CC") or "").split()
-    for name in (os.environ.get("CC"), python_cc[0] if python_cc else None, "cc"):
+    for name in (os.environ.get("CC"), python_cc[0] if python_cc else None, "cc", "gcc", "clang"):
         if name and shutil.which(name):
             return name
     return None
+
+
+def _platform() -> tuple[str, list[str]]:
+    """The shared library's file suffix and the flags that make one, on this OS.
+
+    The one place that knows the OS. Windows (MinGW gcc or clang; MSVC's ``cl`` takes
+    other flags and is not supported) wants no ``-fPIC``; macOS loads ``.dylib`` files
+    (Apple clang takes ``-shared`` for ``-dynamiclib``).
+    """
+    if sys.platform == "win32":
+        return ".dll", ["-shared"]
+    if sys.platform == "darwin":
+        return ".dylib", ["-shared", "-fPIC"]
+    return ".so", ["-shared", "-fPIC"]
 
 
 def _cpu_model() -> str:
@@ -92,67 +121,127 @@ def _cpu_model() -> str:
     return model + flags
 
 
-def _build(cc: str) -> Path:
-    source = _SOURCE.read_bytes()
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    cpu = _cpu_model()
-    error = "?"
-    for extra in (["-march=native"], []):
-        flags = _BASE_FLAGS + extra
-        key = hashlib.sha256(
-            b"\0".join([source, " ".join(flags).encode(), version.encode(), cpu.encode()])
-        ).hexdigest()[:16]
-        target = _cache_dir() / f"magnitude-{key}.so"
-        if target.exists():
-            return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
+def _compile(cc: str, flags: list[str], target: Path) -> str | None:
+    """Build ``target`` with ``flags``; ``None`` on success, else the compiler's messages."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=target.suffix, dir=target.parent)
+    os.close(fd)
+    try:
         cmd = [cc, *flags, str(_SOURCE), "-o", tmp, "-lm"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        if proc.returncode == 0:
+        if proc.returncode != 0:
+            return proc.stderr.strip() or proc.stdout.strip() or f"exit status {proc.returncode}"
+        try:
             os.replace(tmp, target)  # atomic: a concurrent build never sees half a file
-            return target
-        os.unlink(tmp)
-        error = (proc.stderr.strip().splitlines() or ["?"])[-1]
-    raise RuntimeError(f"{cc} failed: {error}")
+        except OSError:
+            if not target.exists():  # else another process put it there (and has it open)
+                raise
+        return None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
-def _load() -> ctypes.CDLL:
-    cc = _compiler()
-    if cc is None:
-        raise RuntimeError("no C compiler found (set CC)")
-    lib = ctypes.CDLL(str(_build(cc)))
+def _open(path: Path) -> ctypes.CDLL:
+    """Load a built library and declare its functions' signatures."""
+    lib = ctypes.CDLL(str(path))
     if lib.hnets_abi_version() != _ABI_VERSION:
         raise RuntimeError("stale kernel build (ABI version mismatch)")
-    f32, ptr, long_, int_ = ctypes.c_float, ctypes.c_void_p, ctypes.c_long, ctypes.c_int
-    lib.hnets_relu_forward.argtypes = [ptr, ptr, long_, long_, ptr, ptr, f32, int_]
+    # int64_t for every size (C long is 32 bits on Windows), int for the thread count
+    f32, ptr, i64, int_ = ctypes.c_float, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.hnets_openmp.argtypes = []
+    lib.hnets_openmp.restype = int_
+    lib.hnets_relu_forward.argtypes = [ptr, ptr, i64, i64, ptr, ptr, f32, int_]
     lib.hnets_relu_forward.restype = None
-    lib.hnets_power.argtypes = [ptr, ptr, long_, long_, int_]
+    lib.hnets_power.argtypes = [ptr, ptr, i64, i64, int_]
     lib.hnets_power.restype = None
     lib.hnets_relu_backward.argtypes = [
-        ptr, ptr, ptr, long_, long_, ptr, ptr, f32, ptr, ptr, ptr, long_, long_, long_, int_,
+        ptr, ptr, ptr, i64, i64, ptr, ptr, f32, ptr, ptr, ptr, i64, i64, i64, int_,
     ]  # fmt: skip
     lib.hnets_relu_backward.restype = None
-    lib.hnets_split3.argtypes = [ptr, ptr, ptr, ptr, long_, int_]
+    lib.hnets_split3.argtypes = [ptr, ptr, ptr, ptr, i64, int_]
     lib.hnets_split3.restype = None
-    lib.hnets_merge3.argtypes = [ptr, ptr, ptr, ptr, long_, f32, f32, int_]
+    lib.hnets_merge3.argtypes = [ptr, ptr, ptr, ptr, i64, f32, f32, int_]
     lib.hnets_merge3.restype = None
-    lib.hnets_tile_spread.argtypes = [ptr, ptr, long_, long_, long_, long_, long_, int_]
+    lib.hnets_tile_spread.argtypes = [ptr, ptr, i64, i64, i64, i64, i64, int_]
     lib.hnets_tile_spread.restype = None
     ptrs = ctypes.POINTER(ctypes.c_void_p)
     for name, first in (("split9", ptr), ("gsplit9", ptr), ("merge9", ptrs), ("gmerge9", ptrs)):
-        getattr(lib, f"hnets_{name}").argtypes = [first, ptr, long_, long_, int_]
+        getattr(lib, f"hnets_{name}").argtypes = [first, ptr, i64, i64, int_]
         getattr(lib, f"hnets_{name}").restype = None
     lib.hnets_relu_pool.argtypes = [
-        int_, ptrs, ptr, long_, long_, long_, long_, ptr, ptr, f32, long_, int_,
+        int_, ptrs, ptr, i64, i64, i64, i64, ptr, ptr, f32, i64, int_,
     ]  # fmt: skip
     lib.hnets_relu_pool.restype = None
-    lib.hnets_synthesise.argtypes = [ptr] * 5 + [long_] * 7 + [int_]
+    lib.hnets_synthesise.argtypes = [ptr] * 5 + [i64] * 7 + [int_]
     lib.hnets_synthesise.restype = None
-    lib.hnets_synthesise_backward.argtypes = [ptr] * 7 + [long_] * 7 + [int_]
+    lib.hnets_synthesise_backward.argtypes = [ptr] * 7 + [i64] * 7 + [int_]
     lib.hnets_synthesise_backward.restype = None
     return lib
+
+
+def _load() -> tuple[ctypes.CDLL, list[str]]:
+    """The library and the flags it was built with: the first of the chain that loads.
+
+    First a library this chain built before (best first; no compiler runs then), else
+    down the chain: each variant with all the flags it tries, then without those the
+    compiler's messages name, or without all of them where it names none; a variant
+    that neither builds nor loads, or whose own flag (-fopenmp) the compiler rejects,
+    hands over to the next.
+
+    Next to torch's own OpenMP runtime: this module imports torch before it loads the
+    library, and torch loads its libgomp.so.1 (the pip wheels ship one in torch/lib)
+    with RTLD_GLOBAL through libtorch_global_deps. Our library's NEEDED libgomp.so.1
+    has the same soname, so the loader reuses that copy rather than mapping the
+    system's. Checked on Linux (torch 2.13, GCC 12): /proc/self/maps lists one libgomp,
+    torch's, after loading (test_one_openmp_runtime_next_to_torch), and LD_DEBUG=bindings
+    shows GOMP_parallel and omp_get_thread_num bound to it. Not so with clang's OpenMP
+    (CC=clang with libomp installed): it links LLVM's libomp.so.5, which then runs next
+    to torch's libgomp (checked: the kernels agree with PyTorch, two runtimes mapped).
+    """
+    cc = _compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler found (set CC)")
+    source = _SOURCE.read_bytes()
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    cpu = _cpu_model()
+    suffix, link = _platform()
+
+    def target(variant: str, flags: list[str]) -> Path:
+        fields = [variant, " ".join(flags), version, cpu]
+        key = hashlib.sha256(b"\0".join([source, *(f.encode() for f in fields)])).hexdigest()[:16]
+        return _cache_dir() / f"magnitude-{variant}-{key}{suffix}"
+
+    errors: dict[Path, str] = {}
+    for variant, required, tried in _VARIANTS:
+        for n in range(len(tried), -1, -1):
+            for extra in itertools.combinations(tried, n):
+                flags = [*_FLAGS, *required, *extra, *link]
+                path = target(variant, flags)
+                if path.exists():
+                    try:
+                        return _open(path), flags
+                    except (OSError, RuntimeError, AttributeError) as exc:
+                        errors[path] = str(exc)
+    error = "?"
+    for variant, required, tried in _VARIANTS:
+        extra = list(tried)
+        while True:
+            flags = [*_FLAGS, *required, *extra, *link]
+            path = target(variant, flags)
+            error = errors.get(path) or _compile(cc, flags, path) or ""
+            if not error:
+                try:
+                    return _open(path), flags
+                except (OSError, RuntimeError, AttributeError) as exc:
+                    error = str(exc)
+            if any(flag in error for flag in required):
+                break  # no OpenMP here: the next variant
+            named = [flag for flag in extra if flag in error]
+            fewer = [flag for flag in extra if flag not in named] if named else []
+            if fewer == extra:
+                break
+            extra = fewer
+    raise RuntimeError(f"{cc} failed: {(error.splitlines() or ['?'])[-1]}")
 
 
 def _library() -> ctypes.CDLL | None:
@@ -161,7 +250,10 @@ def _library() -> ctypes.CDLL | None:
     with _lock:
         if "lib" not in _state:
             try:
-                _state["lib"] = _load()
+                lib, flags = _load()
+                _state["flags"] = flags
+                _state["variant"] = "openmp" if lib.hnets_openmp() else "serial"
+                _state["lib"] = lib  # last: its presence tells other threads it is ready
             except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as exc:
                 _state["lib"] = None
                 warnings.warn(
@@ -176,6 +268,14 @@ def _library() -> ctypes.CDLL | None:
 def available() -> bool:
     """Whether the kernels are enabled and built (builds them on the first call)."""
     return not disabled() and _library() is not None
+
+
+def variant() -> str | None:
+    """Which build runs the kernels: ``"openmp"`` (multi-threaded), ``"serial"`` (built
+    where the compiler has no OpenMP: one thread) or ``None`` (off or unavailable)."""
+    if not available():
+        return None
+    return _state["variant"]  # type: ignore[return-value]
 
 
 def usable(
