@@ -18,6 +18,12 @@ ifneq ($(SHARED_MNIST),)
 export HNETS_MNIST_DIR := $(abspath ../shared/data/mnist)
 endif
 endif
+SHARED_FASHION := $(wildcard ../shared/data/fashion-mnist/train-images-idx3-ubyte.gz)
+ifeq ($(HNETS_FASHION_DIR),)
+ifneq ($(SHARED_FASHION),)
+export HNETS_FASHION_DIR := $(abspath ../shared/data/fashion-mnist)
+endif
+endif
 
 .PHONY: train demo test venv bench bench-e2cnn lint clean
 

@@ -66,6 +66,7 @@ from .checkpoint import (
 )
 from .data import ImageDataset, ensure_dataset, rotate_images
 from .data.registry import DATASETS, get_dataset, is_folder
+from .data.subsets import stratified_subset
 from .errors import CheckpointError, HNetsError
 from .evaluation import evaluate, plot_curves
 from .models import build_model, count_parameters, model_names
@@ -153,6 +154,9 @@ class TrainConfig:
             (``None``: its defaults); unused for the other datasets.
         limit_train, limit_eval: use only the first N samples (training; validation and
             test), for quick runs.
+        train_size: train on a seeded (``seed``), stratified subset of this many
+            samples of the training split (:func:`hnets.data.subsets.stratified_subset`),
+            for sample-efficiency studies; ``None``: all of it.
         eval_batch_size, num_workers: evaluation batch size; ``DataLoader`` workers
             (0: index the in-memory tensors directly, the fastest for this data).
         test: score the final model on the test split at the end. ``False`` for recipe
@@ -183,6 +187,7 @@ class TrainConfig:
     channels: int | None = None
     skip_bad: bool = False
     limit_train: int | None = None
+    train_size: int | None = None
     limit_eval: int | None = None
     eval_batch_size: int = 500
     num_workers: int = 0
@@ -220,7 +225,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        for name in ("limit_train", "limit_eval", "image_size", "channels"):
+        for name in ("limit_train", "limit_eval", "train_size", "image_size", "channels"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
@@ -600,6 +605,9 @@ class _Data:
             **folder,
         )
         train = ImageDataset(vdir, config.train_split, limit=config.limit_train)
+        if config.train_size is not None:
+            chosen = stratified_subset(train.labels.numpy(), config.train_size, config.seed)
+            train = train.subset(chosen)
         valid = (
             ImageDataset(vdir, "valid", limit=config.limit_eval)
             if config.train_split == "train"

@@ -18,7 +18,7 @@ from ..errors import HNetsError
 
 __all__ = ["main", "build_parser"]
 
-_SUBCOMMAND_MODULES = ("data", "experiment", "tools")
+_SUBCOMMAND_MODULES = ("data", "experiment", "study", "tools")
 
 
 def build_parser() -> argparse.ArgumentParser:

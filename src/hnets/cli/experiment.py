@@ -145,6 +145,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--limit-train", type=int, default=s, help="use the first N training images")
     p.add_argument(
+        "--train-size",
+        type=int,
+        default=s,
+        help="train on a stratified subset of N training images, drawn with --seed",
+    )
+    p.add_argument(
         "--limit-eval", type=int, default=s, help="use the first N validation and test images"
     )
     p.add_argument("--eval-batch-size", type=int, default=s, help=f"(default {d.eval_batch_size})")

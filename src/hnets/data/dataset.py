@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -50,6 +52,14 @@ class ImageDataset(Dataset):
         self.images = torch.from_numpy(arrays.chw)
         self.labels = torch.from_numpy(arrays.labels)
         self.angles = torch.from_numpy(arrays.angles) if arrays.angles is not None else None
+
+    def subset(self, indices: np.ndarray | torch.Tensor) -> ImageDataset:
+        """The same split restricted to ``indices`` (a shallow copy; tensors are indexed)."""
+        index = torch.as_tensor(np.asarray(indices), dtype=torch.int64)
+        out = copy.copy(self)
+        out.images, out.labels = self.images[index], self.labels[index]
+        out.angles = self.angles[index] if self.angles is not None else None
+        return out
 
     @property
     def title(self) -> str:

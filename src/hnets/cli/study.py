@@ -1,0 +1,95 @@
+"""``hnets study``: argument parsing only (the study is :mod:`hnets.study`)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``study`` command."""
+    p = subparsers.add_parser(
+        "study",
+        help="seeds x training sizes x datasets, H-Net vs CNN: run, plan or collect",
+        description=(
+            "When does equivariance pay? Trains every run of the study that has not "
+            "finished (each an ordinary `hnets train` run directory under --runs; an "
+            "interrupted one resumes), then writes results.csv, summary.csv, figures and "
+            "results.md into --out. --plan prints the runs as command lines instead (for a "
+            "job array or GNU parallel); --collect only builds the tables from the runs "
+            "that have finished."
+        ),
+    )
+    p.add_argument("--out", default="docs/study", help="tables and figures (default docs/study)")
+    p.add_argument(
+        "--runs",
+        metavar="DIR",
+        help="run directories (default <data dir>/study-runs, or study-runs-quick)",
+    )
+    p.add_argument("--datasets", help="comma-separated (default rotmnist,rotfashion)")
+    p.add_argument("--models", help="comma-separated (default hnet,cnn)")
+    p.add_argument("--sizes", help="training sizes, comma-separated (default 1000,2000,5000,12000)")
+    p.add_argument("--seeds", help="comma-separated (default 0,1,2)")
+    p.add_argument(
+        "--small-steps",
+        type=int,
+        help="optimizer steps of a run on fewer than 12,000 images (default 4000)",
+    )
+    p.add_argument(
+        "--upright",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also the upright-train / rotated-test runs (default on)",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="a minutes-long smoke version (tiny sizes and steps)"
+    )
+    p.add_argument("--data-dir", help="where data lives (default: $HNETS_DATA or ~/.cache/hnets)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--plan", action="store_true", help="print every run as an hnets command")
+    mode.add_argument("--collect", action="store_true", help="tables and figures only")
+    p.set_defaults(handler=_study)
+
+
+def _study(args: argparse.Namespace) -> int:
+    from ..study import StudyConfig, collect_study, default_runs_dir, plan_study, run_study
+
+    config = StudyConfig.quick_config() if args.quick else StudyConfig()
+    overrides = {
+        "datasets": _names(args.datasets),
+        "models": _names(args.models),
+        "sizes": _numbers(args.sizes, "--sizes"),
+        "seeds": _numbers(args.seeds, "--seeds"),
+        "small_steps": args.small_steps,
+        "upright": args.upright,
+    }
+    config = replace(config, **{k: v for k, v in overrides.items() if v is not None}).check()
+    runs = Path(args.runs) if args.runs else default_runs_dir(config, args.data_dir)
+    if args.plan:
+        for run in plan_study(config):
+            print(shlex.join(["hnets", *run.argv(runs, args.data_dir)]))
+        return 0
+    if not args.collect:
+        run_study(config, runs, data_dir=args.data_dir, log=lambda m: print(m, file=sys.stderr))
+    result = collect_study(config, runs, args.out, data_dir=args.data_dir)
+    print(result["markdown"], end="")
+    print(f"wrote {', '.join(str(p) for p in result['files'])}", file=sys.stderr)
+    return 0
+
+
+def _names(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _numbers(text: str | None, flag: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise ValueError(f"{flag}: expected comma-separated integers, got {text!r}") from None

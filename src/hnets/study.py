@@ -1,0 +1,439 @@
+"""When does equivariance pay? The seeds x sample sizes x datasets study, as ordinary runs.
+
+A study is a list of :class:`StudyRun`; each one is an ordinary ``hnets train`` run
+directory under ``runs_dir`` named ``<dataset>-<variant>-<model>-n<size>-s<seed>``
+(:meth:`StudyRun.argv` is its exact command line). :func:`run_study` trains the
+runs that have no ``summary.json`` yet (an interrupted one resumes from its
+checkpoint), then :func:`collect_study` reads whatever runs have finished and writes:
+
+* ``results.csv``: one row per run (``dataset, variant, model, train_size, seed,
+  epochs, params, valid_error, test_error, wall_seconds``);
+* ``summary.csv``: mean and (sample) standard deviation of ``test_error`` per
+  ``dataset, model, train_size``, with the number of seeds;
+* ``error_vs_size.png``: test error against training-set size (log x), error bars
+  one standard deviation, one panel per dataset, both models;
+* ``upright/``: the upright-train / rotated-test study's accuracy by the test
+  image's angle (:func:`hnets.studies.robustness_study` by stored angle);
+* ``results.md``: the same tables in Markdown (also returned, for printing).
+
+Training length: the full size (train+valid, 12,000 images) uses the recipe's
+epochs (no validation: the last epoch is kept). A smaller size trains on a seeded,
+stratified subset of the train split for a fixed budget of ``small_steps``
+optimizer steps (the epochs that make it up, rounded up), and keeps its best epoch
+by validation accuracy on the 2,000 validation images; the same rule for both
+models. The test split is read once per run, at its end.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ._io import atomic_write, read_json, save_figure
+from .data.cache import resolve_data_dir
+from .data.registry import DATASETS, get_dataset
+from .errors import HNetsError
+
+__all__ = [
+    "StudyConfig",
+    "StudyRun",
+    "RESULT_FIELDS",
+    "plan_study",
+    "run_study",
+    "collect_study",
+]
+
+RESULT_FIELDS = (
+    "dataset",
+    "variant",
+    "model",
+    "train_size",
+    "seed",
+    "epochs",
+    "params",
+    "valid_error",
+    "test_error",
+    "wall_seconds",
+)
+_SUMMARY_FIELDS = ("dataset", "model", "train_size", "n_seeds", "mean_test_error", "std_test_error")
+_UPRIGHT_EPOCHS = 20  # as the README's upright Rot-MNIST runs
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """One training run of the study: what to train, and for how long."""
+
+    dataset: str
+    variant: str
+    model: str
+    train_size: int
+    seed: int
+    epochs: int
+    full: bool
+    augment: bool = True
+    width: float | None = None
+    limit_eval: int | None = None
+
+    @property
+    def name(self) -> str:
+        """The run directory's name."""
+        return f"{self.dataset}-{self.variant}-{self.model}-n{self.train_size}-s{self.seed}"
+
+    def argv(self, runs_dir: Path, data_dir: str | Path | None = None) -> list[str]:
+        """The ``hnets`` arguments that train this run (``--resume``: idempotent)."""
+        args = ["train", "--dataset", self.dataset, "--variant", self.variant]
+        args += ["--model", self.model, "--seed", str(self.seed), "--epochs", str(self.epochs)]
+        if self.full:
+            args += ["--train-split", "train+valid"]
+        else:
+            args += ["--train-split", "train", "--train-size", str(self.train_size)]
+        if not self.augment:
+            args.append("--no-augment")
+        if self.width is not None:
+            args += ["--width", f"{self.width:g}"]
+        if self.limit_eval is not None:
+            args += ["--limit-eval", str(self.limit_eval)]
+        if data_dir is not None:
+            args += ["--data-dir", str(data_dir)]
+        return [*args, "--out", str(runs_dir / self.name), "--resume", "--no-progress"]
+
+
+@dataclass
+class StudyConfig:
+    """What the study covers.
+
+    Attributes:
+        datasets, models, sizes, seeds: the grid of the sample-efficiency study;
+            ``full_size`` (12,000 = train+valid) is the recipe's run.
+        upright: also train each model once on the upright variant (train split,
+            no augmentation, width 1, 20 epochs) and test it on rotated images.
+        recipe_epochs: epochs of a full-size run (the recipe's 90).
+        small_steps: optimizer steps of a run on fewer images (see the module
+            docstring); ``batch_size`` is the recipe's 64.
+        limit_eval: score only the first N validation and test images (``--quick``).
+        upright_size, upright_epochs: the upright runs' training size and length.
+    """
+
+    datasets: tuple[str, ...] = ("rotmnist", "rotfashion")
+    models: tuple[str, ...] = ("hnet", "cnn")
+    sizes: tuple[int, ...] = (1_000, 2_000, 5_000, 12_000)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    upright: bool = True
+    full_size: int = 12_000
+    recipe_epochs: int = 90
+    small_steps: int = 4_000
+    batch_size: int = 64
+    limit_eval: int | None = None
+    upright_size: int = 10_000
+    upright_epochs: int = _UPRIGHT_EPOCHS
+    quick: bool = field(default=False, repr=False)
+
+    @classmethod
+    def quick_config(cls, **overrides: Any) -> StudyConfig:
+        """A minutes-long smoke version: tiny sizes, two seeds, a few steps, 200 test images."""
+        base = cls(
+            sizes=(100, 200),
+            seeds=(0, 1),
+            small_steps=6,
+            limit_eval=200,
+            upright_size=200,
+            upright_epochs=1,
+            quick=True,
+        )
+        return replace(base, **overrides)
+
+    def check(self) -> StudyConfig:
+        """Raise :class:`HNetsError` naming the first bad setting; return ``self``."""
+        for name in self.datasets:
+            get_dataset(name)  # one line listing the known datasets
+        from .models import model_names
+
+        for model in self.models:
+            if model not in model_names():
+                raise HNetsError(f"unknown model {model!r}: choose from {', '.join(model_names())}")
+        for what, values in (("sizes", self.sizes), ("seeds", self.seeds)):
+            if not values or any(v < (1 if what == "sizes" else 0) for v in values):
+                raise HNetsError(f"--{what} needs values >= {1 if what == 'sizes' else 0}")
+        if any(size > self.full_size for size in self.sizes):
+            raise HNetsError(f"--sizes: at most {self.full_size} (train+valid)")
+        if self.small_steps < 1:
+            raise HNetsError("small_steps must be at least 1")
+        return self
+
+    def epochs_for(self, size: int) -> int:
+        """The length rule: the recipe's epochs at full size, else ``small_steps`` steps."""
+        if size >= self.full_size:
+            return self.recipe_epochs
+        return math.ceil(self.small_steps / math.ceil(size / self.batch_size))
+
+
+def plan_study(config: StudyConfig) -> list[StudyRun]:
+    """Every run of the study, in a fixed order (dataset, size, seed, model)."""
+    config.check()
+    runs = []
+    for dataset in config.datasets:
+        variant = _rotated_variant(dataset)
+        for size in config.sizes:
+            for seed in config.seeds:
+                for model in config.models:
+                    runs.append(
+                        StudyRun(
+                            dataset,
+                            variant,
+                            model,
+                            size,
+                            seed,
+                            config.epochs_for(size),
+                            full=size >= config.full_size,
+                            limit_eval=config.limit_eval,
+                        )
+                    )
+        if config.upright:
+            for model in config.models:
+                runs.append(
+                    StudyRun(
+                        dataset,
+                        "upright",
+                        model,
+                        config.upright_size,
+                        0,
+                        config.upright_epochs,
+                        full=False,
+                        augment=False,
+                        width=1.0,
+                        limit_eval=config.limit_eval,
+                    )
+                )
+    return runs
+
+
+def run_study(
+    config: StudyConfig,
+    runs_dir: str | Path | None = None,
+    *,
+    data_dir: str | Path | None = None,
+    log: Any = print,
+) -> list[StudyRun]:
+    """Train every run of the plan that has not finished; return the runs trained now.
+
+    Finished runs (``summary.json`` present) are skipped; an interrupted one resumes.
+    Each goes through ``hnets train`` itself (:func:`hnets.cli.main`), so it is the run
+    :meth:`StudyRun.argv` describes.
+    """
+    from .cli import main
+
+    runs_dir = default_runs_dir(config, data_dir) if runs_dir is None else Path(runs_dir)
+    trained = []
+    plan = plan_study(config)
+    for i, run in enumerate(plan, 1):
+        if (runs_dir / run.name / "summary.json").is_file():
+            continue
+        log(f"[{i}/{len(plan)}] {run.name}")
+        status = main(run.argv(runs_dir, data_dir))
+        if status != 0:
+            raise HNetsError(f"run {run.name} failed (exit {status}); rerun to resume it")
+        trained.append(run)
+    return trained
+
+
+def default_runs_dir(config: StudyConfig, data_dir: str | Path | None = None) -> Path:
+    """``<data dir>/study-runs`` (``study-runs-quick`` for ``--quick``): outside a work tree."""
+    return resolve_data_dir(data_dir) / ("study-runs-quick" if config.quick else "study-runs")
+
+
+def collect_study(
+    config: StudyConfig,
+    runs_dir: str | Path | None,
+    out_dir: str | Path,
+    *,
+    data_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Build the tables and figures from the finished runs of the plan (see the module doc).
+
+    Returns:
+        ``{"rows", "summary", "files", "markdown", "missing"}``: ``missing`` names the
+        planned runs without a summary yet.
+    """
+    runs_dir = default_runs_dir(config, data_dir) if runs_dir is None else Path(runs_dir)
+    out_dir = Path(out_dir)
+    plan = plan_study(config)
+    rows, missing = [], []
+    for run in plan:
+        path = runs_dir / run.name / "summary.json"
+        if path.is_file():
+            rows.append(_result_row(run, read_json(path)))
+        else:
+            missing.append(run.name)
+    summary = _summarise([r for r in rows if r["variant"] != "upright"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = [
+        _write_csv(out_dir / "results.csv", RESULT_FIELDS, rows),
+        _write_csv(out_dir / "summary.csv", _SUMMARY_FIELDS, summary),
+    ]
+    if summary:
+        files.append(_plot_error_vs_size(summary, config, out_dir / "error_vs_size.png"))
+    files += _upright_figures(plan, runs_dir, out_dir / "upright", data_dir, config.limit_eval)
+    markdown = _markdown(rows, summary, missing)
+    with atomic_write(out_dir / "results.md", "w") as fh:
+        fh.write(markdown)
+    files.append(out_dir / "results.md")
+    return {
+        "rows": rows,
+        "summary": summary,
+        "files": files,
+        "markdown": markdown,
+        "missing": missing,
+    }
+
+
+def _rotated_variant(dataset: str) -> str:
+    from .data.mnist import rotated_variant
+
+    return rotated_variant(DATASETS[dataset])
+
+
+def _result_row(run: StudyRun, summary: dict[str, Any]) -> dict[str, Any]:
+    valid = summary.get("valid_accuracy")
+    return {
+        "dataset": run.dataset,
+        "variant": run.variant,
+        "model": run.model,
+        "train_size": run.train_size,
+        "seed": run.seed,
+        "epochs": summary.get("epochs"),
+        "params": summary.get("parameters"),
+        "valid_error": None if valid is None else round(1.0 - valid, 6),
+        "test_error": summary.get("test_error"),
+        "wall_seconds": round(float(summary.get("wall_seconds") or 0.0), 1),
+    }
+
+
+def _summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, str, int], list[float]] = {}
+    for row in rows:
+        if row["test_error"] is not None:
+            key = (row["dataset"], row["model"], row["train_size"])
+            groups.setdefault(key, []).append(float(row["test_error"]))
+    out = []
+    for (dataset, model, size), errors in groups.items():
+        out.append(
+            {
+                "dataset": dataset,
+                "model": model,
+                "train_size": size,
+                "n_seeds": len(errors),
+                "mean_test_error": round(statistics.fmean(errors), 6),
+                "std_test_error": round(statistics.stdev(errors), 6) if len(errors) > 1 else None,
+            }
+        )
+    return out
+
+
+def _write_csv(path: Path, fields: Sequence[str], rows: Sequence[dict[str, Any]]) -> Path:
+    with atomic_write(path, "w") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(fields), lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if row[k] is None else row[k] for k in fields})
+    return path
+
+
+def _plot_error_vs_size(summary: Sequence[dict[str, Any]], config: StudyConfig, path: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    datasets = [d for d in config.datasets if any(r["dataset"] == d for r in summary)]
+    fig = Figure(figsize=(5.0 * len(datasets), 3.8), layout="constrained")
+    axes = fig.subplots(1, len(datasets), squeeze=False)[0]
+    for ax, dataset in zip(axes, datasets, strict=True):
+        for model in config.models:
+            points = sorted(
+                (r["train_size"], r["mean_test_error"], r["std_test_error"] or 0.0)
+                for r in summary
+                if r["dataset"] == dataset and r["model"] == model
+            )
+            if not points:
+                continue
+            sizes, means, stds = zip(*points, strict=True)
+            ax.errorbar(
+                sizes,
+                [100 * m for m in means],
+                yerr=[100 * s for s in stds],
+                marker="o",
+                capsize=3,
+                label=model,
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("training images")
+        ax.set_ylabel("test error (%)")
+        ax.set_title(DATASETS[dataset].title)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    return save_figure(fig, path)
+
+
+def _upright_figures(
+    plan: Sequence[StudyRun],
+    runs_dir: Path,
+    out_dir: Path,
+    data_dir: str | Path | None,
+    limit: int | None,
+) -> list[Path]:
+    from .studies import robustness_study
+
+    files: list[Path] = []
+    for dataset in dict.fromkeys(r.dataset for r in plan if r.variant == "upright"):
+        done = [
+            runs_dir / r.name
+            for r in plan
+            if r.variant == "upright"
+            and r.dataset == dataset
+            and (runs_dir / r.name / "summary.json").is_file()
+        ]
+        if done:
+            result = robustness_study(
+                done,
+                step_degrees=30.0,
+                limit=limit,
+                data_dir=data_dir,
+                variant="upright",
+                out_dir=out_dir / dataset,
+                by_stored_angle=True,
+            )
+            files += result["files"]
+    return files
+
+
+def _markdown(
+    rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]], missing: Sequence[str]
+) -> str:
+    lines = ["| dataset | training images | H-Net test error | CNN test error | seeds |"]
+    lines.append("|---|---:|---:|---:|---:|")
+    by_key = {(r["dataset"], r["model"], r["train_size"]): r for r in summary}
+    for dataset, size in sorted({(r["dataset"], r["train_size"]) for r in summary}):
+        cells = []
+        seeds = []
+        for model in ("hnet", "cnn"):
+            entry = by_key.get((dataset, model, size))
+            if entry is None:
+                cells.append("—")
+                continue
+            std = entry["std_test_error"]
+            spread = f" ± {100 * std:.2f}" if std is not None else ""
+            cells.append(f"{100 * entry['mean_test_error']:.2f}%{spread}")
+            seeds.append(str(entry["n_seeds"]))
+        lines.append(f"| {dataset} | {size:,} | {cells[0]} | {cells[1]} | {'/'.join(seeds)} |")
+    upright = [r for r in rows if r["variant"] == "upright" and r["test_error"] is not None]
+    if upright:
+        lines += ["", "| trained upright | model | rotated test error |", "|---|---|---:|"]
+        for r in upright:
+            lines.append(f"| {r['dataset']} | {r['model']} | {100 * r['test_error']:.2f}% |")
+    hours = sum(float(r["wall_seconds"]) for r in rows) / 3600
+    lines += ["", f"{len(rows)} runs, {hours:.2f} hours of wall time in all."]
+    if missing:
+        lines.append(f"{len(missing)} planned runs not finished yet (e.g. {missing[0]}).")
+    return "\n".join(lines) + "\n"

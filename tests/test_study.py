@@ -1,0 +1,163 @@
+"""``hnets study``: plan, length rule, stratified subsets, --quick, --plan then --collect."""
+
+from __future__ import annotations
+
+import csv
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hnets.cli import main
+from hnets.data.subsets import stratified_subset
+from hnets.errors import DataError, HNetsError
+from hnets.study import RESULT_FIELDS, StudyConfig, plan_study
+
+FASHION = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fashion-mnist"
+
+
+def test_the_plan_covers_the_grid_and_names_every_run() -> None:
+    runs = plan_study(StudyConfig())
+    grid = [r for r in runs if r.variant != "upright"]
+    assert len(grid) == 2 * 4 * 3 * 2  # datasets x sizes x seeds x models
+    assert {r.variant for r in grid} == {"standin", "rotated"}
+    assert len({r.name for r in runs}) == len(runs)
+    full = [r for r in grid if r.train_size == 12_000]
+    assert all(r.full and r.epochs == 90 for r in full)
+    assert "--train-split train+valid" in " ".join(full[0].argv(Path("R")))
+    upright = [r for r in runs if r.variant == "upright"]
+    assert [(r.dataset, r.model) for r in upright] == [
+        ("rotmnist", "hnet"),
+        ("rotmnist", "cnn"),
+        ("rotfashion", "hnet"),
+        ("rotfashion", "cnn"),
+    ]
+    assert all(not r.augment and r.width == 1.0 for r in upright)
+
+
+def test_small_sizes_train_for_the_same_number_of_steps() -> None:
+    config = StudyConfig()
+    for size in (1_000, 2_000, 5_000):
+        epochs = config.epochs_for(size)
+        steps_per_epoch = -(-size // 64)
+        assert epochs * steps_per_epoch >= 4_000 > (epochs - 1) * steps_per_epoch
+    assert config.epochs_for(12_000) == 90
+
+
+def test_bad_study_settings_are_one_line(capsys) -> None:
+    for args in (
+        ["study", "--datasets", "nope", "--plan"],
+        ["study", "--models", "mlp", "--plan"],
+        ["study", "--sizes", "20000", "--plan"],
+        ["study", "--seeds", "a,b", "--plan"],
+    ):
+        assert main(args) in (1, 2), args
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("hnets: error:") and "\n" not in err
+
+
+def test_stratified_subsets_keep_class_shares_and_follow_the_seed() -> None:
+    labels = np.repeat(np.arange(10), [100, 200, 50, 50, 100, 100, 100, 100, 100, 100])
+    chosen = stratified_subset(labels, 100, seed=3)
+    counts = np.bincount(labels[chosen], minlength=10)
+    assert chosen.size == 100 and np.unique(chosen).size == 100
+    assert counts.tolist() == [10, 20, 5, 5, 10, 10, 10, 10, 10, 10]
+    assert np.array_equal(chosen, stratified_subset(labels, 100, seed=3))
+    assert not np.array_equal(chosen, stratified_subset(labels, 100, seed=4))
+    odd = np.bincount(labels[stratified_subset(labels, 7, seed=0)], minlength=10)
+    assert odd.sum() == 7 and odd.max() <= 2  # remainders go to the largest fractions
+    with pytest.raises(DataError):
+        stratified_subset(labels, 0, seed=0)
+
+
+@pytest.mark.slow
+def test_quick_study_end_to_end(tmp_path: Path, data_env: Path, monkeypatch, capsys) -> None:
+    """--quick trains, skips what finished, and writes every table and figure."""
+    if (FASHION / "train-images-idx3-ubyte.gz").is_file():
+        monkeypatch.setenv("HNETS_FASHION_DIR", str(FASHION.resolve()))
+        datasets = "rotmnist,rotfashion"
+    else:
+        datasets = "rotmnist"
+    # a data directory of its own (the session's stand-in linked in), where the upright
+    # variants are built from the idx files when missing
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "rotmnist-standin").symlink_to(data_env / "rotmnist-standin")
+    monkeypatch.setenv("HNETS_DATA", str(data))
+    mnist = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
+    monkeypatch.setenv("HNETS_MNIST_DIR", str(mnist.resolve()))
+    runs, out = tmp_path / "runs", tmp_path / "study"
+    args = ["study", "--quick", "--datasets", datasets, "--runs", str(runs), "--out", str(out)]
+    assert main([*args, "--seeds", "0", "--sizes", "100"]) == 0
+    table = capsys.readouterr().out
+    assert "| rotmnist | 100 |" in table and "trained upright" in table
+    names = {p.name for p in out.iterdir()}
+    assert {"results.csv", "summary.csv", "results.md", "error_vs_size.png", "upright"} <= names
+    assert (out / "upright" / "rotmnist" / "robustness.png").is_file()
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert tuple(rows[0]) == RESULT_FIELDS
+    n_datasets = len(datasets.split(","))
+    assert len(rows) == n_datasets * 4  # 1 size x 1 seed x 2 models + 2 upright runs
+    for row in rows:
+        assert 0.0 <= float(row["test_error"]) <= 1.0 and int(row["params"]) > 1000
+    summary = list(csv.DictReader((out / "summary.csv").open()))
+    assert {r["n_seeds"] for r in summary} == {"1"} and len(summary) == n_datasets * 2
+    # a second call trains nothing new (finished runs are skipped) and adds a seed
+    stamp = {p: p.stat().st_mtime_ns for p in runs.glob("*/summary.json")}
+    assert main([*args, "--seeds", "0,1", "--sizes", "100", "--no-upright"]) == 0
+    assert all(p.stat().st_mtime_ns == t for p, t in stamp.items())
+    summary = list(csv.DictReader((out / "summary.csv").open()))
+    assert {r["n_seeds"] for r in summary} == {"2"}
+    assert all(float(r["std_test_error"]) >= 0.0 for r in summary)
+
+
+@pytest.mark.slow
+def test_plan_lines_run_by_hand_then_collect_give_the_same_tables(
+    tmp_path: Path, data_env: Path, capsys
+) -> None:
+    grid = ["--quick", "--datasets", "rotmnist", "--models", "cnn", "--seeds", "0,1"]
+    grid += ["--sizes", "100", "--no-upright"]
+    tables = {}
+    for how in ("study", "by-hand"):
+        runs, out = tmp_path / how / "runs", tmp_path / how / "out"
+        common = ["study", *grid, "--runs", str(runs), "--out", str(out)]
+        if how == "study":
+            assert main(common) == 0
+        else:
+            assert main([*common, "--plan"]) == 0
+            lines = capsys.readouterr().out.splitlines()
+            assert len(lines) == 2 and all(line.startswith("hnets train ") for line in lines)
+            for line in lines:  # what a job array would run
+                assert main(shlex.split(line)[1:]) == 0
+            assert main([*common, "--collect"]) == 0
+        capsys.readouterr()
+        rows = list(csv.DictReader((out / "results.csv").open()))
+        tables[how] = (
+            [{k: v for k, v in r.items() if k != "wall_seconds"} for r in rows],
+            (out / "summary.csv").read_text(),
+        )
+    assert tables["study"] == tables["by-hand"]
+
+
+def test_collect_with_nothing_finished_says_so(tmp_path: Path, capsys) -> None:
+    args = ["study", "--quick", "--datasets", "rotmnist", "--runs", str(tmp_path / "r")]
+    assert main([*args, "--out", str(tmp_path / "o"), "--collect"]) == 0
+    out = capsys.readouterr().out
+    assert "0 runs" in out and "planned runs not finished yet" in out
+    assert (tmp_path / "o" / "results.csv").read_text().strip() == ",".join(RESULT_FIELDS)
+
+
+def test_a_failing_run_stops_the_study_with_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("HNETS_DATA", str(tmp_path / "empty"))
+    monkeypatch.delenv("HNETS_MNIST_DIR", raising=False)
+    args = ["study", "--quick", "--datasets", "rotmnist", "--runs", str(tmp_path / "r")]
+    assert main([*args, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("hnets: error: run rotmnist-standin-hnet-n100-s0 failed")
+    assert not (tmp_path / "o").exists()
+
+
+def test_study_errors_are_hnets_errors() -> None:
+    with pytest.raises(HNetsError):
+        StudyConfig(small_steps=0).check()
