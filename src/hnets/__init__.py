@@ -1,8 +1,14 @@
 """hnets: Harmonic Networks (Worrall et al., CVPR 2017) for PyTorch.
 
 Layers (:mod:`hnets.nn`) consume and produce harmonic feature maps shaped
-``(batch, channels, orders, 2, height, width)``.
+``(batch, channels, orders, 2, height, width)``. The other public subpackages
+(:data:`SUBMODULES`: ``hnets.data``, ``hnets.export``, ``hnets.equivariance``...)
+are attributes of ``hnets`` too, imported on first use (as torch does), so
+``import hnets`` stays fast.
 """
+
+import importlib
+from typing import Any
 
 from .checkpoint import load_model, save_model
 from .models import HNetMNIST, RegularCNN, build_model, count_parameters, model_names
@@ -18,6 +24,34 @@ from .nn import (
 )
 
 __version__ = "0.1.0"
+
+#: Public subpackages reachable as ``hnets.<name>`` without importing them first.
+SUBMODULES = (
+    "basis",
+    "checkpoint",
+    "data",
+    "equivariance",
+    "errors",
+    "evaluation",
+    "export",
+    "images",
+    "models",
+    "nn",
+    "studies",
+    "study",
+    "training",
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *SUBMODULES})
+
 
 __all__ = [
     "HConv2d",
