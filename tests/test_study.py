@@ -103,6 +103,15 @@ def test_quick_study_end_to_end(tmp_path: Path, data_env: Path, monkeypatch, cap
         assert 0.0 <= float(row["test_error"]) <= 1.0 and int(row["params"]) > 1000
     summary = list(csv.DictReader((out / "summary.csv").open()))
     assert {r["n_seeds"] for r in summary} == {"1"} and len(summary) == n_datasets * 2
+    crisp = list(csv.DictReader((out / "crisp.csv").open()))
+    assert len(crisp) == n_datasets * 2 and {r["n"] for r in crisp} == {"200"}
+    for row in crisp:
+        assert all(0.0 <= float(row[k]) <= 1.0 for k in ("rotated", "crisp_0", "crisp_270"))
+    hnet = next(r for r in crisp if r["model"] == "hnet")
+    # the H-Net's logits are invariant to exact quarter turns: the same accuracy at all four
+    quarter_turns = [float(hnet[f"crisp_{a}"]) for a in (0, 90, 180, 270)]
+    assert max(quarter_turns) - min(quarter_turns) <= 1 / 200 + 1e-9  # a near-tie may flip
+    assert "crisp inputs" in table
     # a second call trains nothing new (finished runs are skipped) and adds a seed
     stamp = {p: p.stat().st_mtime_ns for p in runs.glob("*/summary.json")}
     assert main([*args, "--seeds", "0,1", "--sizes", "100", "--no-upright"]) == 0
@@ -161,3 +170,17 @@ def test_a_failing_run_stops_the_study_with_one_line(tmp_path: Path, monkeypatch
 def test_study_errors_are_hnets_errors() -> None:
     with pytest.raises(HNetsError):
         StudyConfig(small_steps=0).check()
+
+
+def test_protocol_originals_are_the_test_images_before_rotation(rotmnist_root: Path) -> None:
+    import torch
+
+    from hnets.data import RotMNIST, load_mnist, rotate_images
+    from hnets.data.mnist import protocol_originals
+
+    mnist = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
+    images, labels = protocol_originals(load_mnist(mnist), seed=0)
+    test = RotMNIST(rotmnist_root, "test", limit=64)
+    assert labels.shape == (50_000,) and labels[:64].tolist() == test.labels.tolist()
+    turned = rotate_images(torch.from_numpy(images[:64]).unsqueeze(1), test.angles).clamp(0, 1)
+    assert torch.equal(turned, test.images)  # the stored image is exactly this rotation

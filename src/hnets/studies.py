@@ -5,6 +5,8 @@
   be flat up to discretisation; a plain CNN only knows the orientations it saw.
 * :func:`feature_equivariance`: how much the logits and each layer's feature maps
   deviate from rotating with the input, per angle.
+* :func:`crisp_accuracy`: accuracy on the test images' unrotated originals and their
+  exact quarter turns (crisp inputs, never resampled), beside the rotated test set.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .equivariance import disc_mask, relative_error
 from .errors import DataError
 
 __all__ = [
+    "crisp_accuracy",
     "robustness_curve",
     "accuracy_by_angle",
     "robustness_study",
@@ -41,6 +44,35 @@ def _accuracy(
             logits = model(images[start : start + batch_size])
             correct += int((logits.argmax(1) == labels[start : start + batch_size]).sum())
     return correct / len(labels)
+
+
+def crisp_accuracy(
+    model: nn.Module,
+    originals: torch.Tensor,
+    rotated: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    batch_size: int = 500,
+) -> dict[str, float]:
+    """Accuracy on crisp inputs next to the resampled ones they were made from.
+
+    Args:
+        originals: the unrotated test images ``(N, C, H, W)``
+            (:func:`hnets.data.mnist.protocol_originals`).
+        rotated: the same images as the test split stores them (rotated, bilinear).
+        labels: ``(N,)``.
+
+    Returns:
+        ``{"rotated", "crisp_0", "crisp_90", "crisp_180", "crisp_270"}``: accuracy on
+        the rotated test images, and on the originals turned by exact quarter turns
+        (``torch.rot90``: no interpolation).
+    """
+    model.eval()
+    out = {"rotated": _accuracy(model, rotated, labels, batch_size)}
+    for k in range(4):
+        turned = torch.rot90(originals, k, dims=(-2, -1)) if k else originals
+        out[f"crisp_{90 * k}"] = _accuracy(model, turned, labels, batch_size)
+    return out
 
 
 def robustness_curve(

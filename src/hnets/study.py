@@ -14,6 +14,10 @@ checkpoint), then :func:`collect_study` reads whatever runs have finished and wr
   one standard deviation, one panel per dataset, both models;
 * ``upright/``: the upright-train / rotated-test study's accuracy by the test
   image's angle (:func:`hnets.studies.robustness_study` by stored angle);
+* ``crisp.csv``: for every finished run on rotated data, accuracy on the first
+  ``crisp_images`` test images as stored (rotated, bilinear) and on their unrotated
+  originals turned by exact quarter turns (crisp inputs, as a user's own photo);
+  computed once per run into its ``crisp.json``;
 * ``results.md``: the same tables in Markdown (also returned, for printing).
 
 Training length: the full size (train+valid, 12,000 images) uses the recipe's
@@ -34,7 +38,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ._io import atomic_write, read_json, save_figure
+import numpy as np
+
+from ._io import atomic_write, read_json, save_figure, write_json
 from .data.cache import resolve_data_dir
 from .data.registry import DATASETS, get_dataset
 from .errors import HNetsError
@@ -61,6 +67,18 @@ RESULT_FIELDS = (
     "wall_seconds",
 )
 _SUMMARY_FIELDS = ("dataset", "model", "train_size", "n_seeds", "mean_test_error", "std_test_error")
+_CRISP_FIELDS = (
+    "dataset",
+    "model",
+    "train_size",
+    "seed",
+    "n",
+    "rotated",
+    "crisp_0",
+    "crisp_90",
+    "crisp_180",
+    "crisp_270",
+)
 _UPRIGHT_EPOCHS = 20  # as the README's upright Rot-MNIST runs
 
 
@@ -117,6 +135,7 @@ class StudyConfig:
             docstring); ``batch_size`` is the recipe's 64.
         limit_eval: score only the first N validation and test images (``--quick``).
         upright_size, upright_epochs: the upright runs' training size and length.
+        crisp_images: how many test images the crisp-input check uses.
     """
 
     datasets: tuple[str, ...] = ("rotmnist", "rotfashion")
@@ -131,6 +150,7 @@ class StudyConfig:
     limit_eval: int | None = None
     upright_size: int = 10_000
     upright_epochs: int = _UPRIGHT_EPOCHS
+    crisp_images: int = 10_000
     quick: bool = field(default=False, repr=False)
 
     @classmethod
@@ -143,6 +163,7 @@ class StudyConfig:
             limit_eval=200,
             upright_size=200,
             upright_epochs=1,
+            crisp_images=200,
             quick=True,
         )
         return replace(base, **overrides)
@@ -252,6 +273,7 @@ def collect_study(
     out_dir: str | Path,
     *,
     data_dir: str | Path | None = None,
+    log: Any = print,
 ) -> dict[str, Any]:
     """Build the tables and figures from the finished runs of the plan (see the module doc).
 
@@ -278,7 +300,9 @@ def collect_study(
     if summary:
         files.append(_plot_error_vs_size(summary, config, out_dir / "error_vs_size.png"))
     files += _upright_figures(plan, runs_dir, out_dir / "upright", data_dir, config.limit_eval)
-    markdown = _markdown(rows, summary, missing)
+    crisp = _crisp_rows(plan, runs_dir, data_dir, config.crisp_images, log)
+    files.append(_write_csv(out_dir / "crisp.csv", _CRISP_FIELDS, crisp))
+    markdown = _markdown(rows, summary, missing, crisp)
     with atomic_write(out_dir / "results.md", "w") as fh:
         fh.write(markdown)
     files.append(out_dir / "results.md")
@@ -408,8 +432,72 @@ def _upright_figures(
     return files
 
 
+def _crisp_rows(
+    plan: Sequence[StudyRun],
+    runs_dir: Path,
+    data_dir: str | Path | None,
+    n_images: int,
+    log: Any = print,
+) -> list[dict[str, Any]]:
+    """Crisp-input accuracies of every finished rotated-data run (cached in ``crisp.json``)."""
+    rows = []
+    originals: dict[str, Any] = {}
+    for run in plan:
+        run_dir = runs_dir / run.name
+        if run.variant == "upright" or not (run_dir / "summary.json").is_file():
+            continue
+        cached = run_dir / "crisp.json"
+        if not cached.is_file():
+            if run.dataset not in originals:
+                try:
+                    originals[run.dataset] = _crisp_images(run, data_dir, n_images)
+                except HNetsError as exc:  # no idx files here: say so, keep the rest
+                    originals[run.dataset] = exc
+            if isinstance(originals[run.dataset], HNetsError):
+                log(f"crisp-input check skipped for {run.name}: {originals[run.dataset]}")
+                continue
+            write_json(cached, _crisp_of(run_dir, *originals[run.dataset]))
+        result = read_json(cached)
+        rows.append({"dataset": run.dataset, "model": run.model, "train_size": run.train_size,
+                     "seed": run.seed, **result})  # fmt: skip
+    return rows
+
+
+def _crisp_images(run: StudyRun, data_dir: str | Path | None, n: int) -> tuple[Any, Any, Any]:
+    """The first ``n`` test images as stored, their unrotated originals, and the labels."""
+    import torch
+
+    from .data import load_dataset
+    from .data.mnist import find_idx_dir, load_idx_files, protocol_originals
+
+    spec = DATASETS[run.dataset]
+    test = load_dataset(run.dataset, "test", root=data_dir, variant=run.variant, limit=n)
+    seed = int(test.manifest.get("seed") or 0)
+    idx_dir = find_idx_dir(spec)
+    if idx_dir is None:
+        raise HNetsError(
+            f"the crisp-input check needs the {spec.title} idx files: {spec.source.install_hint}"
+        )
+    images, labels = protocol_originals(load_idx_files(idx_dir, spec.source), seed=seed)
+    if not np.array_equal(labels[: len(test)], test.labels.numpy()):
+        raise HNetsError(f"{idx_dir}: the originals do not match {test.root} (another seed?)")
+    originals = torch.from_numpy(images[: len(test)]).unsqueeze(1)
+    return originals, test.images, test.labels
+
+
+def _crisp_of(run_dir: Path, originals: Any, rotated: Any, labels: Any) -> dict[str, Any]:
+    from .checkpoint import load_model
+    from .studies import crisp_accuracy
+
+    accuracies = crisp_accuracy(load_model(run_dir), originals, rotated, labels)
+    return {"n": int(labels.shape[0]), **{k: round(v, 6) for k, v in accuracies.items()}}
+
+
 def _markdown(
-    rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]], missing: Sequence[str]
+    rows: Sequence[dict[str, Any]],
+    summary: Sequence[dict[str, Any]],
+    missing: Sequence[str],
+    crisp: Sequence[dict[str, Any]] = (),
 ) -> str:
     lines = ["| dataset | training images | H-Net test error | CNN test error | seeds |"]
     lines.append("|---|---:|---:|---:|---:|")
@@ -432,6 +520,21 @@ def _markdown(
         lines += ["", "| trained upright | model | rotated test error |", "|---|---|---:|"]
         for r in upright:
             lines.append(f"| {r['dataset']} | {r['model']} | {100 * r['test_error']:.2f}% |")
+    if crisp:
+        lines += [
+            "",
+            "| crisp inputs (accuracy) | model | size | seed | rotated test | original "
+            "| 90° | 180° | 270° |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in crisp:
+            cells = " | ".join(
+                f"{100 * r[k]:.2f}%"
+                for k in ("rotated", "crisp_0", "crisp_90", "crisp_180", "crisp_270")
+            )
+            lines.append(
+                f"| {r['dataset']} | {r['model']} | {r['train_size']:,} | {r['seed']} | {cells} |"
+            )
     hours = sum(float(r["wall_seconds"]) for r in rows) / 3600
     lines += ["", f"{len(rows)} runs, {hours:.2f} hours of wall time in all."]
     if missing:

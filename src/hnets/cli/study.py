@@ -76,7 +76,9 @@ def _study(args: argparse.Namespace) -> int:
         return 0
     if not args.collect:
         run_study(config, runs, data_dir=args.data_dir, log=lambda m: print(m, file=sys.stderr))
-    result = collect_study(config, runs, args.out, data_dir=args.data_dir)
+    result = collect_study(
+        config, runs, args.out, data_dir=args.data_dir, log=lambda m: print(m, file=sys.stderr)
+    )
     print(result["markdown"], end="")
     print(f"wrote {', '.join(str(p) for p in result['files'])}", file=sys.stderr)
     return 0

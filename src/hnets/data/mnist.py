@@ -76,6 +76,7 @@ __all__ = [
     "prepare_from_mnist",
     "find_idx_dir",
     "download_idx",
+    "protocol_originals",
 ]
 
 #: The four MNIST files: name -> md5 of the uncompressed file (the well-known values).
@@ -250,6 +251,40 @@ def build_standin(
         ``train``, ``valid``, ``test``: float32 images ``(N, 28, 28)`` in ``[0, 1]``,
         int64 labels, float32 angles in ``[0, 2 pi)``.
     """
+    raw, angles = _draw(mnist, seed)
+    if upright:
+        angles["train"][:] = 0.0
+        angles["valid"][:] = 0.0
+    bar = tqdm(total=sum(STANDIN_SIZES.values()), desc="rotating", unit="img", disable=not progress)
+    out = {}
+    with bar:
+        for split, (images, labels) in raw.items():
+            rotate = not (upright and split != "test")
+            pixels = _rotate_uint8(images, angles[split], bar) if rotate else _to_float(images, bar)
+            out[split] = SplitArrays(pixels, labels.astype(np.int64), angles[split])
+    return out
+
+
+def protocol_originals(
+    arrays: MnistArrays, split: str = "test", *, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The images of a split *before* the protocol rotated them, in the split's order.
+
+    Sample ``i`` is the unrotated original of sample ``i`` of the variant built with
+    ``seed``: crisp, never resampled, as a user's photographed digit or garment is.
+
+    Returns:
+        float32 images ``(N, 28, 28)`` in ``[0, 1]`` and int64 labels.
+    """
+    raw, _ = _draw(arrays, seed)
+    images, labels = raw[split]
+    return images.astype(np.float32) / np.float32(255.0), labels.astype(np.int64)
+
+
+def _draw(
+    mnist: MnistArrays, seed: int
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, np.ndarray]]:
+    """Steps 1-3 of the protocol: which images go where, in which order, at which angle."""
     if mnist.test_images.shape[0] + _EXTRA_TEST != STANDIN_SIZES["test"]:
         raise DataError(
             f"the stand-in needs exactly 10000 t10k digits, got {len(mnist.test_labels)}"
@@ -265,17 +300,7 @@ def build_standin(
         "test": (test_images[order], test_labels[order]),
     }
     angles = {split: _draw_angles(rng, STANDIN_SIZES[split]) for split in raw}
-    if upright:
-        angles["train"][:] = 0.0
-        angles["valid"][:] = 0.0
-    bar = tqdm(total=sum(STANDIN_SIZES.values()), desc="rotating", unit="img", disable=not progress)
-    out = {}
-    with bar:
-        for split, (images, labels) in raw.items():
-            rotate = not (upright and split != "test")
-            pixels = _rotate_uint8(images, angles[split], bar) if rotate else _to_float(images, bar)
-            out[split] = SplitArrays(pixels, labels.astype(np.int64), angles[split])
-    return out
+    return raw, angles
 
 
 def prepare_from_mnist(
