@@ -9,6 +9,7 @@ never a truncated file under the real name.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -18,7 +19,7 @@ from typing import IO, Any
 
 from .errors import HNetsError
 
-__all__ = ["atomic_write", "write_json", "read_json", "append_line", "save_figure"]
+__all__ = ["atomic_write", "write_json", "read_json", "append_line", "save_figure", "file_digest"]
 
 
 @contextlib.contextmanager
@@ -117,3 +118,19 @@ def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 120) -> Pa
     with atomic_write(path, "wb") as fh:
         fh.write(buffer.getvalue())
     return Path(path)
+
+
+def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
+    """The hex digest of a file's bytes (``sha256``, ``md5``...), read 1 MiB at a time.
+
+    Raises:
+        HNetsError: the file cannot be read (the message names it).
+    """
+    digest = hashlib.new(algorithm)
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise HNetsError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return digest.hexdigest()

@@ -232,7 +232,7 @@ def test_mnist_files_are_not_fashion(tmp_path: Path, mnist_dir: Path) -> None:
 def test_a_label_outside_the_classes_is_refused(tmp_path: Path) -> None:
     images = np.zeros((4, 28, 28), np.float32)
     splits = {s: SplitArrays(images, np.array([0, 1, 2, 10])) for s in ("train", "valid", "test")}
-    outside = r"label 10 of sample 3 is outside the 10 classes"
+    outside = r"label 10 of sample 3 is not in 0-9"
     with (
         staging_dir(tmp_path, "rotfashion-rotated") as staging,
         pytest.raises(DataError, match=outside),

@@ -79,7 +79,7 @@ def test_corrupt_gzip(tmp_path) -> None:
 def test_label_outside_0_9(tmp_path) -> None:
     path = tmp_path / "labels"
     path.write_bytes(idx_bytes(np.array([3, 9, 12, 0], np.uint8)))
-    with pytest.raises(DataError, match=r"labels: label 12 at index 2 is not in 0-9"):
+    with pytest.raises(DataError, match=r"labels: label 12 of sample 2 is not in 0-9"):
         read_mnist_labels(path)
 
 
@@ -151,8 +151,8 @@ def test_amat_skips_blank_lines_and_accepts_crlf(kit) -> None:
     ("line", "problem"),
     [
         (" ".join(["0"] * 784) + "\n", "line 2 has 784 values, expected 785"),
-        (" ".join(["0"] * 784) + " 11\n", "label 11.0 of image 1 is not in 0-9"),
-        (" ".join(["0"] * 784) + " 2.5\n", "label 2.5 of image 1 is not in 0-9"),
+        (" ".join(["0"] * 784) + " 11\n", "label 11.0 of sample 1 is not in 0-9"),
+        (" ".join(["0"] * 784) + " 2.5\n", "label 2.5 of sample 1 is not in 0-9"),
         (" ".join(["0"] * 783) + " abc 1\n", "line 2: 'abc' is not a number"),
         (" ".join(["0"] * 783) + " 1.5 1\n", "pixel value 1.5 outside"),
         (" ".join(["0"] * 783) + " nan 1\n", "pixel value nan outside"),
@@ -225,7 +225,7 @@ def test_npz_compressed_and_int32_labels() -> None:
         ({"x": np.zeros((2, 28, 28), np.float32), "y": np.zeros(2, int)}, "x must be float"),
         ({"x": np.zeros((2, 784), np.uint8), "y": np.zeros(2, int)}, "x must be float"),
         ({"x": np.zeros((2, 784), np.float32), "y": np.zeros(3, int)}, r"y must be \(2,\)"),
-        ({"x": np.zeros((2, 784), np.float32), "y": np.array([1, 10])}, "y 10 of image 1"),
+        ({"x": np.zeros((2, 784), np.float32), "y": np.array([1, 10])}, "y 10 of sample 1"),
         ({"x": np.full((1, 784), 2.0, np.float32), "y": np.array([1])}, "pixel value 2.0"),
         ({"x": np.zeros((0, 784), np.float32), "y": np.zeros(0, int)}, "no images"),
     ],

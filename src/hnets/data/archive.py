@@ -26,7 +26,7 @@ from typing import IO
 
 from tqdm import tqdm
 
-from .._io import atomic_write
+from .._io import atomic_write, file_digest
 from ..errors import DataError
 
 __all__ = ["DEFAULT_MAX_UNPACKED_BYTES", "file_md5", "download", "safe_extract", "zip_names"]
@@ -41,11 +41,7 @@ _TIMEOUT_S = 60
 
 def file_md5(path: str | os.PathLike[str]) -> str:
     """The md5 hex digest of a file."""
-    digest = hashlib.md5()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digest(path, "md5")
 
 
 def download(

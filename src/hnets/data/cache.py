@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import errno
-import hashlib
 import os
 import shutil
 import tempfile
@@ -35,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .._io import atomic_write, read_json, write_json
+from .._io import atomic_write, file_digest, read_json, write_json
 from ..errors import DataError, HNetsError
 from .registry import DATASETS, DIGITS
 
@@ -43,6 +42,7 @@ __all__ = [
     "VARIANTS",
     "FOLDER_DATASET",
     "manifest_classes",
+    "check_labels",
     "SPLITS",
     "ALL_SPLITS",
     "MANIFEST_NAME",
@@ -203,7 +203,7 @@ def write_variant(
     if dir_name is None:
         dir_name = DATASETS[dataset].dir_name(variant)
     for split in SPLITS:
-        _check_label_range(split, splits[split].labels, len(classes))
+        check_labels(splits[split].labels, split, n_classes=len(classes))
     entries = {split: _save_split(staging, split, splits[split]) for split in SPLITS}
     manifest = {
         "format": _FORMAT,
@@ -265,7 +265,7 @@ def verify_variant(vdir: str | os.PathLike[str]) -> dict[str, Any]:
     for split, entry in manifest["splits"].items():
         for field, meta in entry["files"].items():
             path = Path(vdir) / meta["file"]
-            digest = _sha256_file(path)
+            digest = file_digest(path)
             if digest != meta["sha256"]:
                 raise DataError(f"{path}: checksum mismatch ({split} {field}); prepare again")
     return manifest
@@ -354,7 +354,7 @@ def _save_split(staging: Path, split: str, arrays: SplitArrays) -> dict[str, Any
             np.save(fh, array, allow_pickle=False)
         files[field] = {
             "file": name,
-            "sha256": _sha256_file(staging / name),
+            "sha256": file_digest(staging / name),
             "shape": list(array.shape),
             "dtype": _DTYPES[field],
         }
@@ -380,13 +380,27 @@ def _check_dataset_variant(dataset: str, variant: str) -> None:
     spec.check_variant(variant)
 
 
-def _check_label_range(split: str, labels: np.ndarray, n_classes: int) -> None:
-    bad = np.flatnonzero((labels < 0) | (labels >= n_classes))
+def check_labels(
+    values: np.ndarray, name: str, what: str = "label", n_classes: int = 10
+) -> np.ndarray:
+    """``values`` as int64 class indices, or :class:`DataError` naming the first bad one.
+
+    Accepts any numeric dtype whose values are whole numbers in ``0 .. n_classes - 1``
+    (the .amat files store labels as floats); the message names the file or split
+    (``name``), what the values are (``what``) and the sample.
+    """
+    values = np.asarray(values)
+    if values.dtype.kind not in "iuf":
+        raise DataError(f"{name}: {what}s must be integers, got {values.dtype}")
+    if values.ndim != 1:
+        raise DataError(f"{name}: {what}s must be one-dimensional, got shape {values.shape}")
+    as_float = values.astype(np.float64)
+    bad = np.flatnonzero(~np.isfinite(as_float) | (as_float != np.round(as_float)))
+    bad = bad if bad.size else np.flatnonzero((as_float < 0) | (as_float >= n_classes))
     if bad.size:
-        raise DataError(
-            f"{split}: label {int(labels[bad[0]])} of sample {int(bad[0])} is outside the "
-            f"{n_classes} classes"
-        )
+        i = int(bad[0])
+        raise DataError(f"{name}: {what} {values[i]} of sample {i} is not in 0-{n_classes - 1}")
+    return as_float.astype(np.int64)
 
 
 def _manifest_problem(vdir: Path, manifest: Any) -> str | None:
@@ -487,14 +501,6 @@ def _describe(manifest: Mapping[str, Any]) -> str:
     source = manifest.get("source", {})
     kind = source.get("kind", "?") if isinstance(source, dict) else "?"
     return f"source {kind}, seed {manifest.get('seed')}"
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:

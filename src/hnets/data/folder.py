@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from .._io import file_digest
 from ..errors import DataError, HNetsError
 from ..images import ImageInfo, image_info, load_image_as
 from .cache import (
@@ -312,19 +313,8 @@ def _content_key(scan: FolderScan, options: dict[str, Any]) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps([_FORMAT_TAG, options], sort_keys=True).encode())
     for split, label, rel in scan.paths():
-        record = [split, scan.classes[label], rel, _sha256_file(scan.root / rel)]
+        record = [split, scan.classes[label], rel, file_digest(scan.root / rel)]
         digest.update(b"\n" + json.dumps(record).encode())
-    return digest.hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
     return digest.hexdigest()
 
 

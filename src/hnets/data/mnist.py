@@ -51,6 +51,7 @@ from .archive import download
 from .cache import (
     IMAGE_SIZE,
     SplitArrays,
+    check_labels,
     is_prepared,
     read_manifest,
     resolve_data_dir,
@@ -546,10 +547,7 @@ def _check_images(images: np.ndarray, name: str) -> None:
 def _check_labels(labels: np.ndarray, name: str) -> np.ndarray:
     if labels.dtype != np.uint8 or labels.ndim != 1:
         raise DataError(f"{name}: expected uint8 labels (N,), got {labels.dtype} {labels.shape}")
-    bad = np.flatnonzero(labels > 9)
-    if bad.size:
-        raise DataError(f"{name}: label {int(labels[bad[0]])} at index {int(bad[0])} is not in 0-9")
-    return labels.astype(np.int64)
+    return check_labels(labels, name)
 
 
 def _check_pairs(mnist: MnistArrays, mnist_dir: Path) -> None:

@@ -43,6 +43,7 @@ from .archive import DEFAULT_MAX_UNPACKED_BYTES, download, file_md5, safe_extrac
 from .cache import (
     IMAGE_SIZE,
     SplitArrays,
+    check_labels,
     check_split,
     is_prepared,
     resolve_data_dir,
@@ -177,7 +178,7 @@ def parse_npz(data: bytes, name: str = "<bytes>") -> tuple[np.ndarray, np.ndarra
         raise DataError(f"{name}: y must be ({x.shape[0]},) to match x, got {y.shape}")
     if x.shape[0] == 0:
         raise DataError(f"{name}: no images")
-    labels = _check_labels(y, name, "y")
+    labels = check_labels(y, name, "y")
     images = _check_pixels(x.astype(np.float32), name)
     return _untranspose(images), labels
 
@@ -265,7 +266,7 @@ def _parse_amat_lines(lines: Iterable[bytes], name: str) -> tuple[np.ndarray, np
     if not blocks:
         raise DataError(f"{name}: no images")
     table = np.concatenate(blocks).reshape(-1, _PIXELS + 1)
-    labels = _check_labels(table[:, -1], name, "label")
+    labels = check_labels(table[:, -1], name, "label")
     images = _check_pixels(table[:, :-1].astype(np.float32), name)
     return _untranspose(images), labels
 
@@ -296,17 +297,6 @@ def _check_pixels(pixels: np.ndarray, name: str) -> np.ndarray:
         value = row[~np.isfinite(row) | (row < -_PIXEL_TOLERANCE) | (row > 1 + _PIXEL_TOLERANCE)][0]
         raise DataError(f"{name}: image {int(bad[0])} has pixel value {value} outside [0, 1]")
     return np.clip(pixels, 0.0, 1.0, out=pixels)
-
-
-def _check_labels(values: np.ndarray, name: str, what: str) -> np.ndarray:
-    if values.dtype.kind not in "iuf" or values.dtype.kind == "b":
-        raise DataError(f"{name}: {what} must be integers, got {values.dtype}")
-    as_float = values.astype(np.float64)
-    bad = np.flatnonzero(~np.isfinite(as_float) | (as_float != np.round(as_float)))
-    bad = bad if bad.size else np.flatnonzero((as_float < 0) | (as_float > 9))
-    if bad.size:
-        raise DataError(f"{name}: {what} {values[bad[0]]} of image {int(bad[0])} is not in 0-9")
-    return as_float.astype(np.int64)
 
 
 def _untranspose(pixels: np.ndarray) -> np.ndarray:
