@@ -297,7 +297,7 @@ def test_karatsuba_native_and_pytorch_paths_agree(monkeypatch):
         (8, 28, "dense"),
     ],  # fmt: skip
 )
-def test_auto_picks_the_measured_fastest(channels, size, expected):
+def test_the_fixed_table_of_hnets_autotune_0(channels, size, expected):
     conv = HConv2d(channels, channels, 5, max_order=1)
     images = torch.zeros(1, channels * 4, size, size).contiguous(memory_format=torch.channels_last)
     assert conv._choose_impl(images) == expected

@@ -36,6 +36,8 @@ __all__ = [
     "machine_description",
     "saved_activation_bytes",
     "training_step_peak_bytes",
+    "tune_model",
+    "format_tuning",
 ]
 
 
@@ -301,6 +303,73 @@ def bench_memory(*, batch: int = 46) -> dict[str, dict[str, float]]:
     return report
 
 
+def tune_model(
+    model: nn.Module,
+    *,
+    batch_size: int = 64,
+    eval_batch_size: int = 500,
+    image_shape: tuple[int, int, int] = (1, 28, 28),
+) -> list[dict[str, object]]:
+    """Measure ``model``'s convolutions as training and inference will call them.
+
+    One training step (forward and backward at ``batch_size``) and one inference
+    forward (at ``eval_batch_size``) with ``impl="auto"`` measuring
+    (:mod:`hnets.nn.dispatch`; forced on for the call), so the decisions are in the
+    cache before a run starts. Returns one row per ``HConv2d`` and mode: ``layer``,
+    ``mode``, ``signature``, ``choice`` and the candidates' ``seconds``.
+    """
+    import os
+
+    from .nn import dispatch
+
+    before = os.environ.get("HNETS_AUTOTUNE")
+    os.environ["HNETS_AUTOTUNE"] = "1"
+    rows: list[dict[str, object]] = []
+    try:
+        for mode, batch in (("train", batch_size), ("infer", eval_batch_size)):
+            x = torch.rand(batch, *image_shape)
+            model.train(mode == "train")
+            if mode == "train":
+                model(x).sum().backward()
+                model.zero_grad(set_to_none=True)
+            else:
+                with torch.inference_mode():
+                    model(x)
+            known = dispatch.decisions()
+            for name, layer in model.named_modules():
+                if isinstance(layer, HConv2d) and layer.last_choice is not None:
+                    key, choice = layer.last_choice
+                    seconds = known.get(key, {}).get("seconds", {})
+                    rows.append(
+                        {
+                            "layer": name,
+                            "mode": mode,
+                            "signature": key,
+                            "choice": choice,
+                            "seconds": seconds,
+                        }  # fmt: skip
+                    )
+                    layer.last_choice = None
+    finally:
+        if before is None:
+            del os.environ["HNETS_AUTOTUNE"]
+        else:
+            os.environ["HNETS_AUTOTUNE"] = before
+    model.eval()
+    return rows
+
+
+def format_tuning(rows: list[dict[str, object]]) -> str:
+    """Per layer and mode: the scheme chosen and every candidate's time."""
+    lines = ["per-layer dispatch (measured on this machine; ms per call, chosen first):"]
+    for row in rows:
+        seconds = dict(row["seconds"])  # type: ignore[arg-type]
+        order = sorted(seconds, key=lambda k: (k != row["choice"], seconds[k]))
+        times = "  ".join(f"{k} {1e3 * seconds[k]:.2f}" for k in order)
+        lines.append(f"  {row['layer']:14s} {row['mode']:5s}  {times}")
+    return "\n".join(lines)
+
+
 def to_jsonable(report: dict) -> dict:
     """Timings as plain dicts for ``--json``."""
 
@@ -337,6 +406,8 @@ def format_report(report: dict) -> str:
                     f"  {t.name:42s} {report['batch'] / t.median_s:8.0f} img/s"
                     f"   speed-up {1 / t.ratio:.2f}x"
                 )
+    if "dispatch" in report:
+        lines += ["", format_tuning(report["dispatch"])]
     if "memory" in report:
         lines += ["", "memory of an AdamW training step (MiB):"]
         for name, row in report["memory"].items():

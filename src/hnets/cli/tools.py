@@ -30,9 +30,31 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the layer, 5 for the models; 1 times single calls)",
     )
     bench.add_argument("--batch-size", type=int, default=46)
-    bench.add_argument("--only", choices=["conv", "models", "memory"], help="run one part only")
+    bench.add_argument(
+        "--only", choices=["conv", "models", "dispatch", "memory"], help="run one part only"
+    )
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(handler=_bench)
+
+    tune = sub.add_parser(
+        "tune",
+        help="measure which convolution scheme each layer runs fastest here, ahead of time",
+        description=(
+            "Time the eligible convolution schemes of a model's layers as training and "
+            "inference call them, and store the fastest per layer signature in this "
+            "machine's autotune cache (what impl='auto' reads; HNETS_AUTOTUNE=0 uses the "
+            "fixed table instead)."
+        ),
+    )
+    tune.add_argument("--model", default="hnet", help="hnet or cnn (default hnet)")
+    tune.add_argument("--checkpoint", help="tune this saved model instead (its input shape)")
+    tune.add_argument("--width", type=float, help="channel multiplier (default: the recipe's)")
+    tune.add_argument("--batch-size", type=int, default=64, help="training batch (default 64)")
+    tune.add_argument(
+        "--eval-batch-size", type=int, default=500, help="inference batch (default 500)"
+    )
+    tune.add_argument("--json", action="store_true", help="print one JSON object")
+    tune.set_defaults(handler=_tune)
 
     exp = sub.add_parser("export", help="export a checkpoint to plain PyTorch and/or ONNX")
     exp.add_argument("--checkpoint", required=True, help="checkpoint directory (from hnets train)")
@@ -95,12 +117,46 @@ def _bench(args: argparse.Namespace) -> int:
         report["models"] = bench.bench_models(
             batch=args.batch_size, repeats=args.repeats, calls=args.calls or 5
         )
+    if args.only in (None, "dispatch"):
+        model = bench.HNetMNIST(width=1.2)
+        report["dispatch"] = bench.tune_model(model, batch_size=args.batch_size)
     if args.only in (None, "memory"):
         report["memory"] = bench.bench_memory(batch=args.batch_size)
     if args.json:
         print(json.dumps(bench.to_jsonable(report), indent=2))
     else:
         print(bench.format_report(report))
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from .. import bench
+    from ..checkpoint import load_model
+    from ..models import build_model
+    from ..nn import dispatch
+    from ..training import DEFAULT_MODEL_OPTIONS
+
+    if args.batch_size < 1 or args.eval_batch_size < 1:
+        raise HNetsError("--batch-size and --eval-batch-size must be at least 1")
+    shape: tuple[int, int, int] = (1, 28, 28)
+    if args.checkpoint:
+        model = load_model(args.checkpoint)
+        recorded = model.hnets_checkpoint.get("extra", {}).get("image_shape")
+        if recorded:
+            shape = (int(recorded[0]), int(recorded[1]), int(recorded[2]))
+    else:
+        options = dict(DEFAULT_MODEL_OPTIONS.get(args.model, {}))
+        if args.width is not None:
+            options["width"] = args.width
+        model = build_model(args.model, **options)
+    rows = bench.tune_model(
+        model, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, image_shape=shape
+    )
+    if args.json:
+        print(json.dumps({"cache": str(dispatch.cache_path()), "layers": rows}, indent=2))
+        return 0
+    print(bench.format_tuning(rows) if rows else "no harmonic convolutions to tune")
+    print(f"cache: {dispatch.cache_path()}", file=sys.stderr)
     return 0
 
 

@@ -12,14 +12,10 @@ from torch.autograd.function import once_differentiable
 
 from .. import _native
 from ..basis import default_n_rings, harmonic_basis
+from . import dispatch
 from .functional import check_harmonic
 
 __all__ = ["HConv2d"]
-
-# Without the native kernels (the repacking around Gauss's products done with PyTorch
-# copies), below this many complex input/output streams the three half-width
-# convolutions are no faster than one dense convolution on CPU (`hnets bench`).
-_GAUSS_MIN_CHANNELS = 64
 
 
 def _as_images(z: torch.Tensor) -> torch.Tensor:
@@ -406,6 +402,8 @@ class HConv2d(nn.Module):
         if impl == "karatsuba" and self.karatsuba_map is None:
             raise ValueError("impl='karatsuba' needs max_order=1 and in_max_order=1")
         self.impl = impl  # "auto" is resolved per call (see _choose_impl)
+        #: ``(signature, scheme)`` of the last call with ``impl="auto"`` (see hnets bench)
+        self.last_choice: tuple[str, str] | None = None
         self._cache: tuple[tuple, tuple[torch.Tensor, ...]] | None = None
         self._layouts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # see _layout
         self.reset_parameters()
@@ -569,24 +567,61 @@ class HConv2d(nn.Module):
         return self._torch_banks(impl)
 
     def _choose_impl(self, images: torch.Tensor) -> str:
-        """``impl``, with ``"auto"`` resolved for this input (thresholds from ``hnets bench``)."""
+        """``impl``, with ``"auto"`` resolved for this input by :mod:`hnets.nn.dispatch`."""
         if self.impl != "auto":
             return self.impl
-        small = min(
-            self.in_channels * (self.in_max_order + 1), self.out_channels * (self.max_order + 1)
+        training = torch.is_grad_enabled() and (images.requires_grad or self.weight.requires_grad)
+        tracing = (
+            torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
         )
-        pixels = images.shape[-2] * images.shape[-1]
-        if _native.usable(images, memory_format=torch.channels_last):
-            if self.karatsuba_map is not None and min(self.in_channels, self.out_channels) >= 32:
-                # orders 0..1 both sides: the nine quarter-width products pay from 32
-                # channels (16 -> 16 at 28 x 28: as fast as Gauss's three, but less steady)
-                return "karatsuba"
-            # with the fused repacking, Gauss's three half-width products pay from 32
-            # complex streams, and from 16 on maps of at most 16 x 16
-            pays = small >= 32 or (small >= 16 and pixels <= 256)
-        else:  # repacked with PyTorch ops
-            pays = small >= _GAUSS_MIN_CHANNELS
-        return "gauss" if pays else "dense"
+        if tracing or not dispatch.enabled():
+            return dispatch.table_choice(
+                in_channels=self.in_channels,
+                out_channels=self.out_channels,
+                in_orders=self.in_max_order + 1,
+                out_orders=self.max_order + 1,
+                pixels=images.shape[-2] * images.shape[-1],
+                native=_native.usable(images, memory_format=torch.channels_last),
+                karatsuba=self.karatsuba_map is not None,
+            )
+        key = dispatch.signature(
+            in_channels=self.in_channels,
+            out_channels=self.out_channels,
+            in_orders=self.in_max_order + 1,
+            out_orders=self.max_order + 1,
+            kernel_size=self.kernel_size,
+            stride=self.stride,
+            padding=self._padding_arg,
+            height=images.shape[-2],
+            width=images.shape[-1],
+            batch=images.shape[0],
+            dtype=images.dtype,
+            device=images.device,
+            training=training,
+        )
+        candidates = ["dense", "gauss"] + (["karatsuba"] if self.karatsuba_map is not None else [])
+        choice = dispatch.choose(key, candidates, lambda impl: self._trial(images, impl, training))
+        self.last_choice = (key, choice)
+        return choice
+
+    def _trial(self, images: torch.Tensor, impl: str, training: bool) -> None:
+        """One call of scheme ``impl`` as this layer is being used, for timing it.
+
+        Training: filter synthesis, convolution and the gradients of the input and the
+        parameters (``autograd.grad``: nothing accumulates into ``.grad``). Inference:
+        the convolution with the filters synthesised once (they are cached then).
+        """
+        x = images.detach()
+        if not training:
+            with torch.no_grad():
+                self._convolve(x, impl, [w.to(x.dtype) for w in self._filters(impl)])
+            return
+        with torch.enable_grad():
+            x.requires_grad_(images.requires_grad)
+            weights = [w.to(x.dtype) for w in self._synthesise(impl)]
+            out = self._convolve(x, impl, weights)
+            wrt = [t for t in (x, self.weight, self.phase) if t is not None and t.requires_grad]
+            torch.autograd.grad(out, wrt, torch.ones_like(out))
 
     def _filters(self, impl: str) -> tuple[torch.Tensor, ...]:
         use_cache = (
@@ -623,21 +658,7 @@ class HConv2d(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         images, impl = self._prepare(z)
         weights = [w.to(images.dtype) for w in self._filters(impl)]
-        conv = partial(F.conv2d, stride=self.stride, padding=self.padding)
-        if impl in ("dense", "real"):
-            out = conv(images, weights[0])
-        elif _native.usable(images, memory_format=torch.channels_last):  # weights: any layout
-            scheme = _SCHEMES[impl]
-            if torch.is_grad_enabled() and (
-                images.requires_grad or any(w.requires_grad for w in weights)
-            ):
-                out = scheme.apply(images, self.stride, self.padding, *weights)
-            else:
-                out = scheme.run(images, weights, self.stride, self.padding)[0]
-        elif impl == "karatsuba":
-            out = _karatsuba_torch(images, weights, conv)
-        else:
-            out = _gauss_torch(images, weights, conv)
+        out = self._convolve(images, impl, weights)
         result = _as_harmonic(out, self.out_channels, self.max_order + 1)
         if self.bias is not None:  # order 0 only: a constant commutes with rotations there
             onehot = torch.zeros(self.max_order + 1, 1, dtype=result.dtype, device=result.device)
@@ -645,6 +666,24 @@ class HConv2d(nn.Module):
             bias = self.bias.to(result.dtype)[:, None, :] * onehot  # (out, Mo, 2)
             result = result + bias.view(1, self.out_channels, self.max_order + 1, 2, 1, 1)
         return result
+
+    def _convolve(
+        self, images: torch.Tensor, impl: str, weights: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """The convolution of ``images`` by scheme ``impl`` with its filter banks."""
+        conv = partial(F.conv2d, stride=self.stride, padding=self.padding)
+        if impl in ("dense", "real"):
+            return conv(images, weights[0])
+        if _native.usable(images, memory_format=torch.channels_last):  # weights: any layout
+            scheme = _SCHEMES[impl]
+            if torch.is_grad_enabled() and (
+                images.requires_grad or any(w.requires_grad for w in weights)
+            ):
+                return scheme.apply(images, self.stride, self.padding, *weights)
+            return scheme.run(images, weights, self.stride, self.padding)[0]
+        if impl == "karatsuba":
+            return _karatsuba_torch(images, weights, conv)
+        return _gauss_torch(images, weights, conv)
 
     def unmerged_products(self, z: torch.Tensor) -> list[torch.Tensor] | None:
         """For inference fusion: the real products of Gauss's or Karatsuba's scheme for ``z``.

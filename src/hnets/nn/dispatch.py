@@ -1,0 +1,231 @@
+"""Measured dispatch: which convolution scheme :class:`~hnets.nn.HConv2d` runs, per machine.
+
+The fastest of the dense bank, Gauss's three products and Karatsuba's nine depends
+on the CPU (an AVX-512 Xeon and an AVX2-only EPYC disagree), the thread count, the
+layer's shape and whether it trains. So, as cuDNN's benchmark mode and Triton's
+autotuner do, ``impl="auto"`` times the eligible schemes the first time it meets a
+*signature* (channels and orders in and out, kernel, stride, padding, map size,
+batch-size bucket, dtype, device, threads, training or inference), keeps the fastest,
+and remembers it:
+
+* in memory, for the process;
+* on disk, in ``<cache dir>/autotune-<machine>.json`` (``$HNETS_CACHE_DIR``, else
+  ``$XDG_CACHE_HOME/hnets`` or ``~/.cache/hnets``), where ``<machine>`` hashes the CPU
+  model and flags (or the GPU's name) and the torch version. The file is rewritten
+  atomically with what is on disk merged in: two processes tuning at once never
+  leave a torn file, and a decision lost to their race is measured again next time.
+
+A candidate is timed for a bounded time (one untimed call, then calls until
+:data:`BUDGET_S` seconds or :data:`MAX_CALLS` calls; the median counts), so a whole
+model tunes in well under a couple of seconds. ``HNETS_AUTOTUNE=0`` uses the fixed
+table :func:`table_choice` instead (the test suite does, so that no result depends on
+timing); so do traced, compiled and exported graphs. Every scheme gives the same
+result up to float round-off (tested), so the choice changes speed only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import statistics
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "BUDGET_S",
+    "MAX_CALLS",
+    "enabled",
+    "signature",
+    "choose",
+    "table_choice",
+    "cache_path",
+    "decisions",
+    "clear_memory",
+]
+
+#: Seconds spent timing one candidate of one signature (after its untimed call).
+BUDGET_S = 0.05
+#: At most this many timed calls per candidate.
+MAX_CALLS = 5
+_FORMAT = 1
+_lock = threading.Lock()
+_memory: dict[str, dict[str, Any]] = {}
+_loaded_from: Path | None = None
+
+
+def enabled() -> bool:
+    """Whether ``impl="auto"`` measures (``HNETS_AUTOTUNE`` unset or not 0/false/off/no)."""
+    value = os.environ.get("HNETS_AUTOTUNE", "1").strip().lower()
+    return value not in ("0", "false", "off", "no")
+
+
+def signature(
+    *,
+    in_channels: int,
+    out_channels: int,
+    in_orders: int,
+    out_orders: int,
+    kernel_size: int,
+    stride: int,
+    padding: Any,
+    height: int,
+    width: int,
+    batch: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    training: bool,
+) -> str:
+    """The key a decision is stored under (a readable string; batch sizes in powers of 2)."""
+    bucket = 1 << max(0, math.ceil(math.log2(max(batch, 1))))
+    return (
+        f"c{in_channels}x{in_orders}->{out_channels}x{out_orders} k{kernel_size} s{stride} "
+        f"p{padding} {height}x{width} b{bucket} {str(dtype).replace('torch.', '')} "
+        f"{device.type} t{torch.get_num_threads()} {'train' if training else 'infer'}"
+    )
+
+
+def table_choice(
+    *,
+    in_channels: int,
+    out_channels: int,
+    in_orders: int,
+    out_orders: int,
+    pixels: int,
+    native: bool,
+    karatsuba: bool,
+) -> str:
+    """The fixed table (``HNETS_AUTOTUNE=0``): what was fastest on the developers' Xeon.
+
+    With the native kernels: Karatsuba where the orders allow it (0..1 both sides) and
+    both sides have at least 32 channels; else Gauss from 32 complex streams on the
+    smaller side, or from 16 on maps of at most 16 x 16; else the dense bank. Without
+    them (Gauss repacked by PyTorch ops): Gauss from 64 streams.
+    """
+    small = min(in_channels * in_orders, out_channels * out_orders)
+    if native:
+        if karatsuba and min(in_channels, out_channels) >= 32:
+            return "karatsuba"
+        return "gauss" if small >= 32 or (small >= 16 and pixels <= 256) else "dense"
+    return "gauss" if small >= 64 else "dense"
+
+
+def choose(key: str, candidates: Sequence[str], run: Callable[[str], Any]) -> str:
+    """The fastest of ``candidates`` for ``key``: remembered, else measured with ``run``.
+
+    ``run(candidate)`` performs one call the way the layer will be used (forward, and
+    backward when training); its time is what is compared.
+    """
+    with _lock:
+        _load_disk()
+        known = _memory.get(key)
+    if known is not None and known["choice"] in candidates:
+        return str(known["choice"])
+    times = {name: _time(run, name) for name in candidates}
+    choice = min(times, key=times.__getitem__)
+    entry = {"choice": choice, "seconds": {k: round(v, 7) for k, v in times.items()}}
+    with _lock:
+        _memory[key] = entry
+        _save_disk({key: entry})
+    return choice
+
+
+def decisions() -> dict[str, dict[str, Any]]:
+    """What was measured (in this process or read from the cache file): key -> entry."""
+    with _lock:
+        _load_disk()
+        return {k: dict(v) for k, v in _memory.items()}
+
+
+def clear_memory() -> None:
+    """Forget the in-memory decisions (the file stays); the next lookup reads it again."""
+    global _loaded_from
+    with _lock:
+        _memory.clear()
+        _loaded_from = None
+
+
+def cache_path() -> Path:
+    """This machine's decision file."""
+    base = os.environ.get("HNETS_CACHE_DIR")
+    if base:
+        root = Path(base)
+    else:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hnets"
+    return root / f"autotune-{_machine_key()}.json"
+
+
+def _time(run: Callable[[str], Any], name: str) -> float:
+    run(name)  # untimed: allocations, first-touch, lazy initialisation
+    samples: list[float] = []
+    deadline = time.perf_counter() + BUDGET_S
+    while len(samples) < MAX_CALLS and (not samples or time.perf_counter() < deadline):
+        start = time.perf_counter()
+        run(name)
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def _machine_key() -> str:
+    """CPU model and flags (or the first GPU's name) and torch's version, hashed."""
+    parts = [torch.__version__, platform.machine()]
+    try:
+        with open("/proc/cpuinfo") as fh:
+            lines = fh.readlines()
+        parts += [ln for ln in lines if ln.startswith(("model name", "flags"))][:2]
+    except OSError:
+        parts.append(platform.processor())
+    if torch.cuda.is_available():
+        parts.append(torch.cuda.get_device_name(0))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def _load_disk() -> None:
+    """Read the decision file once per process (and after :func:`clear_memory`)."""
+    global _loaded_from
+    path = cache_path()
+    if _loaded_from == path:
+        return
+    _loaded_from = path
+    for key, entry in _read(path).items():
+        _memory.setdefault(key, entry)
+
+
+def _read(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}  # none yet, or unreadable: measure again (and rewrite it)
+    if not isinstance(data, dict) or data.get("format") != _FORMAT:
+        return {}
+    entries = data.get("decisions")
+    if not isinstance(entries, dict):
+        return {}
+    return {
+        k: v for k, v in entries.items() if isinstance(v, dict) and isinstance(v.get("choice"), str)
+    }
+
+
+def _save_disk(new: dict[str, dict[str, Any]]) -> None:
+    """Merge ``new`` into the file and replace it atomically; a failure only warns."""
+    import warnings
+
+    from .._io import atomic_write
+    from ..errors import HNetsError
+
+    path = cache_path()
+    merged = {**_read(path), **new}
+    payload = {"format": _FORMAT, "machine": platform.processor(), "decisions": merged}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path, "w") as fh:
+            json.dump(payload, fh, indent=1, sort_keys=True)
+    except (OSError, HNetsError) as exc:  # a read-only home: the decisions stay in memory
+        warnings.warn(f"hnets: cannot write {path} ({exc}); tuning stays in memory", stacklevel=3)

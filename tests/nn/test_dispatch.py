@@ -1,0 +1,141 @@
+"""Measured dispatch (impl="auto"): decisions by (fake) timing, their caches, equal results."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hnets.models import HNetMNIST
+from hnets.nn import HConv2d, dispatch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def tuning(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """Autotune on, a private cache, and a fake clock: ``times[name]`` seconds per scheme."""
+    monkeypatch.setenv("HNETS_AUTOTUNE", "1")
+    monkeypatch.setenv("HNETS_CACHE_DIR", str(tmp_path / "cache"))
+    dispatch.clear_memory()
+    measured: list[str] = []
+    times = {"dense": 3.0, "gauss": 2.0, "karatsuba": 1.0}
+
+    def fake_time(run, name):  # noqa: ANN001, ANN202
+        run(name)  # the candidate really runs (it must work), its time is ours
+        measured.append(name)
+        return times[name]
+
+    monkeypatch.setattr(dispatch, "_time", fake_time)
+    yield times, measured
+    dispatch.clear_memory()
+
+
+def _input(conv: HConv2d, batch: int = 3, size: int = 12) -> torch.Tensor:
+    return torch.randn(batch, conv.in_channels, conv.in_max_order + 1, 2, size, size)
+
+
+def test_the_fastest_candidate_wins_and_is_remembered(tuning) -> None:
+    times, measured = tuning
+    conv = HConv2d(4, 4, 5, max_order=1)
+    conv(_input(conv))
+    assert sorted(measured) == ["dense", "gauss", "karatsuba"]
+    key, choice = conv.last_choice
+    assert choice == "karatsuba" and "train" in key and "b4 " in key  # batch 3 -> bucket 4
+    conv(_input(conv))
+    assert len(measured) == 3  # remembered in memory: not measured again
+    entry = json.loads(dispatch.cache_path().read_text())["decisions"][key]
+    assert entry["choice"] == "karatsuba" and entry["seconds"]["dense"] == 3.0
+    dispatch.clear_memory()  # a new process: the file answers
+    times["dense"] = 0.5
+    conv(_input(conv))
+    assert len(measured) == 3 and conv.last_choice[1] == "karatsuba"
+
+
+def test_signatures_separate_training_inference_and_batch_buckets(tuning) -> None:
+    times, measured = tuning
+    conv = HConv2d(4, 4, 5, max_order=2)  # orders 0..2: no Karatsuba
+    conv(_input(conv, batch=3))
+    assert sorted(measured) == ["dense", "gauss"]
+    with torch.no_grad():
+        conv(_input(conv, batch=3))
+    assert "infer" in conv.last_choice[0] and len(measured) == 4
+    conv(_input(conv, batch=4))  # same bucket as 3
+    assert len(measured) == 4
+    conv(_input(conv, batch=5))  # bucket 8
+    assert len(measured) == 6 and len(dispatch.decisions()) == 3
+
+
+@pytest.mark.parametrize("winner", ["dense", "gauss", "karatsuba"])
+def test_every_choice_gives_the_same_outputs_and_gradients(tuning, winner) -> None:
+    times, _ = tuning
+    for name in times:
+        times[name] = 0.0 if name == winner else 1.0
+    torch.manual_seed(0)
+    auto = HConv2d(4, 6, 5, max_order=1)
+    ref = HConv2d(4, 6, 5, max_order=1, impl="dense")
+    ref.load_state_dict(auto.state_dict())
+    z = _input(auto).requires_grad_()
+    out = auto(z)
+    assert auto.last_choice[1] == winner
+    grads = torch.autograd.grad(out.square().sum(), [z, auto.weight])
+    expected = ref(z)
+    ref_grads = torch.autograd.grad(expected.square().sum(), [z, ref.weight])
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+    assert auto.weight.grad is None  # timing the candidates left no gradient behind
+
+
+def test_the_fixed_table_is_used_without_measuring(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("HNETS_AUTOTUNE", "0")
+    monkeypatch.setenv("HNETS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(dispatch, "_time", lambda *a: pytest.fail("measured with autotune off"))
+    conv = HConv2d(8, 8, 5, max_order=1)
+    conv(_input(conv))
+    assert conv.last_choice is None and not list(tmp_path.iterdir())
+
+
+def test_a_whole_model_tunes_and_the_report_names_every_layer(tuning) -> None:
+    from hnets.bench import format_tuning, tune_model
+
+    model = HNetMNIST(width=0.5)
+    rows = tune_model(model, batch_size=4, eval_batch_size=8)
+    convs = [n for n, m in model.named_modules() if isinstance(m, HConv2d)]
+    assert len(rows) == 2 * (len(convs) - 1)  # the first layer reads real images directly
+    assert {r["mode"] for r in rows} == {"train", "infer"}
+    assert all(r["choice"] in r["seconds"] for r in rows)
+    assert "features.3.conv" in format_tuning(rows)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_cache_file_that_is_not_json_is_measured_again(tuning) -> None:
+    _, measured = tuning
+    path = dispatch.cache_path()
+    path.parent.mkdir(parents=True)
+    path.write_text("{ not json")
+    conv = HConv2d(4, 4, 5, max_order=1)
+    conv(_input(conv))
+    assert len(measured) == 3 and json.loads(path.read_text())["format"] == 1
+
+
+def test_two_processes_tuning_at_once_leave_a_valid_file(tmp_path: Path) -> None:
+    script = (
+        "import sys\n"
+        "from hnets.nn import dispatch\n"
+        "dispatch._time = lambda run, name: {'a': 1.0, 'b': 2.0}[name]\n"
+        "for i in range(40):\n"
+        "    dispatch.choose(f'{sys.argv[1]}-{i}', ['a', 'b'], lambda name: None)\n"
+    )
+    env = {"PYTHONPATH": str(ROOT / "src"), "HNETS_CACHE_DIR": str(tmp_path), "PATH": ""}
+    procs = [subprocess.Popen([sys.executable, "-c", script, tag], env=env) for tag in ("p", "q")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    (path,) = tmp_path.glob("autotune-*.json")
+    entries = json.loads(path.read_text())["decisions"]
+    assert entries and all(v["choice"] == "a" for v in entries.values())
+    assert {k.split("-")[0] for k in entries} <= {"p", "q"}
+    assert not list(tmp_path.glob("*.tmp*"))  # no temporary file left behind
