@@ -91,11 +91,17 @@ def machine_description() -> str:
                     break
     except OSError:
         pass
+    import os
+
     from . import _native
 
     variant = _native.variant()
     kernels = f"native kernels on ({variant})" if variant else "native kernels off"
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, {kernels}"
+    if variant and os.environ.get("HNETS_NATIVE_ARCH"):
+        kernels += f" -march={os.environ['HNETS_NATIVE_ARCH']}"
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    capped = f", oneDNN ISA capped at {isa}" if isa else ""
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}{capped}, {kernels}"
 
 
 def bench_conv(

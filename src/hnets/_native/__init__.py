@@ -60,7 +60,10 @@ _FLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno"]
 # Tried, and dropped where the compiler rejects them: tuning for this CPU (Apple clang on
 # arm64 and GCC on POWER reject -march=native), and GCC's flag that keeps short copy loops
 # loops rather than memcpy calls (clang rejects it: "unknown argument").
-_TUNING = ["-march=native", "-fno-tree-loop-distribute-patterns"]
+# ``HNETS_NATIVE_ARCH`` replaces "native" (e.g. ``x86-64-v3``: AVX2 without AVX-512, to
+# imitate an older server on this one, as ``ONEDNN_MAX_CPU_ISA=AVX2`` does for oneDNN).
+_ARCH = os.environ.get("HNETS_NATIVE_ARCH", "native").strip() or "native"
+_TUNING = [f"-march={_ARCH}", "-fno-tree-loop-distribute-patterns"]
 # The build chain, best first: (variant, flags it needs, flags it tries). "serial" is for
 # compilers without OpenMP (Apple clang, clang without libomp): the same one pass over
 # memory on one thread, still far faster than the PyTorch path; -fopenmp-simd keeps the
