@@ -256,6 +256,8 @@ def run_study(
             continue
         log(f"[{i}/{len(plan)}] {run.name}")
         status = main(run.argv(runs_dir, data_dir))
+        if status == 130:  # Ctrl-C: the run saved its checkpoint; the study stops with it
+            raise KeyboardInterrupt
         if status != 0:
             raise HNetsError(f"run {run.name} failed (exit {status}); rerun to resume it")
         trained.append(run)
