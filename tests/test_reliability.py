@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import hnets.training as training
+import hnets.training.rundir
 from hnets.checkpoint import load_training_state
 from hnets.cli import main
 from hnets.errors import HNetsError
@@ -52,17 +52,17 @@ TIMING_KEYS = {"seconds", "train_seconds", "images_per_s"}
 # that a test can kill the process at a chosen point. Sleeping changes no numbers.
 SLOW_WRAPPER = """
 import sys, time
-import hnets.training as training
+import hnets.training.loop as loop
 from hnets.cli import main
 
-real_lr_at = training.lr_at
+real_lr_at = loop.lr_at
 
 def announced_lr_at(config, step, steps_per_epoch):
     print(f"STEP {step}", flush=True)
     time.sleep(float(sys.argv[1]))
     return real_lr_at(config, step, steps_per_epoch)
 
-training.lr_at = announced_lr_at
+loop.lr_at = announced_lr_at  # where the training loop looks it up
 sys.exit(main(sys.argv[2:]))
 """
 
@@ -215,17 +215,18 @@ def test_a_crash_between_writes_resumes_to_the_same_run(tmp_path, data_env, monk
     """
     config = tiny(train_split="train+valid")
     train(config, tmp_path / "straight", progress=False)
-    real = getattr(training, crash_in)
+    # every file of a run is written from hnets.training.rundir
+    real = getattr(hnets.training.rundir, crash_in)
     calls = []
 
     def crash_in_epoch_two(*args, **kwargs):
         calls.append(1)
-        if len(training.load_training_state(tmp_path / "run" / "checkpoint.pt")["history"]) == 2:
+        if len(load_training_state(tmp_path / "run" / "checkpoint.pt")["history"]) == 2:
             raise _Crash
         return real(*args, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(training, crash_in, crash_in_epoch_two)
+        patch.setattr(hnets.training.rundir, crash_in, crash_in_epoch_two)
         with pytest.raises(_Crash):
             train(config, tmp_path / "run", progress=False)
     assert len(calls) == 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 
 import numpy as np
@@ -9,9 +11,10 @@ import pytest
 from PIL import Image
 
 from hnets import build_model, save_model
-from hnets.cli import main
+from hnets.cli import build_parser, main
 from hnets.data import RotMNIST
 from hnets.errors import HNetsError
+from hnets.training import TrainConfig
 
 from ..conftest import MNIST_SOURCE
 
@@ -228,3 +231,94 @@ def test_train_no_test_reports_validation_only(tmp_path, data_env, capsys):
     printed = capsys.readouterr().out
     assert "test split not read (--no-test)" in printed and "best validation accuracy" in printed
     assert json.loads((out / "summary.json").read_text())["test_accuracy"] is None
+
+
+#: ``hnets train``'s flags as the parser listed them before they were generated from
+#: TrainConfig's fields (commit 4b6f9c4ec53f5d7bca7cc31e35ec3e006c3d7ea1).
+TRAIN_FLAGS_BEFORE = [
+    "-h",
+    "--help",
+    "--model",
+    "--epochs",
+    "--batch-size",
+    "--lr",
+    "--schedule",
+    "--warmup-epochs",
+    "--optimizer",
+    "--weight-decay",
+    "--label-smoothing",
+    "--augment",
+    "--no-augment",
+    "--train-split",
+    "--width",
+    "--max-order",
+    "--seed",
+    "--device",
+    "--amp",
+    "--no-amp",
+    "--compile",
+    "--no-compile",
+    "--dataset",
+    "--data-dir",
+    "--variant",
+    "--image-size",
+    "--channels",
+    "--skip-bad",
+    "--limit-train",
+    "--train-size",
+    "--limit-eval",
+    "--eval-batch-size",
+    "--num-workers",
+    "--test",
+    "--no-test",
+    "--out",
+    "--resume",
+    "--overwrite",
+    "--no-progress",
+]
+
+
+def train_parser() -> argparse.ArgumentParser:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["train"]
+
+
+def test_hnets_train_keeps_every_flag_it_had():
+    flags = [s for action in train_parser()._actions for s in action.option_strings]
+    assert len(flags) == len(set(flags))
+    # --skip-bad is a boolean setting like the others now, so it gained its negation
+    assert set(flags) == {*TRAIN_FLAGS_BEFORE, "--no-skip-bad"}
+
+
+def test_hnets_train_has_a_flag_per_setting_typed_and_documented_by_the_field():
+    parser = train_parser()
+    by_dest = {a.dest: a for a in parser._actions}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "model_options":  # set by --width and --max-order
+            assert {"width", "max_order"} <= set(by_dest)
+            continue
+        action = by_dest[f.name]
+        assert action.default is argparse.SUPPRESS, f.name
+        assert action.help.startswith(f.metadata["help"].replace("%", "%%")), f.name
+    assert by_dest["data_variant"].option_strings == ["--variant"]
+    assert "(default 90)" in by_dest["epochs"].help and "(default on)" in by_dest["augment"].help
+    args = parser.parse_args(
+        ["--epochs", "3", "--lr", "0.1", "--variant", "standin", "--no-augment", "--skip-bad"]
+        + ["--limit-train", "5", "--width", "0.5", "--dataset", "rotfashion"]
+    )
+    given = {k: v for k, v in vars(args).items() if k in by_dest and k != "help"}
+    assert given == {
+        "epochs": 3,
+        "lr": 0.1,
+        "data_variant": "standin",
+        "augment": False,
+        "skip_bad": True,
+        "limit_train": 5,
+        "width": 0.5,
+        "dataset": "rotfashion",
+        "out": None,
+        "resume": False,
+        "overwrite": False,
+        "no_progress": False,
+    }
+    assert parser.parse_args(["--no-skip-bad", "--test"]).skip_bad is False

@@ -5,24 +5,22 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import typing
 from pathlib import Path
 from typing import Any
 
-from ..training import (
-    DEFAULT_LR,
-    DEFAULT_MODEL_OPTIONS,
-    DEVICES,
-    OPTIMIZERS,
-    SCHEDULES,
-    TRAIN_SPLITS,
-    TrainConfig,
-)
+from ..training import DEFAULT_MODEL_OPTIONS, DEVICES, TrainConfig
 
 __all__ = ["register"]
 
-_DATASET_HELP = "rotmnist, rotfashion or folder:PATH (your own images: PATH/train/<class>/...)"
-#: ``hnets train`` options that map one to one onto :class:`TrainConfig` fields.
-_CONFIG_FLAGS = {f.name for f in dataclasses.fields(TrainConfig)} - {"model_options"}
+_TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_TRAIN_TYPES = typing.get_type_hints(TrainConfig)
+_DATASET_HELP = _TRAIN_FIELDS["dataset"].metadata["help"]
+#: ``hnets train`` flags spelled otherwise than ``--field-name``.
+_FLAG_NAMES = {"data_variant": "--variant"}
+#: ``hnets train`` options that map one to one onto :class:`TrainConfig` fields;
+#: ``model_options`` is filled by ``--width`` and ``--max-order`` instead.
+_CONFIG_FLAGS = set(_TRAIN_FIELDS) - {"model_options"}
 _MODEL_OPTION_FLAGS = ("width", "max_order")
 
 
@@ -34,12 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _per_model(values: dict[str, Any]) -> str:
-    """``{"hnet": 5e-3, "cnn": 1e-2}`` -> ``"0.005 for hnet, 0.01 for cnn"`` (help texts)."""
+    """``{"hnet": 1.2, "cnn": 1.15}`` -> ``"1.2 for hnet, 1.15 for cnn"`` (help texts)."""
     return ", ".join(f"{v:g} for {k}" for k, v in values.items())
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    d = TrainConfig()
     p = sub.add_parser(
         "train",
         help="train a model on Rot-MNIST, Rot-Fashion-MNIST or your own images",
@@ -51,122 +48,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             "torchrun for several processes."
         ),
     )
-    # Defaults are left out (SUPPRESS) so that --resume can tell the options given from
-    # those taken from the saved run; the help shows TrainConfig's defaults.
-    s = argparse.SUPPRESS
-    p.add_argument("--model", default=s, help=f"hnet or cnn (default {d.model})")
-    p.add_argument("--epochs", type=int, default=s, help=f"(default {d.epochs})")
-    p.add_argument(
-        "--batch-size", type=int, default=s, help=f"per process (default {d.batch_size})"
-    )
-    p.add_argument(
-        "--lr",
-        type=float,
-        default=s,
-        help=f"peak learning rate (default: {_per_model(DEFAULT_LR)})",
-    )
-    p.add_argument("--schedule", default=s, help=f"{', '.join(SCHEDULES)} (default {d.schedule})")
-    p.add_argument(
-        "--warmup-epochs", type=float, default=s, help=f"linear warmup (default {d.warmup_epochs})"
-    )
-    p.add_argument(
-        "--optimizer", default=s, help=f"{', '.join(OPTIMIZERS)} (default {d.optimizer})"
-    )
-    p.add_argument("--weight-decay", type=float, default=s, help=f"(default {d.weight_decay})")
-    p.add_argument(
-        "--label-smoothing", type=float, default=s, help=f"(default {d.label_smoothing})"
-    )
-    p.add_argument(
-        "--augment",
-        action=argparse.BooleanOptionalAction,
-        default=s,
-        help=f"rotate training images randomly (default {d.augment})",
-    )
-    p.add_argument(
-        "--train-split",
-        default=s,
-        help=f"{' or '.join(TRAIN_SPLITS)}; train+valid skips validation and keeps "
-        f"the last epoch (default {d.train_split})",
-    )
-    p.add_argument(
-        "--width",
-        type=float,
-        default=s,
-        help="channel multiplier (default: "
-        + _per_model({k: v["width"] for k, v in DEFAULT_MODEL_OPTIONS.items()})
-        + ")",
-    )
-    p.add_argument(
-        "--max-order", type=int, default=s, help="highest rotation order of the hnet (default 1)"
-    )
-    p.add_argument("--seed", type=int, default=s, help=f"(default {d.seed})")
-    p.add_argument("--device", default=s, help=f"{', '.join(DEVICES)} (default {d.device})")
-    p.add_argument(
-        "--amp",
-        action=argparse.BooleanOptionalAction,
-        default=s,
-        help="mixed precision on CUDA (default off)",
-    )
-    p.add_argument(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        default=s,
-        help="torch.compile the model (default off)",
-    )
-    p.add_argument("--dataset", default=s, help=f"{_DATASET_HELP} (default {d.dataset})")
-    p.add_argument(
-        "--data-dir", default=s, help="where data lives (default: $HNETS_DATA or ~/.cache/hnets)"
-    )
-    p.add_argument(
-        "--variant",
-        dest="data_variant",
-        default=s,
-        help="rotmnist: original, standin or upright (default: original if prepared, else "
-        "standin); rotfashion: rotated or upright (default rotated)",
-    )
-    p.add_argument(
-        "--image-size",
-        type=int,
-        default=s,
-        help="folder:PATH only: side of the square images in the cache (default 28 for "
-        "gray images, else the median side)",
-    )
-    p.add_argument(
-        "--channels",
-        type=int,
-        default=s,
-        help="folder:PATH only: 1 (gray) or 3 (RGB) (default 3 if any image has colour)",
-    )
-    p.add_argument(
-        "--skip-bad",
-        action="store_true",
-        default=s,
-        help="folder:PATH only: skip files that are not readable images (counted)",
-    )
-    p.add_argument("--limit-train", type=int, default=s, help="use the first N training images")
-    p.add_argument(
-        "--train-size",
-        type=int,
-        default=s,
-        help="train on a stratified subset of N training images, drawn with --seed",
-    )
-    p.add_argument(
-        "--limit-eval", type=int, default=s, help="use the first N validation and test images"
-    )
-    p.add_argument("--eval-batch-size", type=int, default=s, help=f"(default {d.eval_batch_size})")
-    p.add_argument(
-        "--num-workers",
-        type=int,
-        default=s,
-        help=f"DataLoader workers; 0 indexes in-memory tensors (default {d.num_workers})",
-    )
-    p.add_argument(
-        "--test",
-        action=argparse.BooleanOptionalAction,
-        default=s,
-        help="score the final model on the test split; --no-test for recipe sweeps "
-        "chosen on validation only (default on)",
-    )
+    for name in _TRAIN_FIELDS:  # a flag per setting, in TrainConfig's order
+        if name == "model_options":
+            _add_model_option_flags(p)
+        else:
+            _add_config_flag(p, name)
     p.add_argument("--out", help="run directory (default runs/<model>)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
@@ -178,6 +64,54 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     mode.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bars or epoch lines")
     p.set_defaults(handler=_train)
+
+
+def _add_config_flag(p: argparse.ArgumentParser, name: str) -> None:
+    """The flag of :class:`TrainConfig` field ``name``: its type, help and default.
+
+    Defaults are left out (SUPPRESS) so that --resume can tell the options given from
+    those taken from the saved run; the help shows TrainConfig's defaults.
+    """
+    f = _TRAIN_FIELDS[name]
+    kind = _flag_type(_TRAIN_TYPES[name])
+    flag = _FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+    how: dict[str, Any] = (
+        {"action": argparse.BooleanOptionalAction} if kind is bool else {"type": kind}
+    )
+    p.add_argument(flag, dest=name, default=argparse.SUPPRESS, help=_flag_help(f), **how)
+
+
+def _flag_type(annotation: Any) -> type:
+    """``bool``, ``int``, ``float`` or ``str`` from a field's annotation (``X | None``: X)."""
+    kinds = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    if len(kinds) != 1 or kinds[0] not in (bool, int, float, str):
+        raise TypeError(f"hnets train has no flag for a setting of type {annotation}")
+    return kinds[0]
+
+
+def _flag_help(f: dataclasses.Field) -> str:
+    """The field's help text, with its default where it has one (``None``: said in the text)."""
+    text = f.metadata["help"]
+    if f.default is not None and f.default is not dataclasses.MISSING:
+        shown = ("on" if f.default else "off") if isinstance(f.default, bool) else f.default
+        text += f" (default {shown})"
+    return text.replace("%", "%%")  # argparse formats help texts with %
+
+
+def _add_model_option_flags(p: argparse.ArgumentParser) -> None:
+    """``--width`` and ``--max-order``: the model options the command line sets."""
+    s = argparse.SUPPRESS
+    p.add_argument(
+        "--width",
+        type=float,
+        default=s,
+        help="channel multiplier (default: "
+        + _per_model({k: v["width"] for k, v in DEFAULT_MODEL_OPTIONS.items()})
+        + ")",
+    )
+    p.add_argument(
+        "--max-order", type=int, default=s, help="highest rotation order of the hnet (default 1)"
+    )
 
 
 def _add_test(sub: argparse._SubParsersAction) -> None:

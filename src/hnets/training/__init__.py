@@ -1,0 +1,54 @@
+"""Training: one loop to read top to bottom, checkpoints, resume, DDP.
+
+:func:`train` is the whole story (:mod:`.loop`). Each concern has a module of its own:
+
+* :mod:`.config`: :class:`TrainConfig`, the settings of a run, their checks and help
+  texts, and the recipe's defaults (:data:`DEFAULT_LR`, :data:`DEFAULT_MODEL_OPTIONS`);
+* :mod:`.schedule`: the learning rate of every step (:func:`lr_at`) and the data order
+  of every epoch (:func:`epoch_order`, :func:`shard_positions`);
+* :mod:`.data`: the run's data in memory, and the batches of an epoch;
+* :mod:`.model`: seeding, the model built for the data, the optimizer, the precision;
+* :mod:`.metrics`: running sums, epoch rows, where a run stands, the NaN/Ctrl-C vote;
+* :mod:`.rundir`: the run directory: claiming it, checkpoints, every file a run writes;
+* :mod:`.world`: the processes (``torchrun``), the device (:func:`resolve_device`),
+  Ctrl-C;
+* :mod:`.loop`: :func:`train`, :func:`~.loop.train_one_epoch`, :func:`~.loop.validate`.
+
+Reliability: every file is written atomically; a run killed at any point resumes
+(``resume=True``) to the same result on the CPU; Ctrl-C saves a checkpoint at the next
+safe point.
+"""
+
+from .config import (
+    DEFAULT_LR,
+    DEFAULT_MODEL_OPTIONS,
+    DEVICES,
+    OPTIMIZERS,
+    SCHEDULES,
+    TRAIN_SPLITS,
+    TrainConfig,
+)
+from .loop import train
+from .rundir import CHECKPOINT_FILE, CURVES_FILE, METRICS_FILE, SUMMARY_FILE, load_run_config
+from .schedule import epoch_order, lr_at, shard_positions
+from .world import resolve_device
+
+__all__ = [
+    "TrainConfig",
+    "train",
+    "lr_at",
+    "epoch_order",
+    "shard_positions",
+    "resolve_device",
+    "load_run_config",
+    "SCHEDULES",
+    "OPTIMIZERS",
+    "CHECKPOINT_FILE",
+    "METRICS_FILE",
+    "SUMMARY_FILE",
+    "CURVES_FILE",
+    "DEFAULT_LR",
+    "DEFAULT_MODEL_OPTIONS",
+    "DEVICES",
+    "TRAIN_SPLITS",
+]

@@ -1,0 +1,65 @@
+"""TrainConfig: the recipe's defaults, the checks, the metadata the CLI is built from."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+
+from hnets.training import TrainConfig
+from hnets.training.config import RUNTIME_FIELDS
+
+
+def test_the_recipe_lives_in_one_place():
+    c = TrainConfig().check()
+    assert (c.model, c.epochs, c.batch_size, c.optimizer, c.lr, c.weight_decay) == (
+        "hnet",
+        90,
+        64,
+        "adamw",
+        5e-3,
+        1e-4,
+    )
+    assert (c.schedule, c.warmup_epochs, c.label_smoothing, c.augment) == ("cosine", 1, 0.05, True)
+    assert (c.train_split, c.seed) == ("train+valid", 0)
+    assert c.model_options == {"width": 1.2}
+    assert TrainConfig(model="cnn").check().lr == 1e-2  # each model's tuned peak rate
+    assert TrainConfig(model="cnn").check().model_options == {"width": 1.15}
+    given = TrainConfig(model_options={"width": 1.0, "max_order": 2}).check()
+    assert given.model_options == {"width": 1.0, "max_order": 2}  # given options win
+    assert TrainConfig(model="cnn", lr=0.5).check().lr == 0.5
+    assert TrainConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"model": "resnet"},
+        {"epochs": 0},
+        {"lr": -1.0},
+        {"lr": math.nan},
+        {"schedule": "linear"},
+        {"optimizer": "lamb"},
+        {"train_split": "test"},
+        {"device": "tpu"},
+        {"label_smoothing": 1.0},
+        {"limit_train": 0},
+        {"data_variant": "mnist"},
+    ],
+)
+def test_bad_settings_are_refused(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        dataclasses.replace(TrainConfig(), **bad).check()
+    with pytest.raises(ValueError, match="unknown training settings: colour"):
+        TrainConfig.from_dict({"colour": "blue"})
+
+
+def test_every_setting_has_help_and_says_whether_it_may_change_on_resume():
+    for f in dataclasses.fields(TrainConfig):
+        assert f.metadata["help"].strip(), f.name
+        assert isinstance(f.metadata["runtime"], bool), f.name
+    # where and how a run executes, not what it computes (as before the metadata held it)
+    where_and_how = {"device", "data_dir", "num_workers", "eval_batch_size", "compile", "test"}
+    assert where_and_how == RUNTIME_FIELDS
