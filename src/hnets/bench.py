@@ -14,6 +14,8 @@ about +-5% from run to run depending on which candidate ran before which.
 
 from __future__ import annotations
 
+import copy
+import os
 import platform
 import statistics
 import time
@@ -91,7 +93,6 @@ def machine_description() -> str:
                     break
     except OSError:
         pass
-    import os
 
     from . import _native
 
@@ -226,7 +227,30 @@ def bench_models(*, batch: int = 46, repeats: int = 7, calls: int = 5) -> dict[s
         ),
         "HNetMNIST": hnet,
     }
+    from .nn import dispatch
+
+    if dispatch.enabled():  # the fixed table beside the measured choices, in the same run
+        models["HNetMNIST, fixed table (HNETS_AUTOTUNE=0)"] = _FixedTable(copy.deepcopy(hnet))
     return compare_models(models, batch=batch, repeats=repeats, calls=calls)
+
+
+class _FixedTable(nn.Module):
+    """``model`` run with ``HNETS_AUTOTUNE=0``: each layer takes the fixed table's scheme."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        before = os.environ.get("HNETS_AUTOTUNE")
+        os.environ["HNETS_AUTOTUNE"] = "0"
+        try:
+            return self.model(x)
+        finally:
+            if before is None:
+                del os.environ["HNETS_AUTOTUNE"]
+            else:
+                os.environ["HNETS_AUTOTUNE"] = before
 
 
 def saved_activation_bytes(model: nn.Module, batch: int = 46) -> int:
@@ -324,8 +348,6 @@ def tune_model(
     cache before a run starts. Returns one row per ``HConv2d`` and mode: ``layer``,
     ``mode``, ``signature``, ``choice`` and the candidates' ``seconds``.
     """
-    import os
-
     from .nn import dispatch
 
     before = os.environ.get("HNETS_AUTOTUNE")

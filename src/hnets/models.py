@@ -66,6 +66,7 @@ class _HBlock(nn.Module):
         )
         self.bn = HBatchNorm(cout, order) if batch_norm else nn.Identity()
         self.act = HNonLinearity(cout, order, inplace=True)  # the conv output is ours
+        self.conv.reads_unmerged = True  # see _fused_inference
 
     def forward(self, z: torch.Tensor, pool: int = 1) -> torch.Tensor:
         """``pool=k``: followed by ``HAvgPool2d(k)``, fused into the nonlinearity."""

@@ -25,10 +25,11 @@ def tuning(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     measured: list[str] = []
     times = {"dense": 3.0, "gauss": 2.0, "karatsuba": 1.0}
 
-    def fake_time(run, name):  # noqa: ANN001, ANN202
-        run(name)  # the candidate really runs (it must work), its time is ours
-        measured.append(name)
-        return times[name]
+    def fake_time(run, candidates):  # noqa: ANN001, ANN202
+        for name in candidates:
+            run(name)  # the candidate really runs (it must work), its time is ours
+            measured.append(name)
+        return {name: times[name] for name in candidates}
 
     monkeypatch.setattr(dispatch, "_time", fake_time)
     yield times, measured
@@ -127,7 +128,7 @@ def test_two_processes_tuning_at_once_leave_a_valid_file(tmp_path: Path) -> None
     script = (
         "import sys\n"
         "from hnets.nn import dispatch\n"
-        "dispatch._time = lambda run, name: {'a': 1.0, 'b': 2.0}[name]\n"
+        "dispatch._time = lambda run, names: {'a': 1.0, 'b': 2.0}\n"
         "for i in range(40):\n"
         "    dispatch.choose(f'{sys.argv[1]}-{i}', ['a', 'b'], lambda name: None)\n"
     )
@@ -139,3 +140,16 @@ def test_two_processes_tuning_at_once_leave_a_valid_file(tmp_path: Path) -> None
     assert entries and all(v["choice"] == "a" for v in entries.values())
     assert {k.split("-")[0] for k in entries} <= {"p", "q"}
     assert not list(tmp_path.glob("*.tmp*"))  # no temporary file left behind
+
+
+def test_candidates_are_timed_interleaved_for_a_bounded_number_of_rounds(monkeypatch) -> None:
+    calls: list[str] = []
+    dispatch._time(calls.append, ["a", "b"])  # fast candidates: the budget runs every round
+    assert calls[:2] == ["a", "b"]  # the untimed calls
+    rounds = calls[2:]
+    assert rounds == ["a", "b"] * (len(rounds) // 2)  # A, B, A, B, ...
+    assert dispatch.MIN_ROUNDS <= len(rounds) // 2 <= dispatch.MAX_ROUNDS
+    monkeypatch.setattr(dispatch, "BUDGET_S", 0.0)  # no time left: only the minimum
+    calls.clear()
+    dispatch._time(calls.append, ["a", "b", "c"])
+    assert len(calls) == 3 * (1 + dispatch.MIN_ROUNDS)

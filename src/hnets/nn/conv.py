@@ -404,6 +404,9 @@ class HConv2d(nn.Module):
         self.impl = impl  # "auto" is resolved per call (see _choose_impl)
         #: ``(signature, scheme)`` of the last call with ``impl="auto"`` (see hnets bench)
         self.last_choice: tuple[str, str] | None = None
+        #: Set by a module that, in inference, reads :meth:`unmerged_products` instead of
+        #: the output (the merge is then fused into what follows): measured that way.
+        self.reads_unmerged = False
         self._cache: tuple[tuple, tuple[torch.Tensor, ...]] | None = None
         self._layouts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # see _layout
         self.reset_parameters()
@@ -598,7 +601,7 @@ class HConv2d(nn.Module):
             dtype=images.dtype,
             device=images.device,
             training=training,
-        )
+        ) + (" unmerged" if self.reads_unmerged and not training else "")
         candidates = ["dense", "gauss"] + (["karatsuba"] if self.karatsuba_map is not None else [])
         choice = dispatch.choose(key, candidates, lambda impl: self._trial(images, impl, training))
         self.last_choice = (key, choice)
@@ -614,7 +617,12 @@ class HConv2d(nn.Module):
         x = images.detach()
         if not training:
             with torch.no_grad():
-                self._convolve(x, impl, [w.to(x.dtype) for w in self._filters(impl)])
+                weights = [w.to(x.dtype) for w in self._filters(impl)]
+                native = _native.usable(x, memory_format=torch.channels_last)
+                if self.reads_unmerged and impl in _SCHEMES and native and self.bias is None:
+                    _SCHEMES[impl].products(x, weights, self.stride, self.padding)
+                else:
+                    self._convolve(x, impl, weights)
             return
         with torch.enable_grad():
             x.requires_grad_(images.requires_grad)

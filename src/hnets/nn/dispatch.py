@@ -15,9 +15,12 @@ and remembers it:
   atomically with what is on disk merged in: two processes tuning at once never
   leave a torn file, and a decision lost to their race is measured again next time.
 
-A candidate is timed for a bounded time (one untimed call, then calls until
-:data:`BUDGET_S` seconds or :data:`MAX_CALLS` calls; the median counts), so a whole
-model tunes in well under a couple of seconds. ``HNETS_AUTOTUNE=0`` uses the fixed
+The candidates are timed interleaved (one untimed call each, then rounds A, B, C,
+A, B, C, ...: a slow moment of the machine then hits all of them alike), at least
+:data:`MIN_ROUNDS` rounds and more until :data:`BUDGET_S` seconds have passed or
+:data:`MAX_ROUNDS` rounds are done; each candidate's median counts. A whole
+:class:`~hnets.models.HNetMNIST` (six layers, training and inference) tunes in a few
+seconds on two cores. ``HNETS_AUTOTUNE=0`` uses the fixed
 table :func:`table_choice` instead (the test suite does, so that no result depends on
 timing); so do traced, compiled and exported graphs. Every scheme gives the same
 result up to float round-off (tested), so the choice changes speed only.
@@ -41,7 +44,8 @@ import torch
 
 __all__ = [
     "BUDGET_S",
-    "MAX_CALLS",
+    "MIN_ROUNDS",
+    "MAX_ROUNDS",
     "enabled",
     "signature",
     "choose",
@@ -51,10 +55,10 @@ __all__ = [
     "clear_memory",
 ]
 
-#: Seconds spent timing one candidate of one signature (after its untimed call).
-BUDGET_S = 0.05
-#: At most this many timed calls per candidate.
-MAX_CALLS = 5
+#: Seconds spent timing the candidates of one signature (after their untimed calls).
+BUDGET_S = 0.25
+#: Timed rounds (one call of every candidate each): at least, and at most.
+MIN_ROUNDS, MAX_ROUNDS = 3, 9
 _FORMAT = 1
 _lock = threading.Lock()
 _memory: dict[str, dict[str, Any]] = {}
@@ -128,7 +132,7 @@ def choose(key: str, candidates: Sequence[str], run: Callable[[str], Any]) -> st
         known = _memory.get(key)
     if known is not None and known["choice"] in candidates:
         return str(known["choice"])
-    times = {name: _time(run, name) for name in candidates}
+    times = _time(run, candidates)
     choice = min(times, key=times.__getitem__)
     entry = {"choice": choice, "seconds": {k: round(v, 7) for k, v in times.items()}}
     with _lock:
@@ -162,20 +166,27 @@ def cache_path() -> Path:
     return root / f"autotune-{_machine_key()}.json"
 
 
-def _time(run: Callable[[str], Any], name: str) -> float:
-    run(name)  # untimed: allocations, first-touch, lazy initialisation
-    samples: list[float] = []
+def _time(run: Callable[[str], Any], candidates: Sequence[str]) -> dict[str, float]:
+    """Median seconds per call of each candidate, timed in interleaved rounds."""
+    for name in candidates:
+        run(name)  # untimed: allocations, first-touch, lazy initialisation
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
     deadline = time.perf_counter() + BUDGET_S
-    while len(samples) < MAX_CALLS and (not samples or time.perf_counter() < deadline):
-        start = time.perf_counter()
-        run(name)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+    for done in range(MAX_ROUNDS):
+        if done >= MIN_ROUNDS and time.perf_counter() > deadline:
+            break
+        for name in candidates:
+            start = time.perf_counter()
+            run(name)
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def _machine_key() -> str:
-    """CPU model and flags (or the first GPU's name) and torch's version, hashed."""
+    """CPU model and flags (or the first GPU's name), torch's version and ISA caps, hashed."""
+    # the ISA oneDNN may use and the native kernels' -march change what is fastest
     parts = [torch.__version__, platform.machine()]
+    parts += [os.environ.get(v, "") for v in ("ONEDNN_MAX_CPU_ISA", "HNETS_NATIVE_ARCH")]
     try:
         with open("/proc/cpuinfo") as fh:
             lines = fh.readlines()
