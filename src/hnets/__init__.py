@@ -28,7 +28,9 @@ __version__ = "0.1.0"
 #: Public subpackages reachable as ``hnets.<name>`` without importing them first.
 SUBMODULES = (
     "basis",
+    "bench",
     "checkpoint",
+    "cli",
     "data",
     "equivariance",
     "errors",
