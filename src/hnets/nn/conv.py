@@ -434,14 +434,6 @@ class HConv2d(nn.Module):
         return super()._apply(fn, recurse)
 
     # -- filter synthesis ---------------------------------------------------------------
-    def _coefficients(self) -> torch.Tensor:
-        """Complex ring coefficients ``w e^{i beta}``: shape ``(F, out, in, R, 2)``."""
-        return _coefficients_of(self.weight, self.phase)
-
-    def complex_filters(self) -> torch.Tensor:
-        """Filters of orders ``0..F-1``: shape ``(F, out, in, 2, k, k)`` (real, imaginary)."""
-        return _filters_from(self._coefficients(), self.basis)
-
     def _blocks_from(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Real, imaginary banks ``(o * Mo, i * Mi, k, k)`` from filters ``(F, o, i, 2, k, k)``."""
         conj = torch.stack([w[1:, :, :, 0], -w[1:, :, :, 1]], dim=3)
@@ -453,8 +445,11 @@ class HConv2d(nn.Module):
         real, imag = bank.reshape(shape).unbind(0)
         return real, imag
 
-    def _synthesis_maps(self, n_filter_orders: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Matrices ``(F*R*2, ...)`` taking one pair's coefficients to its dense / Gauss blocks.
+    def _synthesis_maps(
+        self, n_filter_orders: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Matrices ``(F*R*2, ...)`` taking one pair's coefficients to its dense, Gauss and
+        (orders 0..1 on both sides, else ``None``) Karatsuba blocks.
 
         Built by pushing unit coefficients through the reference construction
         (:meth:`_blocks_from`), in float64: row ``q`` is the block of coefficient ``q``.
@@ -481,24 +476,6 @@ class HConv2d(nn.Module):
             karatsuba = karatsuba.reshape(q, -1).float()  # (q, 9 k k)
         return dense.reshape(q, -1).float(), gauss.reshape(q, -1).float(), karatsuba
 
-    def _mapped(self, matrix: torch.Tensor) -> torch.Tensor:
-        """``coefficients @ matrix``: one row per (out, in) pair."""
-        coeff = self._coefficients()  # (F, o, i, R, 2)
-        rows = coeff.permute(1, 2, 0, 3, 4).reshape(self.out_channels * self.in_channels, -1)
-        return rows @ matrix.to(rows.dtype)
-
-    def filter_blocks(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Real and imaginary filter banks ``(out * Mo, in * Mi, k, k)`` over all order pairs.
-
-        Row ``o * Mo + mo`` and column ``i * Mi + mi`` hold :math:`W_{m_o - m_i, oi}`.
-        """
-        o, i, k = self.out_channels, self.in_channels, self.kernel_size
-        mo, mi = self.max_order + 1, self.in_max_order + 1
-        blocks = self._mapped(self.dense_map).view(o, i, mo, 2, mi, 2, k, k)[..., 0, :, :]
-        banks = blocks.permute(3, 0, 2, 1, 4, 5, 6).reshape(2, o * mo, i * mi, k, k)
-        real, imag = banks.unbind(0)  # the output's real part reads W_r, its imaginary W_i
-        return real, imag
-
     def dense_weight(self, *, real_input: bool = False) -> torch.Tensor:
         """The equivalent real ``Conv2d`` weight ``(out * Mo * 2, in * Mi * 2, k, k)``.
 
@@ -514,12 +491,6 @@ class HConv2d(nn.Module):
             raise ValueError("real_input needs in_max_order=0")
         (weight,) = self._torch_banks("real" if real_input else "dense")
         return weight
-
-    def gauss_weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Gauss's real banks ``(W_r, W_r + W_i, W_i - W_r)``, each ``(out*Mo, in*Mi, k, k)``,
-        channels-last like :meth:`dense_weight`."""
-        w_re, w_sum, w_diff = self._torch_banks("gauss")
-        return w_re, w_sum, w_diff
 
     def _layout(self, impl: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The synthesis matrix of ``impl`` as ``(q, G, A, B)``: the bank
