@@ -242,15 +242,10 @@ class _FixedTable(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        before = os.environ.get("HNETS_AUTOTUNE")
-        os.environ["HNETS_AUTOTUNE"] = "0"
-        try:
+        from .nn import dispatch
+
+        with dispatch.autotuning(False):
             return self.model(x)
-        finally:
-            if before is None:
-                del os.environ["HNETS_AUTOTUNE"]
-            else:
-                os.environ["HNETS_AUTOTUNE"] = before
 
 
 def saved_activation_bytes(model: nn.Module, batch: int = 46) -> int:
@@ -350,10 +345,8 @@ def tune_model(
     """
     from .nn import dispatch
 
-    before = os.environ.get("HNETS_AUTOTUNE")
-    os.environ["HNETS_AUTOTUNE"] = "1"
     rows: list[dict[str, object]] = []
-    try:
+    with dispatch.autotuning(True):
         for mode, batch in (("train", batch_size), ("infer", eval_batch_size)):
             x = torch.rand(batch, *image_shape)
             model.train(mode == "train")
@@ -378,11 +371,6 @@ def tune_model(
                         }  # fmt: skip
                     )
                     layer.last_choice = None
-    finally:
-        if before is None:
-            del os.environ["HNETS_AUTOTUNE"]
-        else:
-            os.environ["HNETS_AUTOTUNE"] = before
     model.eval()
     return rows
 

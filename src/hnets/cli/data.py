@@ -229,14 +229,12 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _summary(path: Path) -> str:
-    from ..data.cache import SPLITS, read_manifest
-    from ..data.registry import DATASETS
+    from ..data.cache import SPLITS, manifest_title, read_manifest
 
     manifest = read_manifest(path)
     sizes = manifest["sizes"]
     counts = ", ".join(f"{split} {sizes[split]}" for split in SPLITS)
-    spec = DATASETS.get(manifest.get("dataset", "rotmnist"))
-    title = spec.title if spec is not None else manifest.get("title", "folder")
+    title = manifest_title(manifest)
     valid_from = manifest.get("valid_from")
     note = f"; valid drawn from {valid_from}" if valid_from and valid_from != "folder" else ""
     classes = ", ".join(manifest.get("classes", []))

@@ -42,6 +42,7 @@ __all__ = [
     "VARIANTS",
     "FOLDER_DATASET",
     "manifest_classes",
+    "manifest_title",
     "check_labels",
     "SPLITS",
     "ALL_SPLITS",
@@ -243,6 +244,12 @@ def read_manifest(vdir: str | os.PathLike[str]) -> dict[str, Any]:
     if problem:
         raise DataError(f"{path}: {problem}")
     return manifest
+
+
+def manifest_title(manifest: Mapping[str, Any]) -> str:
+    """How messages call a prepared dataset: the registry's title, or a folder's name."""
+    spec = DATASETS.get(manifest.get("dataset", "rotmnist"))
+    return spec.title if spec is not None else str(manifest.get("title") or FOLDER_DATASET)
 
 
 def manifest_classes(manifest: Mapping[str, Any]) -> tuple[str, ...]:

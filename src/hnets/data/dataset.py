@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .cache import check_split, load_split, manifest_classes, read_manifest
+from .cache import check_split, load_split, manifest_classes, manifest_title, read_manifest
 from .registry import DATASETS
 
 __all__ = ["ImageDataset"]
@@ -64,10 +64,7 @@ class ImageDataset(Dataset):
     @property
     def title(self) -> str:
         """How messages call the dataset (``Rot-MNIST``, or the folder's name)."""
-        spec = DATASETS.get(self.dataset)
-        if spec is not None:
-            return spec.title
-        return str(self.manifest.get("title") or self.dataset)
+        return manifest_title(self.manifest)
 
     @property
     def standin(self) -> bool:

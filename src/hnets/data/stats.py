@@ -15,9 +15,15 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .._io import save_figure
-from .cache import SPLITS, SplitArrays, load_split, manifest_classes, read_manifest
+from .cache import (
+    SPLITS,
+    SplitArrays,
+    load_split,
+    manifest_classes,
+    manifest_title,
+    read_manifest,
+)
 from .locate import locate_variant
-from .registry import DATASETS
 
 __all__ = ["dataset_stats", "format_stats", "write_stats_figures"]
 
@@ -59,7 +65,7 @@ def dataset_stats(
     source = manifest.get("source")
     return {
         "dataset": manifest.get("dataset", "rotmnist"),
-        "title": _title(manifest),
+        "title": manifest_title(manifest),
         "classes": list(classes),
         "variant": manifest["variant"],
         "root": str(vdir),
@@ -130,7 +136,7 @@ def write_stats_figures(
     classes = manifest_classes(manifest)
     data = {split: load_split(vdir, split, limit=limit, manifest=manifest) for split in SPLITS}
     out_dir = Path(out_dir)
-    title = f"{_title(manifest)} ({manifest['variant']})"
+    title = f"{manifest_title(manifest)} ({manifest['variant']})"
     written = []
     for split, arrays in data.items():
         path = out_dir / f"samples_{split}.png"
@@ -144,11 +150,6 @@ def write_stats_figures(
         save_figure(_angle_histogram(data, title), path, dpi=100)
         written.append(path)
     return written
-
-
-def _title(manifest: dict[str, Any]) -> str:
-    spec = DATASETS.get(manifest.get("dataset", "rotmnist"))
-    return spec.title if spec is not None else str(manifest.get("title") or "folder")
 
 
 def _split_stats(arrays: SplitArrays, n_classes: int = 10) -> dict[str, Any]:

@@ -28,6 +28,7 @@ result up to float round-off (tested), so the choice changes speed only.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -36,7 +37,7 @@ import platform
 import statistics
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ __all__ = [
     "BUDGET_S",
     "MIN_ROUNDS",
     "MAX_ROUNDS",
+    "autotuning",
     "enabled",
     "signature",
     "choose",
@@ -63,6 +65,24 @@ _FORMAT = 1
 _lock = threading.Lock()
 _memory: dict[str, dict[str, Any]] = {}
 _loaded_from: Path | None = None
+
+
+@contextlib.contextmanager
+def autotuning(on: bool) -> Iterator[None]:
+    """Measure (``on``) or use the fixed table inside the block, whatever the environment.
+
+    Sets ``HNETS_AUTOTUNE`` for the block (the one switch :func:`enabled` reads) and
+    restores it after.
+    """
+    before = os.environ.get("HNETS_AUTOTUNE")
+    os.environ["HNETS_AUTOTUNE"] = "1" if on else "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["HNETS_AUTOTUNE"]
+        else:
+            os.environ["HNETS_AUTOTUNE"] = before
 
 
 def enabled() -> bool:

@@ -15,7 +15,6 @@ from typing import Any
 import torch
 
 from ..data import ImageDataset, ensure_dataset
-from ..data.registry import is_folder
 from ..data.subsets import stratified_subset
 from .config import TrainConfig
 
@@ -36,18 +35,14 @@ class RunData:
     @classmethod
     def load(cls, config: TrainConfig, *, progress: bool) -> RunData:
         """Prepare the dataset if needed; read the training split (and ``valid`` for ``train``)."""
-        folder = (
-            {"image_size": config.image_size, "channels": config.channels}
-            | {"skip_bad": config.skip_bad}
-            if is_folder(config.dataset)
-            else {}
-        )
-        vdir = ensure_dataset(
+        vdir = ensure_dataset(  # the folder options are unset (checked) for other datasets
             config.data_dir,
             config.data_variant,
             dataset=config.dataset,
             progress=progress,
-            **folder,
+            image_size=config.image_size,
+            channels=config.channels,
+            skip_bad=config.skip_bad,
         )
         train = ImageDataset(vdir, config.train_split, limit=config.limit_train)
         if config.train_size is not None:
