@@ -29,6 +29,7 @@ result up to float round-off (tested), so the choice changes speed only.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -205,8 +206,14 @@ def _time(run: Callable[[str], Any], candidates: Sequence[str]) -> dict[str, flo
 def _machine_key() -> str:
     """CPU model and flags (or the first GPU's name), torch's version and ISA caps, hashed."""
     # the ISA oneDNN may use and the native kernels' -march change what is fastest
-    parts = [torch.__version__, platform.machine()]
-    parts += [os.environ.get(v, "") for v in ("ONEDNN_MAX_CPU_ISA", "HNETS_NATIVE_ARCH")]
+    caps = tuple(os.environ.get(v, "") for v in ("ONEDNN_MAX_CPU_ISA", "HNETS_NATIVE_ARCH"))
+    return _hashed_machine(caps)
+
+
+@functools.cache
+def _hashed_machine(caps: tuple[str, ...]) -> str:
+    """Read once per process (every convolution call looks its decision up)."""
+    parts = [torch.__version__, platform.machine(), *caps]
     try:
         with open("/proc/cpuinfo") as fh:
             lines = fh.readlines()
