@@ -64,28 +64,29 @@ def test_registry_options_and_errors():
         build_model("cnn", max_order=2)
 
 
-@pytest.mark.parametrize("training", [True, False])
-def test_hnet_fused_forward_equals_its_layers_one_by_one(training):
-    """HNetMNIST feeds real images to its first convolution and fuses each mean pool into
-    the nonlinearity before it: the same logits, gradients and running statistics as
-    ``lift`` and ``self.features`` run layer by layer."""
+def _layer_by_layer(model, x):
+    """lift + the unfused features + the read-out written out: the reference forward."""
     import copy
 
+    plain = hnets.nn.unfuse(copy.deepcopy(model))
+    z = plain.head(plain.features(hnets.lift(x * plain.input_scale)))
+    mag = (z.square().sum(dim=3) + 1e-6).sqrt()
+    return plain, mag.sum(dim=2).mean(dim=(-2, -1)) + plain.bias
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_hnet_fused_forward_equals_its_layers_one_by_one(training):
+    """HNetMNIST feeds real images to its first convolution and runs its blocks fused:
+    the same logits, gradients and running statistics as ``lift`` and the unfused
+    ``features`` run layer by layer."""
     import torch.nn.functional as F
 
     torch.manual_seed(0)
-    fused = hnets.HNetMNIST()
-    plain = copy.deepcopy(fused)
-    fused.train(training)
-    plain.train(training)
+    fused = hnets.HNetMNIST().train(training)
     x, y = torch.rand(6, 1, 28, 28), torch.randint(0, 10, (6,))
-
-    def plain_forward(m):
-        z = m.head(m.features(hnets.lift(x * m.input_scale)))
-        mag = (z.square().sum(dim=3) + 1e-6).sqrt()
-        return mag.sum(dim=2).mean(dim=(-2, -1)) + m.bias
-
-    out_f, out_p = fused(x), plain_forward(plain)
+    plain, out_p = _layer_by_layer(fused, x)
+    assert all(not b.fused for b in plain.features) and all(b.fused for b in fused.features)
+    out_f = fused(x)
     torch.testing.assert_close(out_f, out_p, rtol=1e-5, atol=1e-5)
     F.cross_entropy(out_f, y).backward()
     F.cross_entropy(out_p, y).backward()
@@ -95,19 +96,34 @@ def test_hnet_fused_forward_equals_its_layers_one_by_one(training):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=0)
 
 
-def test_hnet_hooks_see_every_layer_even_where_pooling_is_fused():
+def test_hnet_blocks_show_in_print_and_hooks_see_what_runs():
     model = hnets.HNetMNIST().eval()
-    seen = []
-    handles = [m.register_forward_hook(lambda m, i, o: seen.append(o.shape[-1]))
-               for m in model.features]  # fmt: skip
+    assert repr(model).count("HBlock(") == 6 and "fused=True" in repr(model)
     x = torch.rand(2, 1, 28, 28)
+    seen = []
+
+    def hook(m, i, o):
+        seen.append((type(m).__name__, o.shape[-1]))
+
+    handles = [m.register_forward_hook(hook) for m in model.features.modules()
+               if m is not model.features]  # fmt: skip
     with torch.no_grad():
-        hooked = model(x)
+        fused_logits = model(x)
+        # fused: the blocks run as units; of their layers only convolutions run as
+        # modules (in blocks 1 and 2; blocks 3-6 read unmerged products in inference)
+        assert [w for n, w in seen if n == "HBlock"] == [28, 14, 14, 7, 7, 7]
+        assert [n for n, _ in seen if n != "HBlock"] == ["HConv2d", "HConv2d"]
+        seen.clear()
+        with hnets.nn.unfused(model):
+            assert "fused=False" in repr(model)
+            unfused_logits = model(x)
+        assert "fused=False" not in repr(model)  # restored
     for h in handles:
         h.remove()
-    assert seen == [28, 28, 14, 14, 14, 7, 7, 7]  # both pools ran as layers of their own
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), hooked, rtol=1e-5, atol=1e-5)
+    layers = [n for n, _ in seen if n != "HBlock"]
+    assert layers.count("HConv2d") == 6 and layers.count("HAvgPool2d") == 2
+    assert layers.count("HBatchNorm") == 3 and layers.count("HNonLinearity") == 6
+    torch.testing.assert_close(unfused_logits, fused_logits, rtol=1e-5, atol=1e-5)
 
 
 def test_hnet_inference_fusions_give_the_layer_by_layer_logits(monkeypatch):
@@ -123,9 +139,7 @@ def test_hnet_inference_fusions_give_the_layer_by_layer_logits(monkeypatch):
                 buf.uniform_(0.5, 2.0)
     x = torch.rand(6, 1, 28, 28)
     with torch.no_grad():
-        z = model.head(model.features(hnets.lift(x * model.input_scale)))
-        expected = (z.square().sum(dim=3) + 1e-6).sqrt().sum(dim=2).mean(dim=(-2, -1))
-        expected = expected + model.bias
+        _, expected = _layer_by_layer(model, x)
     if not _native.available():
         pytest.skip("needs the native kernels")
     fused_calls = []
@@ -137,17 +151,25 @@ def test_hnet_inference_fusions_give_the_layer_by_layer_logits(monkeypatch):
         got = model(x)
     assert len(fused_calls) == 4  # blocks 3 to 6 (Gauss, Gauss, Gauss, Karatsuba)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    fused_calls.clear()
+    with torch.inference_mode(), hnets.nn.unfused(model):
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    assert not fused_calls
 
 
-def test_hnet_inference_fusion_steps_aside_for_hooks_on_its_layers():
-    model = hnets.HNetMNIST().eval()
-    seen = []
-    block = model.features[7]  # 32 -> 32 channels: Karatsuba, fused in inference
-    handle = block.conv.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
-    x = torch.rand(2, 1, 28, 28)
-    with torch.no_grad():
-        hooked = model(x)
-    handle.remove()
-    assert seen == [(2, 32, 2, 2, 7, 7)]
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), hooked, rtol=1e-5, atol=1e-5)
+def test_hnet_loads_weights_saved_before_pooling_moved_into_the_blocks():
+    """Old state dicts had the pools at features.2 and .5 (blocks at 0, 1, 3, 4, 6, 7)."""
+    torch.manual_seed(2)
+    model = hnets.HNetMNIST()
+    old_index = {"0": "0", "1": "1", "2": "3", "3": "4", "4": "6", "5": "7"}
+    old = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("features."):
+            i, rest = key[len("features.") :].split(".", 1)
+            key = f"features.{old_index[i]}.{rest}"
+        old[key] = value.clone()
+    fresh = hnets.HNetMNIST()
+    fresh.load_state_dict(old, strict=True)
+    for (name, a), b in zip(fresh.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    assert hnets.models.upgrade_state_dict(fresh, old).keys() == model.state_dict().keys()

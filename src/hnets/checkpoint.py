@@ -39,7 +39,7 @@ from torch import nn
 
 from ._io import atomic_write, read_json, write_json
 from .errors import CheckpointError, DataError, HNetsError
-from .models import build_model, count_parameters, model_names
+from .models import build_model, count_parameters, model_names, upgrade_state_dict
 
 __all__ = [
     "MODEL_FORMAT",
@@ -184,7 +184,7 @@ def load_model(
         model = build_model(config["model"], **config.get("options", {}))
     except ValueError as exc:
         raise CheckpointError(f"{ckpt / CONFIG_FILE}: {exc}") from None
-    tensors = _read_safetensors(ckpt / MODEL_FILE)
+    tensors = upgrade_state_dict(model, _read_safetensors(ckpt / MODEL_FILE))
     problem = _mismatch(model.state_dict(), tensors)
     if problem:
         raise CheckpointError(

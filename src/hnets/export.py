@@ -30,7 +30,8 @@ from torch import nn
 
 from .errors import HNetsError
 from .models import HNetMNIST, RegularCNN
-from .nn import HAvgPool2d, HBatchNorm, HConv2d, HNonLinearity
+from .nn import HAvgPool2d, HBatchNorm, HConv2d, HNonLinearity, invariant_readout
+from .nn.fused_relu import relu_pairs
 
 __all__ = ["export", "export_onnx", "MagnitudeReLU", "ExportedHNet"]
 
@@ -43,15 +44,14 @@ class MagnitudeReLU(nn.Module):
 
     def __init__(self, bias: torch.Tensor, eps: float) -> None:
         super().__init__()
-        self.register_buffer("bias", bias.detach().reshape(1, -1, 1, 1).clone())
+        self.register_buffer("bias", bias.detach().flatten().clone())
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, s2, h, w = x.shape
-        pairs = x.reshape(b, s2 // 2, 2, h, w)
-        mag = torch.sqrt(pairs[:, :, 0] ** 2 + pairs[:, :, 1] ** 2 + self.eps)
-        scale = torch.relu(mag + self.bias) / mag
-        return (pairs * scale.unsqueeze(2)).reshape(b, s2, h, w)
+        pairs = x.reshape(b, s2 // 2, 2, h, w).permute(0, 3, 4, 1, 2)  # (B, H, W, S, 2)
+        out = relu_pairs(pairs, self.bias, self.eps)  # the definition hnets layers run
+        return out.permute(0, 3, 4, 1, 2).reshape(b, s2, h, w)
 
 
 class ExportedHNet(nn.Module):
@@ -74,12 +74,9 @@ class ExportedHNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.head(self.features(x * self.input_scale))
-        b, s2, h, w = z.shape
-        pairs = z.reshape(b, s2 // 2, 2, h, w)
-        mag = torch.sqrt(pairs[:, :, 0] ** 2 + pairs[:, :, 1] ** 2 + self.eps)
-        classes = self.bias.shape[0]
-        per_class = mag.reshape(b, classes, -1, h, w).sum(dim=2)
-        return per_class.mean(dim=(2, 3)) + self.bias
+        b, _, h, w = z.shape
+        harmonic = z.reshape(b, self.bias.shape[0], -1, 2, h, w)  # (B, K, M, 2, H, W)
+        return invariant_readout(harmonic, self.bias, self.eps)
 
 
 def _plain_conv(conv: HConv2d, scale: torch.Tensor | None, real_input: bool) -> nn.Conv2d:
@@ -113,10 +110,7 @@ def _plain_conv(conv: HConv2d, scale: torch.Tensor | None, real_input: bool) -> 
 
 
 def _bn_scale(bn: HBatchNorm) -> torch.Tensor:
-    scale = (bn.running_power + bn.eps).rsqrt()
-    if bn.weight is not None:
-        scale = scale * bn.weight
-    return scale.detach()
+    return bn.scale_of(bn.running_power).detach()
 
 
 def _flatten_layers(module: nn.Module) -> list[nn.Module]:

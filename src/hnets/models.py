@@ -11,30 +11,23 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from . import _native
-from .nn import HAvgPool2d, HBatchNorm, HConv2d, HNonLinearity
+from .nn import HBatchNorm, HBlock, HConv2d, HNonLinearity, invariant_readout
 
-__all__ = ["HNetMNIST", "RegularCNN", "build_model", "model_names", "count_parameters"]
+__all__ = [
+    "HNetMNIST",
+    "RegularCNN",
+    "build_model",
+    "model_names",
+    "count_parameters",
+    "upgrade_state_dict",
+]
 
 # Rot-MNIST pixel standard deviation (over all pixels of the training split). Inputs are
 # divided by it but *not* mean-centred: a zero background keeps the square image border
 # invisible to the filters, which matters for equivariance at angles other than 90 degrees.
 _INPUT_STD = 0.3
-
-
-def _hooked(module: nn.Module) -> bool:
-    """Whether forward hooks (the module's own or global ones) would see ``module`` run."""
-    from torch.nn.modules import module as module_state
-
-    return bool(
-        module._forward_hooks
-        or module._forward_pre_hooks
-        or module_state._global_forward_hooks
-        or module_state._global_forward_pre_hooks
-    )
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -46,65 +39,43 @@ def _scaled(width: float, channels: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(max(1, round(c * width)) for c in channels)
 
 
-class _HBlock(nn.Module):
-    """``HConv2d`` -> (``HBatchNorm``) -> ``HNonLinearity``."""
+def _block(cin: int, cout: int, *, in_order: int, order: int, batch_norm: bool, pool: int,
+           kernel_size: int, n_rings: int | None) -> HBlock:  # fmt: skip
+    conv = HConv2d(cin, cout, kernel_size, max_order=order, in_max_order=in_order, n_rings=n_rings)
+    bn = HBatchNorm(cout, order) if batch_norm else None
+    act = HNonLinearity(cout, order, inplace=True)  # the conv output is ours to overwrite
+    return HBlock(conv, act, bn, pool=pool)
 
-    def __init__(
-        self,
-        cin: int,
-        cout: int,
-        *,
-        in_order: int,
-        order: int,
-        batch_norm: bool,
-        kernel_size: int,
-        n_rings: int | None,
-    ) -> None:
-        super().__init__()
-        self.conv = HConv2d(
-            cin, cout, kernel_size, max_order=order, in_max_order=in_order, n_rings=n_rings
-        )
-        self.bn = HBatchNorm(cout, order) if batch_norm else nn.Identity()
-        self.act = HNonLinearity(cout, order, inplace=True)  # the conv output is ours
-        self.conv.reads_unmerged = True  # see _fused_inference
 
-    def forward(self, z: torch.Tensor, pool: int = 1) -> torch.Tensor:
-        """``pool=k``: followed by ``HAvgPool2d(k)``, fused into the nonlinearity."""
-        fused = self._fused_inference(z, pool)
-        if fused is not None:
-            return fused
-        z = self.conv(z)
-        if isinstance(self.bn, HBatchNorm):
-            # act(bn(z)) as one function: the same values, half the saved maps and a
-            # backward with two full-size passes instead of about eight
-            return self.act(z, bn=self.bn, pool=pool)
-        return self.act(z, pool=pool)
+#: Positions of the blocks in ``features`` before pooling moved into the blocks (the
+#: two ``HAvgPool2d`` stood at 2 and 5): checkpoints written then load through this.
+_OLD_FEATURE_INDEX = {"0": "0", "1": "1", "3": "2", "4": "3", "6": "4", "7": "5"}
 
-    def _fused_inference(self, z: torch.Tensor, pool: int) -> torch.Tensor | None:
-        """Inference where the convolution runs Gauss's or Karatsuba's scheme: the
-        nonlinearity (batch norm, pooling) reads its unmerged products in one native
-        pass, so the convolution's merged output is never stored. ``None`` elsewhere."""
-        bn = self.bn if isinstance(self.bn, HBatchNorm) else None
-        if self.act.fn is not F.relu or (bn is not None and bn.training):
-            return None
-        if _hooked(self.conv) or _hooked(self.act):  # hooks see the layers run
-            return None
-        products = self.conv.unmerged_products(z)
-        if products is None:
-            return None
-        h, w = products[0].shape[-2:]
-        tiles = h % pool == 0 and w % pool == 0
-        scale = None if bn is None else bn._scale_of(bn.running_power).float()
-        pairs = _native.relu_products(
-            products,
-            (self.act.channels, self.act.max_order + 1),
-            scale,
-            self.act.bias.float(),
-            self.act.eps,
-            pool=pool if tiles else 1,
-        )
-        out = pairs.permute(0, 3, 4, 5, 1, 2)  # harmonic view of the pixel-major maps
-        return out if tiles or pool == 1 else HAvgPool2d(pool)(out)
+
+def _renumber_old_features(state_dict: dict[str, Any], prefix: str = "") -> None:
+    """Rename an old checkpoint's ``features.<i>`` keys in place (nothing for new ones)."""
+    head = prefix + "features."
+    if not any(key.startswith(head + "7.") for key in state_dict):
+        return
+    moved = {k: state_dict.pop(k) for k in [k for k in state_dict if k.startswith(head)]}
+    for key, value in moved.items():  # all popped first: old and new indices overlap
+        index, rest = key[len(head) :].split(".", 1)
+        state_dict[f"{head}{_OLD_FEATURE_INDEX[index]}.{rest}"] = value
+
+
+def _renumber_hook(_module: nn.Module, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+    _renumber_old_features(state_dict, prefix)
+
+
+def upgrade_state_dict(model: nn.Module, state_dict: dict[str, Any]) -> dict[str, Any]:
+    """``state_dict`` with the keys ``model`` has today, for weights saved by older hnets.
+
+    ``model.load_state_dict`` does this itself; it is here for checks made before loading.
+    """
+    state = dict(state_dict)
+    if isinstance(model, HNetMNIST):
+        _renumber_old_features(state)
+    return state
 
 
 class HNetMNIST(nn.Module):
@@ -119,10 +90,11 @@ class HNetMNIST(nn.Module):
     bias per class. Magnitudes are rotation invariant, so the logits are invariant
     to 90-degree rotations of the input up to float round-off.
 
-    The forward feeds the scaled images straight into the first convolution (what
-    :func:`hnets.lift` would give, at half the cost) and runs each mean pool fused
-    into the nonlinearity before it (``act(z, pool=2)``); with forward hooks on those
-    layers they run one by one instead, so hooks see every layer's own output.
+    ``features`` is six :class:`~hnets.nn.HBlock` (the second and fourth end with the
+    pools), which run their layers fused; ``hnets.nn.unfuse(model)`` runs every layer
+    on its own (for hooks on them) with the same values. The forward feeds the scaled
+    images straight into the first convolution (what :func:`hnets.lift` would give, at
+    half the cost).
 
     Shape:
         ``(B, 1, 28, 28)`` in ``[0, 1]`` -> logits ``(B, n_classes)``.
@@ -148,54 +120,31 @@ class HNetMNIST(nn.Module):
             (c2, c3, False),
             (c3, c3, True),
         ]
-        blocks: list[nn.Module] = []
-        for i, (cin, cout, bn) in enumerate(spec):
-            blocks.append(
-                _HBlock(
-                    cin,
-                    cout,
-                    in_order=0 if i == 0 else max_order,
-                    order=max_order,
-                    batch_norm=bn,
-                    kernel_size=kernel_size,
-                    n_rings=n_rings,
-                )
+        blocks = [
+            _block(
+                cin,
+                cout,
+                in_order=0 if i == 0 else max_order,
+                order=max_order,
+                batch_norm=bn,
+                pool=2 if i in (1, 3) else 1,
+                kernel_size=kernel_size,
+                n_rings=n_rings,
             )
-            if i in (1, 3):
-                blocks.append(HAvgPool2d(2))
+            for i, (cin, cout, bn) in enumerate(spec)
+        ]
         self.features = nn.Sequential(*blocks)
         self.head = HConv2d(
             c3, n_classes, kernel_size, max_order=0, in_max_order=max_order, n_rings=n_rings
         )
         self.bias = nn.Parameter(torch.zeros(n_classes))
         self.register_buffer("input_scale", torch.tensor(1.0 / _INPUT_STD), persistent=False)
+        self.register_load_state_dict_pre_hook(_renumber_hook)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # real images go straight into the first HConv2d (same as lift(), half the work)
-        z = self.head(self._features(x * self.input_scale))
-        mag = (z.square().sum(dim=3) + 1e-6).sqrt()  # (B, classes, orders, H, W)
-        return mag.sum(dim=2).mean(dim=(-2, -1)) + self.bias
-
-    def _features(self, z: torch.Tensor) -> torch.Tensor:
-        """``self.features(z)``, with each block's following mean pool fused into it.
-
-        Not where a forward hook watches the block, its parts or the pool: hooks see
-        every layer's own output, as in ``self.features(z)``.
-        """
-        layers = list(self.features)
-        i = 0
-        while i < len(layers):
-            layer, after = layers[i], layers[i + 1] if i + 1 < len(layers) else None
-            if (
-                isinstance(layer, _HBlock)
-                and isinstance(after, HAvgPool2d)
-                and after.stride == after.kernel_size
-                and not any(_hooked(m) for m in (*layer.modules(), after))
-            ):
-                z, i = layer(z, pool=after.kernel_size), i + 2
-            else:
-                z, i = layer(z), i + 1
-        return z
+        z = self.head(self.features(x * self.input_scale))
+        return invariant_readout(z, self.bias)
 
 
 class RegularCNN(nn.Module):

@@ -24,6 +24,7 @@ from ._io import atomic_write, save_figure, write_json
 from .data import rotate_images
 from .equivariance import disc_mask, relative_error
 from .errors import DataError
+from .nn import magnitude
 
 __all__ = [
     "crisp_accuracy",
@@ -255,7 +256,7 @@ def _feature_maps(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 
     def keep(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
         if output.dim() == 6:  # harmonic map: |z| summed over rotation orders
-            maps.append(output.square().sum(dim=3).sqrt().sum(dim=2))
+            maps.append(magnitude(output).sum(dim=2))
         elif output.dim() == 4:
             maps.append(output)
 

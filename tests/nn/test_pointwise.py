@@ -5,6 +5,29 @@ import torch
 import torch.nn.functional as F
 
 from hnets import HAvgPool2d, HBatchNorm, HConv2d, HNonLinearity, lift, magnitude, rot90_harmonic
+from hnets.nn import functional as HF
+
+
+def _fused(act, bn=None, pool=1):
+    """The functional form of ``act`` after ``bn`` (then ``pool``), as HBlock runs them."""
+
+    def run(z):
+        if bn is None:
+            return HF.magnitude_relu(z, act.bias, eps=act.eps, pool=pool)
+        out = HF.batch_norm_magnitude_relu(
+            z,
+            act.bias,
+            bn.weight,
+            bn.running_power,
+            training=bn.training,
+            momentum=bn.momentum,
+            bn_eps=bn.eps,
+            eps=act.eps,
+            pool=pool,
+        )
+        return out
+
+    return run
 
 
 def _maps(*shape, seed=0, dtype=torch.float32):
@@ -168,15 +191,12 @@ def _saved_storages(fn, *inputs):
 
 @pytest.mark.parametrize("native", [True, False])
 @pytest.mark.parametrize("training", [True, False])
-@pytest.mark.parametrize("fn", [F.relu, F.softplus])
-def test_nonlinearity_fused_with_batchnorm_equals_the_composition(
-    training, fn, native, monkeypatch
-):
+def test_batch_norm_magnitude_relu_equals_the_composition(training, native, monkeypatch):
     if not native:
         monkeypatch.setenv("HNETS_NATIVE", "0")
     torch.manual_seed(3)
     bn_a, bn_b = HBatchNorm(3, 1), HBatchNorm(3, 1)
-    act_a, act_b = HNonLinearity(3, 1, fn=fn), HNonLinearity(3, 1, fn=fn)
+    act_a, act_b = HNonLinearity(3, 1), HNonLinearity(3, 1)
     with torch.no_grad():
         for p in (bn_a.weight, act_a.bias):
             p.uniform_(-1.0, 1.0)
@@ -187,7 +207,7 @@ def test_nonlinearity_fused_with_batchnorm_equals_the_composition(
         m.train(training)
     z = _maps(4, 3, 2, 2, 6, 6).requires_grad_()
     g = _maps(4, 3, 2, 2, 6, 6, seed=1)
-    fused = act_a(z, bn=bn_a)
+    fused = _fused(act_a, bn_a)(z)
     (fused * g).sum().backward()
     grads_fused = [z.grad.clone(), bn_a.weight.grad, act_a.bias.grad]
     z.grad = None
@@ -207,7 +227,7 @@ def test_nonlinearity_fused_with_batchnorm_equals_the_composition(
 
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("training", [True, False])
-def test_nonlinearity_fused_with_batchnorm_gradcheck(training, affine):
+def test_batch_norm_magnitude_relu_gradcheck(training, affine):
     bn, act = HBatchNorm(2, 1, affine=affine).double(), HNonLinearity(2, 1).double()
     with torch.no_grad():
         if affine:
@@ -217,10 +237,10 @@ def test_nonlinearity_fused_with_batchnorm_gradcheck(training, affine):
     bn.train(training)
     z = _maps(3, 2, 2, 2, 4, 4, dtype=torch.float64).requires_grad_()
     inputs = (z, act.bias) + ((bn.weight,) if affine else ())
-    assert torch.autograd.gradcheck(lambda z, *params: act(z, bn=bn), inputs)
+    assert torch.autograd.gradcheck(lambda z, *params: _fused(act, bn)(z), inputs)
 
 
-def test_nonlinearity_fused_with_batchnorm_keeps_only_its_input():
+def test_batch_norm_magnitude_relu_keeps_only_its_input():
     bn, act = HBatchNorm(2, 1), HNonLinearity(2, 1)
     # hnets layers hand on channels-last maps (memory (B, H, W, C, M, 2)), as here
     z = _maps(4, 8, 8, 2, 2, 2).permute(0, 3, 4, 5, 1, 2).requires_grad_()
@@ -239,14 +259,18 @@ def test_nonlinearity_fused_with_batchnorm_keeps_only_its_input():
         return set(kept)
 
     # the composition keeps bn's input and act's input; the fused form only z
-    assert full_size_kept(lambda t: act(t, bn=bn)) == {z.untyped_storage().data_ptr()}
+    assert full_size_kept(_fused(act, bn)) == {z.untyped_storage().data_ptr()}
     assert len(full_size_kept(lambda t: act(bn(t)))) == 2
 
 
-def test_nonlinearity_refuses_a_batchnorm_of_another_shape():
-    act = HNonLinearity(3, 1)
-    with pytest.raises(ValueError, match=r"cannot fuse HBatchNorm\(4, max_order=1\)"):
-        act(_maps(1, 3, 2, 2, 4, 4), bn=HBatchNorm(4, 1))
+def test_functional_forms_refuse_a_bias_of_another_shape():
+    z = _maps(1, 3, 2, 2, 4, 4)
+    with pytest.raises(ValueError, match="magnitude_relu expects 4 channels"):
+        HF.magnitude_relu(z, torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="batch_norm_magnitude_relu expects 3 rotation orders"):
+        HF.batch_norm_magnitude_relu(z, torch.zeros(3, 3), None, None, training=True)
+    with pytest.raises(ValueError, match="needs running_power"):
+        HF.batch_norm_magnitude_relu(z, torch.zeros(3, 2), None, None, training=False)
 
 
 def test_tiled_pool_matches_avg_pool_and_keeps_nothing():
@@ -269,10 +293,11 @@ def test_tiled_pool_matches_avg_pool_and_keeps_nothing():
 @pytest.mark.parametrize("native", [True, False])
 @pytest.mark.parametrize(("with_bn", "training"), [(False, True), (True, True), (True, False)])
 @pytest.mark.parametrize("size", [(8, 6), (7, 6)])  # the second does not tile: unfused
-def test_nonlinearity_fused_with_pooling_equals_the_composition(
+def test_magnitude_relu_with_pooling_equals_the_composition(
     with_bn, training, size, native, monkeypatch
 ):
-    """act(z, bn=bn, pool=2) == HAvgPool2d(2)(act(z, bn=bn)): values, gradients, statistics."""
+    """The functional forms with pool=2 == HAvgPool2d(2) after them: values, gradients,
+    statistics."""
     if not native:
         monkeypatch.setenv("HNETS_NATIVE", "0")
     torch.manual_seed(5)
@@ -293,7 +318,7 @@ def test_nonlinearity_fused_with_pooling_equals_the_composition(
     g = _maps(4, 3, 2, 2, h, w, seed=1)
     results = []
     for fused, act, bn in zip([True, False], acts, bns, strict=True):
-        out = act(z, bn=bn, pool=2) if fused else HAvgPool2d(2)(act(z, bn=bn))
+        out = _fused(act, bn, pool=2)(z) if fused else HAvgPool2d(2)(_fused(act, bn)(z))
         params = [act.bias] + ([bn.weight] if with_bn else [])
         grads = torch.autograd.grad((out * g).sum(), [z, *params])
         results.append((out, grads, bn.running_power.clone() if with_bn else None))
@@ -307,55 +332,59 @@ def test_nonlinearity_fused_with_pooling_equals_the_composition(
 
 
 @pytest.mark.parametrize("with_bn", [False, True])
-def test_nonlinearity_fused_with_pooling_gradcheck(with_bn):
+def test_magnitude_relu_with_pooling_gradcheck(with_bn):
     """In float64 (no native kernels) ``pool=2`` runs the two layers one after the other."""
     torch.manual_seed(0)
     bn = HBatchNorm(2, 1).double() if with_bn else None
     act = HNonLinearity(2, 1).double()
     z = _maps(2, 2, 2, 2, 4, 4, dtype=torch.float64).requires_grad_()
-    assert torch.autograd.gradcheck(lambda z, b: act(z, bn=bn, pool=2), (z, act.bias))
+    assert torch.autograd.gradcheck(lambda z, b: _fused(act, bn, pool=2)(z), (z, act.bias))
 
 
-def test_nonlinearity_fused_with_pooling_never_stores_the_full_map():
+def test_magnitude_relu_with_pooling_never_stores_the_full_map():
     act = HNonLinearity(2, 1)
     z = _maps(4, 8, 8, 2, 2, 2).permute(0, 3, 4, 5, 1, 2).requires_grad_()
-    out, kept = _saved_storages(lambda t: act(t, pool=2), z)
+    out, kept = _saved_storages(_fused(act, pool=2), z)
     assert out.shape[-2:] == (4, 4)
     kept.discard(act.bias.untyped_storage().data_ptr())
     assert kept == {z.untyped_storage().data_ptr()}  # only the input, for the backward
 
 
-def test_nonlinearity_pool_must_be_positive():
+def test_magnitude_relu_pool_must_be_positive():
     with pytest.raises(ValueError, match="pool must be >= 1"):
-        HNonLinearity(2, 1)(_maps(1, 2, 2, 2, 4, 4), pool=0)
+        HF.magnitude_relu(_maps(1, 2, 2, 2, 4, 4), torch.zeros(2, 2), pool=0)
 
 
 @pytest.mark.parametrize("with_bn", [False, True])
-def test_nonlinearity_inplace_writes_over_its_input_only_without_autograd(with_bn):
-    bn = HBatchNorm(3, 1).eval() if with_bn else None
-    act, ref_act = HNonLinearity(3, 1, inplace=True), HNonLinearity(3, 1)
+def test_inplace_writes_over_its_input_only_without_autograd(with_bn):
+    """HNonLinearity(inplace=True), and the eval-mode batch-norm form with inplace=True."""
+    bn = HBatchNorm(3, 1).eval()
+    with torch.no_grad():
+        bn.running_power.uniform_(0.5, 2.0)
+    act = HNonLinearity(3, 1, inplace=True)
+
+    def run(z, inplace):
+        if with_bn:
+            return HF.batch_norm_magnitude_relu(
+                z, act.bias, bn.weight, bn.running_power, training=False, inplace=inplace
+            )
+        return act(z) if inplace else HNonLinearity(3, 1)(z)
+
     z = _maps(2, 5, 5, 3, 2, 2).permute(0, 3, 4, 5, 1, 2)  # channels-last, as hnets layers
     with torch.no_grad():
-        expected = ref_act(z, bn=bn)
+        expected = run(z, inplace=False)
         before = z.clone()
-        with_grad_off = act(z.clone(), bn=bn)
-        torch.testing.assert_close(with_grad_off, expected, rtol=0, atol=0)
         mine = z.clone()
-        out = act(mine, bn=bn)
+        out = run(mine, inplace=True)
+        torch.testing.assert_close(out, expected, rtol=0, atol=0)
     from hnets import _native
 
     if _native.available():
         assert out.data_ptr() == mine.data_ptr() and torch.equal(mine, expected)
     z_grad = before.clone().requires_grad_()
-    act(z_grad, bn=bn).sum().backward()  # with autograd: the input is kept intact
+    run(z_grad, inplace=True).sum().backward()  # with autograd: the input is kept intact
     assert torch.equal(z_grad.detach(), before)
     assert "inplace=True" in repr(act)
-
-
-def test_nonlinearity_pool_with_another_function_is_the_composition():
-    act = HNonLinearity(2, 1, fn=F.softplus)
-    z = _maps(2, 2, 2, 2, 6, 6)
-    torch.testing.assert_close(act(z, pool=2), HAvgPool2d(2)(act(z)), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("with_bn", [False, True])
@@ -363,8 +392,8 @@ def test_fused_pooling_functions_pytorch_path_gradcheck(with_bn, monkeypatch):
     """The fused autograd functions' PyTorch forward and backward (pooling and its spread,
     what a double backward through the native forward differentiates): the composition's
     values, gradcheck, and gradgradcheck where double backward is supported."""
-    from hnets.nn.functional import from_pixel_major, to_pixel_major
-    from hnets.nn.nonlinearity import _BatchNormMagnitudeReLU, _MagnitudeReLU
+    from hnets.nn.fused_relu import BatchNormMagnitudeReLUFunction, MagnitudeReLUFunction
+    from hnets.nn.layout import from_pixel_major, to_pixel_major
 
     monkeypatch.setenv("HNETS_NATIVE", "0")
     pairs = _maps(2, 4, 4, 2, 2, 2, dtype=torch.float64).requires_grad_()
@@ -372,14 +401,14 @@ def test_fused_pooling_functions_pytorch_path_gradcheck(with_bn, monkeypatch):
 
     def fused(p, b):
         if with_bn:
-            return _BatchNormMagnitudeReLU.apply(p, None, b, 1e-5, 1e-6, 2)[0]
-        return _MagnitudeReLU.apply(p, None, b, 1e-6, 2)
+            return BatchNormMagnitudeReLUFunction.apply(p, None, b, 1e-5, 1e-6, 2)[0]
+        return MagnitudeReLUFunction.apply(p, None, b, 1e-6, 2)
 
     act = HNonLinearity(2, 1).double()
     bn = HBatchNorm(2, 1, affine=False).double() if with_bn else None
     with torch.no_grad():
         act.bias.copy_(bias)
-        composed = to_pixel_major(HAvgPool2d(2)(act(from_pixel_major(pairs), bn=bn)))
+        composed = to_pixel_major(HAvgPool2d(2)(_fused(act, bn)(from_pixel_major(pairs))))
     torch.testing.assert_close(fused(pairs, bias), composed, rtol=1e-12, atol=1e-12)
     assert torch.autograd.gradcheck(fused, (pairs, bias))
     if not with_bn:  # the batch-norm variant's backward is not twice differentiable

@@ -1,12 +1,30 @@
 """Harmonic Network layers, one family per module.
 
 All layers consume and produce harmonic feature maps shaped
-``(batch, channels, orders, 2, height, width)`` (see :mod:`hnets.nn.functional`).
+``(batch, channels, orders, 2, height, width)`` (see :mod:`hnets.nn.layout`); the
+operations they run are defined once, as functions, in :mod:`hnets.nn.functional`.
+
+* :mod:`~hnets.nn.conv`: :class:`HConv2d` (parameters, basis, forward) and the
+  measured choice of scheme (:mod:`~hnets.nn.dispatch`);
+* :mod:`~hnets.nn.nonlinearity`, :mod:`~hnets.nn.batchnorm`, :mod:`~hnets.nn.pooling`:
+  the pointwise layers;
+* :mod:`~hnets.nn.block`: :class:`HBlock`, the three run fused, with ``fuse()``/``unfuse()``;
+* :mod:`~hnets.nn.fused_relu`: the magnitude ReLU's definition and accelerated forms.
 """
 
 from .batchnorm import HBatchNorm
+from .block import HBlock, fuse, unfuse, unfused
 from .conv import HConv2d
-from .functional import check_harmonic, lift, magnitude, rot90_harmonic
+from .functional import (
+    batch_norm_magnitude_relu,
+    check_harmonic,
+    invariant_readout,
+    lift,
+    magnitude,
+    magnitude_relu,
+    mean_pool,
+    rot90_harmonic,
+)
 from .nonlinearity import HNonLinearity
 from .pooling import HAvgPool2d
 
@@ -15,8 +33,16 @@ __all__ = [
     "HNonLinearity",
     "HBatchNorm",
     "HAvgPool2d",
+    "HBlock",
+    "fuse",
+    "unfuse",
+    "unfused",
     "lift",
     "magnitude",
+    "magnitude_relu",
+    "batch_norm_magnitude_relu",
+    "mean_pool",
+    "invariant_readout",
     "rot90_harmonic",
     "check_harmonic",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .functional import check_harmonic, from_pixel_major, pair_dot, per_pair, to_pixel_major
+from .layout import check_harmonic, from_pixel_major, pair_dot, per_pair, to_pixel_major
 
 __all__ = ["HBatchNorm"]
 
@@ -66,9 +66,8 @@ class HBatchNorm(nn.Module):
         """The factor each stream is multiplied by, ``(C, M)`` in ``z``'s dtype.
 
         In training mode this is where the batch statistic is taken (with gradient)
-        and the running estimate updated, exactly as :meth:`forward` does. To follow
-        batch norm by a nonlinearity, prefer ``act(z, bn=bn)`` (see
-        :meth:`HNonLinearity.forward`), which fuses the two.
+        and the running estimate updated, exactly as :meth:`forward` does. Followed by
+        a nonlinearity, the two run fused in :class:`hnets.nn.HBlock`.
         """
         check_harmonic(z, channels=self.channels, orders=self.max_order + 1, where="HBatchNorm")
         if self.training:
@@ -78,10 +77,11 @@ class HBatchNorm(nn.Module):
             self.update_running_power(power)
         else:
             power = self.running_power
-        return self._scale_of(power).to(z.dtype)
+        return self.scale_of(power).to(z.dtype)
 
-    def _scale_of(self, power: torch.Tensor) -> torch.Tensor:
-        """``weight / sqrt(power + eps)`` per stream."""
+    def scale_of(self, power: torch.Tensor) -> torch.Tensor:
+        """``weight / sqrt(power + eps)`` per stream ``(C, M)``; eval mode multiplies by
+        ``scale_of(running_power)``."""
         scale = (power + self.eps).rsqrt()
         if self.weight is not None:
             scale = scale * self.weight.to(scale.dtype)

@@ -19,61 +19,20 @@ from __future__ import annotations
 
 import torch
 
+from . import fused_relu as _relu
+from .layout import check_harmonic
+from .pooling import mean_pool
+
 __all__ = [
     "lift",
     "magnitude",
+    "magnitude_relu",
+    "batch_norm_magnitude_relu",
+    "mean_pool",
+    "invariant_readout",
     "rot90_harmonic",
     "check_harmonic",
 ]
-
-
-def check_harmonic(
-    z: torch.Tensor, *, channels: int | None, orders: int | None, where: str
-) -> None:
-    """Raise a ``ValueError`` naming ``where`` unless ``z`` is a harmonic map of that type."""
-    if z.dim() != 6 or z.shape[3] != 2:
-        raise ValueError(
-            f"{where} expects a harmonic map shaped (batch, channels, orders, 2, height, width); "
-            f"got a tensor of shape {tuple(z.shape)} (use hnets.lift() on real images)"
-        )
-    if channels is not None and z.shape[1] != channels:
-        raise ValueError(
-            f"{where} expects {channels} channels; got {z.shape[1]} ({tuple(z.shape)})"
-        )
-    if orders is not None and z.shape[2] != orders:
-        raise ValueError(
-            f"{where} expects {orders} rotation orders (0..{orders - 1}); got {z.shape[2]} "
-            f"({tuple(z.shape)})"
-        )
-
-
-def to_pixel_major(z: torch.Tensor) -> torch.Tensor:
-    """``(B, C, M, 2, H, W)`` -> contiguous ``(B, H, W, C, M, 2)``: a free view for hnets outputs.
-
-    hnets layers store harmonic maps channels-last (memory ordered
-    ``(B, H, W, C, M, 2)``), so pointwise layers work on contiguous memory with each
-    complex pair adjacent; a standard-strided input is copied once.
-    """
-    return z.permute(0, 4, 5, 1, 2, 3).contiguous()
-
-
-def from_pixel_major(p: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`to_pixel_major` (a view)."""
-    return p.permute(0, 3, 4, 5, 1, 2)
-
-
-def pair_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a_re * b_re + a_im * b_im`` over a trailing pair dimension (faster than a sum)."""
-    return torch.addcmul(a[..., 0] * b[..., 0], a[..., 1], b[..., 1])
-
-
-def per_pair(scale: torch.Tensor) -> torch.Tensor:
-    """A factor per stream ``(C, M)`` -> ``(C, M, 2)``, contiguous, to multiply pixel-major pairs.
-
-    The same products as broadcasting ``scale.unsqueeze(-1)``, but several times faster
-    on CPU, where broadcasting along the innermost (size-2) dimension is a slow path.
-    """
-    return scale.unsqueeze(-1).expand(*scale.shape, 2).contiguous()
 
 
 def lift(x: torch.Tensor) -> torch.Tensor:
@@ -93,6 +52,102 @@ def magnitude(z: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     """
     check_harmonic(z, channels=None, orders=None, where="magnitude")
     return (z.square().sum(dim=3) + eps).sqrt()
+
+
+def magnitude_relu(
+    z: torch.Tensor,
+    bias: torch.Tensor,
+    *,
+    scale: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    pool: int = 1,
+    inplace: bool = False,
+) -> torch.Tensor:
+    r"""The magnitude ReLU of every stream, phase kept (:class:`~hnets.nn.HNonLinearity`):
+
+    .. math::
+
+        y \;\mapsto\; y\, \frac{\max(|y|_\epsilon + b_{c,m},\, 0)}{|y|_\epsilon},
+        \qquad y = a_{c,m}\, z, \quad |y|_\epsilon = \sqrt{|y|^2 + \epsilon}
+
+    Args:
+        z: a harmonic map ``(B, C, M, 2, H, W)``.
+        bias: ``b``, one per stream ``(C, M)``.
+        scale: ``a``, an optional positive factor per stream ``(C, M)`` (how an eval-mode
+            :class:`~hnets.nn.HBatchNorm` folds in); ``None`` for 1.
+        eps: :math:`\epsilon`, keeping value and gradient finite at ``z = 0``.
+        pool: ``k > 1`` applies ``k x k`` mean pooling (stride ``k``) to the result; where
+            the windows tile the maps the two run as one pass and the full-size result
+            is never stored.
+        inplace: where autograd is not recording and the native kernel runs, write the
+            result over ``z``.
+
+    The definition in PyTorch ops is :func:`hnets.nn.fused_relu.relu_pairs`; this
+    function runs it through a memory-lean autograd function and, on float32 CPU
+    tensors, native kernels tested against it.
+
+    Shape:
+        ``(B, C, M, 2, H, W)`` -> ``(B, C, M, 2, H / pool, W / pool)``.
+    """
+    check_harmonic(z, channels=bias.shape[0], orders=bias.shape[1], where="magnitude_relu")
+    if pool < 1:
+        raise ValueError(f"pool must be >= 1; got {pool}")
+    return _relu.magnitude_relu(z, bias, scale=scale, eps=eps, pool=pool, inplace=inplace)
+
+
+def batch_norm_magnitude_relu(
+    z: torch.Tensor,
+    bias: torch.Tensor,
+    weight: torch.Tensor | None,
+    running_power: torch.Tensor | None,
+    *,
+    training: bool,
+    momentum: float = 0.1,
+    bn_eps: float = 1e-5,
+    eps: float = 1e-6,
+    pool: int = 1,
+    inplace: bool = False,
+) -> torch.Tensor:
+    r"""Magnitude batch norm (:class:`~hnets.nn.HBatchNorm`), then :func:`magnitude_relu`.
+
+    The stream factor is ``a = weight / sqrt(P + bn_eps)`` with ``P`` the batch's mean
+    power :math:`E|z_{c,m}|^2` over batch and positions when ``training`` (and then
+    ``running_power``, if given, moves towards it by ``momentum``, in place, as
+    ``F.batch_norm`` does with its running statistics), else ``running_power``.
+    In training both run as one autograd function: one full-size map is kept for the
+    backward instead of two, and the backward makes two full-size passes instead of
+    about eight. Values are those of the two layers one after the other.
+
+    Shape:
+        ``(B, C, M, 2, H, W)`` -> ``(B, C, M, 2, H / pool, W / pool)``.
+    """
+    check_harmonic(
+        z, channels=bias.shape[0], orders=bias.shape[1], where="batch_norm_magnitude_relu"
+    )
+    if pool < 1:
+        raise ValueError(f"pool must be >= 1; got {pool}")
+    return _relu.batch_norm_magnitude_relu(
+        z,
+        bias,
+        weight,
+        running_power,
+        training=training,
+        momentum=momentum,
+        bn_eps=bn_eps,
+        eps=eps,
+        pool=pool,
+        inplace=inplace,
+    )
+
+
+def invariant_readout(z: torch.Tensor, bias: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    r"""Rotation-invariant class scores: magnitudes summed over orders, averaged over space.
+
+    ``(B, K, M, 2, H, W)`` -> ``(B, K)``: :math:`\sum_m |z_{k,m}|_\epsilon` averaged over
+    positions, plus ``bias`` ``(K,)``. Plain PyTorch ops (scriptable, exportable).
+    """
+    mag = (z.square().sum(dim=3) + eps).sqrt()  # (B, K, M, H, W)
+    return mag.sum(dim=2).mean(dim=(-2, -1)) + bias
 
 
 def _times_i_power(z: torch.Tensor, power: int) -> torch.Tensor:

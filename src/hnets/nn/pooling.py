@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _native
-from .functional import check_harmonic
+from .layout import check_harmonic
 
-__all__ = ["HAvgPool2d"]
+__all__ = ["HAvgPool2d", "mean_pool"]
 
 
 class _TiledMeanPool(torch.autograd.Function):
@@ -36,6 +36,24 @@ class _TiledMeanPool(torch.autograd.Function):
         return g.permute(0, 3, 1, 2), None
 
 
+def mean_pool(z: torch.Tensor, kernel_size: int, stride: int | None = None) -> torch.Tensor:
+    """Mean pooling of every real and imaginary map of a harmonic map (see :class:`HAvgPool2d`).
+
+    Windows that tile the maps (``stride == kernel_size`` dividing ``H`` and ``W``) keep
+    nothing alive for the backward.
+    """
+    check_harmonic(z, channels=None, orders=None, where="mean_pool")
+    k = kernel_size
+    stride = k if stride is None else stride
+    b, c, m, two, h, w = z.shape
+    x = z.reshape(b, c * m * two, h, w)
+    if stride == k and h % k == 0 and w % k == 0 and torch.is_grad_enabled():
+        pooled = _TiledMeanPool.apply(x, k)
+    else:
+        pooled = F.avg_pool2d(x, k, stride)
+    return pooled.view(b, c, m, two, *pooled.shape[-2:])
+
+
 class HAvgPool2d(nn.Module):
     """Mean pooling of every real and imaginary map (a linear map, so it keeps phases).
 
@@ -53,15 +71,7 @@ class HAvgPool2d(nn.Module):
         self.stride = kernel_size if stride is None else stride
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        check_harmonic(z, channels=None, orders=None, where="HAvgPool2d")
-        b, c, m, two, h, w = z.shape
-        x = z.reshape(b, c * m * two, h, w)
-        k = self.kernel_size
-        if self.stride == k and h % k == 0 and w % k == 0 and torch.is_grad_enabled():
-            pooled = _TiledMeanPool.apply(x, k)
-        else:
-            pooled = F.avg_pool2d(x, k, self.stride)
-        return pooled.view(b, c, m, two, *pooled.shape[-2:])
+        return mean_pool(z, self.kernel_size, self.stride)
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}"
