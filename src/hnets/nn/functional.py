@@ -13,13 +13,20 @@ by :math:`\theta` (``torch.rot90(x, 1, dims=(-2, -1))`` is :math:`\theta = \pi/2
 i.e. the map turns with the image and its phase advances by :math:`m\theta`.
 Magnitudes :math:`|z_m|` are therefore rotation *equivariant* maps that are
 *invariant* pointwise, which is what the read-out uses.
+
+**One definition of each operation.** Every operation the layers run is a function
+here, which the modules, the fused blocks, the inference path and :mod:`hnets.export`
+all call: :func:`lift`, :func:`magnitude`, :func:`magnitude_relu` and
+:func:`batch_norm_magnitude_relu` (defined with their accelerated forms in
+:mod:`hnets.nn.fused_relu`, whose :func:`~hnets.nn.fused_relu.relu_pairs` is the formula
+in PyTorch ops), :func:`mean_pool` and :func:`invariant_readout`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import fused_relu as _relu
+from .fused_relu import batch_norm_magnitude_relu, magnitude_relu
 from .layout import check_harmonic
 from .pooling import mean_pool
 
@@ -52,92 +59,6 @@ def magnitude(z: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     """
     check_harmonic(z, channels=None, orders=None, where="magnitude")
     return (z.square().sum(dim=3) + eps).sqrt()
-
-
-def magnitude_relu(
-    z: torch.Tensor,
-    bias: torch.Tensor,
-    *,
-    scale: torch.Tensor | None = None,
-    eps: float = 1e-6,
-    pool: int = 1,
-    inplace: bool = False,
-) -> torch.Tensor:
-    r"""The magnitude ReLU of every stream, phase kept (:class:`~hnets.nn.HNonLinearity`):
-
-    .. math::
-
-        y \;\mapsto\; y\, \frac{\max(|y|_\epsilon + b_{c,m},\, 0)}{|y|_\epsilon},
-        \qquad y = a_{c,m}\, z, \quad |y|_\epsilon = \sqrt{|y|^2 + \epsilon}
-
-    Args:
-        z: a harmonic map ``(B, C, M, 2, H, W)``.
-        bias: ``b``, one per stream ``(C, M)``.
-        scale: ``a``, an optional positive factor per stream ``(C, M)`` (how an eval-mode
-            :class:`~hnets.nn.HBatchNorm` folds in); ``None`` for 1.
-        eps: :math:`\epsilon`, keeping value and gradient finite at ``z = 0``.
-        pool: ``k > 1`` applies ``k x k`` mean pooling (stride ``k``) to the result; where
-            the windows tile the maps the two run as one pass and the full-size result
-            is never stored.
-        inplace: where autograd is not recording and the native kernel runs, write the
-            result over ``z``.
-
-    The definition in PyTorch ops is :func:`hnets.nn.fused_relu.relu_pairs`; this
-    function runs it through a memory-lean autograd function and, on float32 CPU
-    tensors, native kernels tested against it.
-
-    Shape:
-        ``(B, C, M, 2, H, W)`` -> ``(B, C, M, 2, H / pool, W / pool)``.
-    """
-    check_harmonic(z, channels=bias.shape[0], orders=bias.shape[1], where="magnitude_relu")
-    if pool < 1:
-        raise ValueError(f"pool must be >= 1; got {pool}")
-    return _relu.magnitude_relu(z, bias, scale=scale, eps=eps, pool=pool, inplace=inplace)
-
-
-def batch_norm_magnitude_relu(
-    z: torch.Tensor,
-    bias: torch.Tensor,
-    weight: torch.Tensor | None,
-    running_power: torch.Tensor | None,
-    *,
-    training: bool,
-    momentum: float = 0.1,
-    bn_eps: float = 1e-5,
-    eps: float = 1e-6,
-    pool: int = 1,
-    inplace: bool = False,
-) -> torch.Tensor:
-    r"""Magnitude batch norm (:class:`~hnets.nn.HBatchNorm`), then :func:`magnitude_relu`.
-
-    The stream factor is ``a = weight / sqrt(P + bn_eps)`` with ``P`` the batch's mean
-    power :math:`E|z_{c,m}|^2` over batch and positions when ``training`` (and then
-    ``running_power``, if given, moves towards it by ``momentum``, in place, as
-    ``F.batch_norm`` does with its running statistics), else ``running_power``.
-    In training both run as one autograd function: one full-size map is kept for the
-    backward instead of two, and the backward makes two full-size passes instead of
-    about eight. Values are those of the two layers one after the other.
-
-    Shape:
-        ``(B, C, M, 2, H, W)`` -> ``(B, C, M, 2, H / pool, W / pool)``.
-    """
-    check_harmonic(
-        z, channels=bias.shape[0], orders=bias.shape[1], where="batch_norm_magnitude_relu"
-    )
-    if pool < 1:
-        raise ValueError(f"pool must be >= 1; got {pool}")
-    return _relu.batch_norm_magnitude_relu(
-        z,
-        bias,
-        weight,
-        running_power,
-        training=training,
-        momentum=momentum,
-        bn_eps=bn_eps,
-        eps=eps,
-        pool=pool,
-        inplace=inplace,
-    )
 
 
 def invariant_readout(z: torch.Tensor, bias: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

@@ -13,8 +13,8 @@ faster or with less memory, and is tested against it:
 * :func:`relu_of_products`: inference straight from a Gauss or Karatsuba convolution's
   unmerged products (the merged map is never stored).
 
-The public entry points are :func:`hnets.nn.functional.magnitude_relu` and
-:func:`hnets.nn.functional.batch_norm_magnitude_relu`.
+:func:`magnitude_relu` and :func:`batch_norm_magnitude_relu` are the entry points
+(public as :mod:`hnets.nn.functional`'s); they check their input and pick the form.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from .. import _native
-from .layout import from_pixel_major, pair_dot, per_pair, to_pixel_major
+from .layout import check_harmonic, from_pixel_major, pair_dot, per_pair, to_pixel_major
 from .pooling import mean_pool
 
 __all__ = [
@@ -249,13 +249,49 @@ def magnitude_relu(
     pool: int = 1,
     inplace: bool = False,
 ) -> torch.Tensor:
-    """The magnitude ReLU of a harmonic map ``(B, C, M, 2, H, W)``, the fastest way that runs.
+    r"""The magnitude ReLU of every stream, phase kept (:class:`~hnets.nn.HNonLinearity`):
 
-    See :func:`hnets.nn.functional.magnitude_relu` (the public name) for the arguments.
+    .. math::
+
+        y \;\mapsto\; y\, \frac{\max(|y|_\epsilon + b_{c,m},\, 0)}{|y|_\epsilon},
+        \qquad y = a_{c,m}\, z, \quad |y|_\epsilon = \sqrt{|y|^2 + \epsilon}
+
+    Args:
+        z: a harmonic map ``(B, C, M, 2, H, W)``.
+        bias: ``b``, one per stream ``(C, M)``.
+        scale: ``a``, an optional positive factor per stream ``(C, M)`` (how an eval-mode
+            :class:`~hnets.nn.HBatchNorm` folds in); ``None`` for 1.
+        eps: :math:`\epsilon`, keeping value and gradient finite at ``z = 0``.
+        pool: ``k > 1`` applies ``k x k`` mean pooling (stride ``k``) to the result; where
+            the windows tile the maps the two run as one pass and the full-size result
+            is never stored.
+        inplace: where autograd is not recording and the native kernel runs, write the
+            result over ``z``.
+
+    The definition in PyTorch ops is :func:`relu_pairs`; this
+    function runs it through a memory-lean autograd function and, on float32 CPU
+    tensors, native kernels tested against it.
+
+    Shape:
+        ``(B, C, M, 2, H, W)`` -> ``(B, C, M, 2, H / pool, W / pool)``.
     """
+    check_harmonic(z, channels=bias.shape[0], orders=bias.shape[1], where="magnitude_relu")
+    if pool < 1:
+        raise ValueError(f"pool must be >= 1; got {pool}")
+    return _magnitude_relu(z, bias, scale, eps, pool, inplace)
+
+
+def _magnitude_relu(
+    z: torch.Tensor,
+    bias: torch.Tensor,
+    scale: torch.Tensor | None,
+    eps: float,
+    pool: int,
+    inplace: bool,
+) -> torch.Tensor:
     pairs = to_pixel_major(z)
     if pool > 1 and not (_tiles(z, pool) and _native.usable(pairs)):
-        return mean_pool(magnitude_relu(z, bias, scale=scale, eps=eps), pool)
+        return mean_pool(_magnitude_relu(z, bias, scale, eps, 1, False), pool)
     bias = bias.to(z.dtype)
     if inplace and pool == 1 and not torch.is_grad_enabled() and _native.usable(pairs):
         return from_pixel_major(_native.relu_forward(pairs, scale, bias, eps, inplace=True))
@@ -275,15 +311,31 @@ def batch_norm_magnitude_relu(
     pool: int = 1,
     inplace: bool = False,
 ) -> torch.Tensor:
-    """Magnitude batch norm, then the magnitude ReLU: see
-    :func:`hnets.nn.functional.batch_norm_magnitude_relu` (the public name)."""
+    r"""Magnitude batch norm (:class:`~hnets.nn.HBatchNorm`), then :func:`magnitude_relu`.
+
+    The stream factor is ``a = weight / sqrt(P + bn_eps)`` with ``P`` the batch's mean
+    power :math:`E|z_{c,m}|^2` over batch and positions when ``training`` (and then
+    ``running_power``, if given, moves towards it by ``momentum``, in place, as
+    ``F.batch_norm`` does with its running statistics), else ``running_power``.
+    In training both run as one autograd function: one full-size map is kept for the
+    backward instead of two, and the backward makes two full-size passes instead of
+    about eight. Values are those of the two layers one after the other.
+
+    Shape:
+        ``(B, C, M, 2, H, W)`` -> ``(B, C, M, 2, H / pool, W / pool)``.
+    """
+    check_harmonic(
+        z, channels=bias.shape[0], orders=bias.shape[1], where="batch_norm_magnitude_relu"
+    )
+    if pool < 1:
+        raise ValueError(f"pool must be >= 1; got {pool}")
     if not training:
         if running_power is None:
             raise ValueError("batch_norm_magnitude_relu needs running_power when not training")
         scale = (running_power + bn_eps).rsqrt()
         if weight is not None:
             scale = scale * weight.to(scale.dtype)
-        return magnitude_relu(z, bias, scale=scale.to(z.dtype), eps=eps, pool=pool, inplace=inplace)
+        return _magnitude_relu(z, bias, scale.to(z.dtype), eps, pool, inplace)
     pairs = to_pixel_major(z)
     fuse_pool = _tiles(z, pool) and _native.usable(pairs)
     weight = None if weight is None else weight.to(z.dtype)
