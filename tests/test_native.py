@@ -12,13 +12,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from hnets import HConv2d, HNonLinearity, _native
+from hnets import HNonLinearity, _native
+from hnets._native import build
 from hnets.models import HNetMNIST
+from hnets.nn import functional as HF
 from hnets.nn.batchnorm import HBatchNorm
-from hnets.nn.nonlinearity import _relu_backward, _relu_forward_torch
+from hnets.nn.fused_relu import _relu_backward, relu_pairs
 
-needs_compiler = pytest.mark.skipif(_native._compiler() is None, reason="needs a C compiler")
+needs_compiler = pytest.mark.skipif(build._compiler() is None, reason="needs a C compiler")
 needs_sh = pytest.mark.skipif(sys.platform == "win32", reason="the fake compiler is a sh script")
+
+
+def _relu_forward_torch(pairs, scale, bias, eps):
+    """The magnitude ReLU's definition in PyTorch ops, with the native kernel's signature."""
+    return relu_pairs(pairs, bias, eps, scale)
 
 
 def _pairs(*shape, seed=0):
@@ -92,8 +99,12 @@ def test_layers_agree_with_and_without_kernels(with_bn, monkeypatch):
     z = torch.randn(4, 3, 2, 2, 9, 9, requires_grad=True)
     params = [z, act.bias] + ([bn.weight] if with_bn else [])
 
-    def run():
-        return act(z, bn=bn if with_bn else None)
+    def run():  # as HBlock runs the two layers (hnets.nn.functional)
+        if not with_bn:
+            return HF.magnitude_relu(z, act.bias, eps=act.eps)
+        return HF.batch_norm_magnitude_relu(
+            z, act.bias, bn.weight, bn.running_power, training=True, bn_eps=bn.eps, eps=act.eps
+        )
 
     ours = _grads(run, params)
     monkeypatch.setenv("HNETS_NATIVE", "0")
@@ -101,38 +112,6 @@ def test_layers_agree_with_and_without_kernels(with_bn, monkeypatch):
     torch.testing.assert_close(ours[0], ref[0], rtol=1e-5, atol=1e-6)
     for a, b in zip(ours[1], ref[1], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-
-
-@needs_compiler
-@pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("impl", ["gauss", "karatsuba"])
-def test_fast_convolutions_match_the_dense_bank(stride, impl):
-    torch.manual_seed(0)
-    dense = HConv2d(6, 5, 5, max_order=1, impl="dense", stride=stride)
-    gauss = HConv2d(6, 5, 5, max_order=1, impl=impl, stride=stride)
-    gauss.load_state_dict(dense.state_dict())
-    z = torch.randn(3, 6, 2, 2, 11, 11, requires_grad=True)
-    outs, grads = [], []
-    for conv in (dense, gauss):
-        out = conv(z)
-        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
-        grads.append(torch.autograd.grad(out, [z, conv.weight, conv.phase], g))
-        outs.append(out.detach())
-    torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-5)
-    for a, b in zip(grads[1], grads[0], strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-    with torch.no_grad():  # the forward-only branch
-        torch.testing.assert_close(gauss(z), outs[0], rtol=1e-4, atol=1e-5)
-
-
-@needs_compiler
-@pytest.mark.parametrize("impl", ["gauss", "karatsuba"])
-def test_fast_convolutions_refuse_double_backward(impl):
-    conv = HConv2d(4, 4, 3, max_order=1, impl=impl)
-    z = torch.randn(2, 4, 2, 2, 6, 6, requires_grad=True)
-    (grad,) = torch.autograd.grad(conv(z).square().sum(), z, create_graph=True)
-    with pytest.raises(RuntimeError):
-        grad.sum().backward()
 
 
 @needs_compiler
@@ -157,8 +136,8 @@ def test_model_logits_agree_with_and_without_kernels(monkeypatch):
 
 
 def test_missing_compiler_falls_back_with_one_warning(monkeypatch, tmp_path):
-    monkeypatch.setattr(_native, "_state", {})
-    monkeypatch.setattr(_native, "_compiler", lambda: None)
+    monkeypatch.setattr(build, "_state", {})
+    monkeypatch.setattr(build, "_compiler", lambda: None)
     monkeypatch.setenv("HNETS_CACHE_DIR", str(tmp_path))
     with pytest.warns(RuntimeWarning, match="no C compiler"):
         assert not _native.available()
@@ -173,140 +152,26 @@ def test_missing_compiler_falls_back_with_one_warning(monkeypatch, tmp_path):
 def test_broken_build_falls_back(monkeypatch, tmp_path):
     bad = tmp_path / "bad.c"
     bad.write_text("this is not C\n")
-    monkeypatch.setattr(_native, "_state", {})
-    monkeypatch.setattr(_native, "_SOURCE", bad)
+    monkeypatch.setattr(build, "_state", {})
+    monkeypatch.setattr(build, "_SOURCE", bad)
     monkeypatch.setenv("HNETS_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.warns(RuntimeWarning, match="unavailable"):
         assert not _native.available()
-    suffix = _native._platform()[0]
+    suffix = build._platform()[0]
     assert not list((tmp_path / "cache").glob(f"*{suffix}"))  # nothing half-written left behind
 
 
 @needs_compiler
 def test_build_is_cached(monkeypatch, tmp_path):
-    monkeypatch.setattr(_native, "_state", {})
+    monkeypatch.setattr(build, "_state", {})
     monkeypatch.setenv("HNETS_CACHE_DIR", str(tmp_path))
     assert _native.available()
-    built = list(tmp_path.glob(f"magnitude-*{_native._platform()[0]}"))
+    built = list(tmp_path.glob(f"kernels-*{build._platform()[0]}"))
     assert len(built) == 1
     stamp = built[0].stat().st_mtime_ns
-    monkeypatch.setattr(_native, "_state", {})
+    monkeypatch.setattr(build, "_state", {})
     assert _native.available()
     assert built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
-
-
-def _autograd_names(t: torch.Tensor) -> set[str]:
-    """Names of every node in ``t``'s autograd graph."""
-    seen, todo = {}, [t.grad_fn]
-    while todo:
-        fn = todo.pop()
-        if fn is not None and id(fn) not in seen:
-            seen[id(fn)] = fn.name()
-            todo += [nxt for nxt, _ in fn.next_functions]
-    return set(seen.values())
-
-
-@needs_compiler
-@pytest.mark.parametrize(
-    ("mi", "mo", "phase", "impl"),
-    [
-        (0, 2, True, "real"),
-        (0, 1, False, "real"),
-        (1, 1, True, "dense"),
-        (2, 1, False, "dense"),
-        (1, 1, True, "gauss"),
-        (1, 2, False, "gauss"),
-        (1, 1, True, "karatsuba"),
-        (1, 1, False, "karatsuba"),
-    ],
-)
-def test_native_synthesis_matches_pytorch(mi, mo, phase, impl, monkeypatch):
-    """The training-time filter banks: same values, layout and parameter gradients."""
-    torch.manual_seed(mi + 3 * mo)
-    conv = HConv2d(5, 3, 5, max_order=mo, in_max_order=mi, phase=phase)
-    params = [conv.weight] + ([conv.phase] if phase else [])
-
-    def banks_and_grads():
-        banks = conv._synthesise(impl)
-        grads = [torch.randn(b.shape, generator=torch.Generator().manual_seed(i)) for i, b in
-                 enumerate(banks)]  # fmt: skip
-        conv.zero_grad()
-        sum((b * g).sum() for b, g in zip(banks, grads, strict=True)).backward()
-        return banks, [p.grad.clone() for p in params]
-
-    ours, our_grads = banks_and_grads()
-    assert "_SynthesisBackward" in _autograd_names(ours[0])
-    monkeypatch.setenv("HNETS_NATIVE", "0")
-    ref, ref_grads = banks_and_grads()
-    assert "_SynthesisBackward" not in _autograd_names(ref[0])
-    for a, b in zip(ours, ref, strict=True):
-        assert a.shape == b.shape and a.stride() == b.stride()
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    for a, b in zip(our_grads, ref_grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
-
-
-@needs_compiler
-def test_native_synthesis_supports_double_backward(monkeypatch):
-    """A gradient penalty (create_graph=True) through the native synthesis equals PyTorch's."""
-    torch.manual_seed(0)
-    conv = HConv2d(3, 4, 5, max_order=1, in_max_order=1, impl="dense")
-    z = torch.randn(2, 3, 2, 2, 9, 9, requires_grad=True)
-
-    def penalty_grads():
-        out = conv(z)
-        (gz,) = torch.autograd.grad(out.square().sum(), z, create_graph=True)
-        conv.zero_grad()
-        gz.square().sum().backward()
-        return out, conv.weight.grad.clone(), conv.phase.grad.clone()
-
-    out, *ours = penalty_grads()
-    assert "_SynthesisBackward" in _autograd_names(out)
-    monkeypatch.setenv("HNETS_NATIVE", "0")
-    _, *ref = penalty_grads()
-    for a, b in zip(ours, ref, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-
-
-@needs_compiler
-def test_karatsuba_native_and_pytorch_paths_agree(monkeypatch):
-    """The native (de)interleaving against the PyTorch-op version of the same nine products."""
-    torch.manual_seed(0)
-    conv = HConv2d(4, 3, 5, max_order=1, impl="karatsuba")
-    z = torch.randn(2, 4, 2, 2, 9, 9, requires_grad=True)
-    out = conv(z)
-    assert "_KaratsubaConvBackward" in _autograd_names(out)
-    grads = torch.autograd.grad(out.square().sum(), [z, conv.weight, conv.phase])
-    monkeypatch.setenv("HNETS_NATIVE", "0")
-    ref = conv(z)
-    assert "_KaratsubaConvBackward" not in _autograd_names(ref)
-    ref_grads = torch.autograd.grad(ref.square().sum(), [z, conv.weight, conv.phase])
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    for a, b in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-
-
-@needs_compiler
-@pytest.mark.parametrize(
-    ("channels", "size", "expected"),
-    [
-        (32, 7, "karatsuba"),
-        (32, 28, "karatsuba"),
-        (16, 28, "gauss"),
-        (16, 14, "gauss"),
-        (8, 28, "dense"),
-    ],  # fmt: skip
-)
-def test_the_fixed_table_of_hnets_autotune_0(channels, size, expected):
-    conv = HConv2d(channels, channels, 5, max_order=1)
-    images = torch.zeros(1, channels * 4, size, size).contiguous(memory_format=torch.channels_last)
-    assert conv._choose_impl(images) == expected
-    assert (
-        HConv2d(channels, channels, 5, max_order=2)._choose_impl(
-            torch.zeros(1, channels * 6, size, size).contiguous(memory_format=torch.channels_last)
-        )
-        != "karatsuba"
-    )  # needs orders 0..1 on both sides
 
 
 @needs_compiler
@@ -334,7 +199,7 @@ def test_relu_of_unmerged_products_matches_merge_then_relu(kind, pool, scaled):
 def _fake_cc(tmp_path: Path, refuse: str) -> Path:
     """A compiler script that fails on any argument matching the sh pattern ``refuse`` (naming
     it, as compilers do) and otherwise runs the real compiler; it logs each command line."""
-    real = shutil.which(_native._compiler() or "cc") or "cc"
+    real = shutil.which(build._compiler() or "cc") or "cc"
     script = tmp_path / "fake-cc"
     script.write_text(
         "#!/bin/sh\n"
@@ -351,14 +216,14 @@ def _fake_cc(tmp_path: Path, refuse: str) -> Path:
 
 def _fresh_build(monkeypatch, tmp_path: Path, refuse: str) -> Path:
     """Nothing loaded, an empty cache, ``CC`` -> a fake compiler refusing ``refuse``."""
-    monkeypatch.setattr(_native, "_state", {})
+    monkeypatch.setattr(build, "_state", {})
     monkeypatch.setenv("HNETS_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("CC", str(_fake_cc(tmp_path, refuse)))
     return tmp_path / "cc.log"
 
 
 def _compiles(log: Path) -> list[str]:
-    return [line for line in log.read_text().splitlines() if "magnitude.c" in line]
+    return [line for line in log.read_text().splitlines() if "kernels.c" in line]
 
 
 @needs_compiler
@@ -369,7 +234,7 @@ def test_compiler_without_openmp_gets_the_serial_build(monkeypatch, tmp_path):
         warnings.simplefilter("error")  # no fallback warning: the kernels are there
         assert _native.available()
     assert _native.variant() == "serial"
-    flags = _native._state["flags"]
+    flags = build._state["flags"]
     assert "-fopenmp" not in flags and "-fopenmp-simd" in flags and "-march=native" in flags
     assert [p.name.split("-")[1] for p in (tmp_path / "cache").iterdir()] == ["serial"]
     first, second = _compiles(log)  # OpenMP refused: straight to the serial build
@@ -403,7 +268,7 @@ def test_serial_build_is_found_in_the_cache_without_compiling(monkeypatch, tmp_p
     log = _fresh_build(monkeypatch, tmp_path, "-fopenmp")
     assert _native.variant() == "serial"
     before = len(_compiles(log))
-    monkeypatch.setattr(_native, "_state", {})  # a new process, as far as hnets knows
+    monkeypatch.setattr(build, "_state", {})  # a new process, as far as hnets knows
     assert _native.variant() == "serial"
     assert len(_compiles(log)) == before  # not even the OpenMP build is retried
 
@@ -415,9 +280,9 @@ def test_rejected_tuning_flags_are_dropped(flag, monkeypatch, tmp_path):
     """clang rejects GCC's -fno-tree-loop-distribute-patterns; some compilers -march=native."""
     log = _fresh_build(monkeypatch, tmp_path, flag)
     assert _native.variant() == "openmp"
-    flags = _native._state["flags"]
+    flags = build._state["flags"]
     assert flag not in flags
-    assert set(_native._TUNING) - {flag} <= set(flags)  # the others kept
+    assert set(build._TUNING) - {flag} <= set(flags)  # the others kept
     assert len(_compiles(log)) == 2  # dropped as soon as the compiler named it
 
 
@@ -459,3 +324,266 @@ def test_one_openmp_runtime_next_to_torch(tmp_path):
     if variant != "openmp":
         pytest.skip(f"the {variant} build here")
     assert added == "0", "the kernels loaded a second libgomp next to torch's"
+
+
+# -- the ctypes boundary: every wrapper refuses what its kernel cannot read ------------
+def _cl(*shape: int) -> torch.Tensor:
+    return torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+
+
+def _synthesis_args() -> dict:
+    f, o, i, r, g, a, b = 2, 3, 4, 2, 3, 5, 2
+    phase = torch.rand(f, o, i)
+    return {
+        "weight": torch.randn(f, o, i, r),
+        "cos": phase.cos(),
+        "sin": phase.sin(),
+        "layout": torch.randn(f * r * 2, g, a, b),
+        "grad": torch.randn(g, o, a, i, b),
+        "layout_t": torch.randn(g, a, b, f * r * 2),
+    }
+
+
+# (wrapper, its valid arguments, the call, the argument to spoil, a wrong shape for it)
+BOUNDARY = {
+    "relu_forward": (
+        lambda: {"pairs": _pairs(2, 3, 4, 2), "bias": torch.zeros(4, 2)},
+        lambda a: _native.relu_forward(a["pairs"], None, a["bias"], 1e-6),
+        "pairs",
+        (2, 3, 4, 2, 3),
+    ),
+    "relu_forward(pool=2)": (
+        lambda: {"pairs": _pairs(2, 4, 6, 3, 2), "bias": torch.zeros(3, 2)},
+        lambda a: _native.relu_forward(a["pairs"], None, a["bias"], 1e-6, pool=2),
+        "pairs",
+        (2, 5, 6, 3, 2, 2),  # H not a multiple of the pool
+    ),
+    "relu_forward(inplace)": (
+        lambda: {"pairs": _pairs(2, 3, 4, 2), "bias": torch.zeros(4, 2)},
+        lambda a: _native.relu_forward(a["pairs"], None, a["bias"], 1e-6, inplace=True),
+        "pairs",
+        (2, 3, 4, 2, 1),
+    ),
+    "power_sum": (
+        lambda: {"pairs": _pairs(2, 3, 4, 2)},
+        lambda a: _native.power_sum(a["pairs"]),
+        "pairs",
+        (8,),
+    ),
+    "relu_backward": (
+        lambda: {
+            "grad": _pairs(2, 3, 4, 2),
+            "pairs": _pairs(2, 3, 4, 2),
+            "bias": torch.zeros(4, 2),
+        },
+        lambda a: _native.relu_backward(a["grad"], a["pairs"], None, a["bias"], 1e-6),
+        "grad",
+        (2, 3, 4, 1, 2),
+    ),
+    "relu_backward(pool=2)": (
+        lambda: {
+            "grad": _pairs(2, 2, 3, 3, 2),
+            "pairs": _pairs(2, 4, 6, 3, 2),
+            "bias": torch.zeros(3, 2),
+        },
+        lambda a: _native.relu_backward(a["grad"], a["pairs"], None, a["bias"], 1e-6, pool=2),
+        "grad",
+        (2, 4, 6, 3, 2, 2),  # the full-size map where the pooled gradient belongs
+    ),
+    "split3": (
+        lambda: {"images": _cl(2, 6, 4, 5)},
+        lambda a: _native.split3(a["images"]),
+        "images",
+        (2, 5, 4, 5),
+    ),  # fmt: skip
+    "merge3": (
+        lambda: {"p": _cl(2, 3, 4, 5), "q": _cl(2, 3, 4, 5), "r": _cl(2, 3, 4, 5)},
+        lambda a: _native.merge3(a["p"], a["q"], a["r"], -1.0, 1.0),
+        "q",
+        (2, 3, 4, 4),
+    ),
+    "tile_spread": (
+        lambda: {"grad": _cl(2, 6, 3, 4)},
+        lambda a: _native.tile_spread(a["grad"], 2),
+        "grad",
+        (6, 3, 4),
+    ),  # fmt: skip
+    "split9": (
+        lambda: {"images": _cl(2, 8, 4, 5)},
+        lambda a: _native.split9(a["images"]),
+        "images",
+        (2, 6, 4, 5),
+    ),  # fmt: skip
+    "split9_grad": (
+        lambda: {"grad": _cl(2, 8, 4, 5)},
+        lambda a: _native.split9_grad(a["grad"]),
+        "grad",
+        (2, 6, 4, 5),
+    ),  # fmt: skip
+    "merge9": (
+        lambda: {"maps": [_cl(2, 3, 4, 5) for _ in range(9)]},
+        lambda a: _native.merge9(a["maps"]),
+        "maps",
+        (2, 3, 4, 4),
+    ),
+    "merge9_grad": (
+        lambda: {"maps": [_cl(2, 3, 4, 5) for _ in range(9)]},
+        lambda a: _native.merge9_grad(a["maps"]),
+        "maps",
+        (2, 3, 4, 4),
+    ),
+    "relu_products": (
+        lambda: {"maps": [_cl(2, 3, 4, 6) for _ in range(3)], "bias": torch.zeros(3, 1)},
+        lambda a: _native.relu_products(a["maps"], (3, 1), None, a["bias"], 1e-6, pool=2),
+        "maps",
+        (2, 3, 4, 5),  # W not a multiple of the pool
+    ),
+    "synthesise": (
+        _synthesis_args,
+        lambda a: _native.synthesise(a["weight"], a["cos"], a["sin"], a["layout"]),
+        "layout",
+        (7, 3, 5, 2),  # q is not F * R * 2
+    ),
+    "synthesise_backward": (
+        _synthesis_args,
+        lambda a: _native.synthesise_backward(
+            a["grad"], a["weight"], a["cos"], a["sin"], a["layout_t"]
+        ),  # fmt: skip
+        "grad",
+        (3, 3, 5, 4, 1),
+    ),
+}
+
+
+def _spoil(args: dict, key: str, how) -> dict:  # noqa: ANN001
+    """``args`` with ``how`` applied to ``args[key]`` (to the last map of a list of maps)."""
+    args = dict(args)
+    value = args[key]
+    args[key] = [*value[:-1], how(value[-1])] if isinstance(value, list) else how(value)
+    return args
+
+
+def _strided(t: torch.Tensor) -> torch.Tensor:
+    """The same values and shape, every other element of a twice larger buffer: dense in
+    no memory format."""
+    return t.new_empty(*t.shape, 2)[..., 0].copy_(t)
+
+
+def _refused(name: str, args: dict) -> pytest.ExceptionInfo:
+    with pytest.raises(ValueError, match=rf"^hnets\._native\.{name.split('(')[0]}: ") as info:
+        BOUNDARY[name][1](args)
+    return info
+
+
+@needs_compiler
+@pytest.mark.parametrize("name", list(BOUNDARY))
+def test_wrappers_take_what_their_kernels_read(name):
+    make, call, _, _ = BOUNDARY[name]
+    call(make())  # the valid arguments go through
+
+
+@pytest.mark.parametrize("name", list(BOUNDARY))
+def test_wrappers_refuse_a_wrong_shape(name):
+    make, _, key, shape = BOUNDARY[name]
+    info = _refused(name, _spoil(make(), key, lambda t: torch.randn(shape)))
+    assert "shape" in str(info.value) or "channels" in str(info.value)
+
+
+@pytest.mark.parametrize("name", list(BOUNDARY))
+def test_wrappers_refuse_float64(name):
+    make, _, key, _ = BOUNDARY[name]
+    info = _refused(name, _spoil(make(), key, lambda t: t.double()))
+    assert "torch.float64" in str(info.value)
+
+
+@pytest.mark.parametrize("name", list(BOUNDARY))
+def test_wrappers_refuse_a_tensor_on_another_device(name):
+    make, _, key, _ = BOUNDARY[name]
+    info = _refused(name, _spoil(make(), key, lambda t: t.to("meta")))
+    assert "the CPU" in str(info.value)
+
+
+@pytest.mark.parametrize("name", [n for n in BOUNDARY if n not in ("merge9", "merge9_grad",
+                                                                   "relu_products")])  # fmt: skip
+def test_wrappers_refuse_a_non_contiguous_tensor(name):
+    make, _, key, _ = BOUNDARY[name]
+    info = _refused(name, _spoil(make(), key, _strided))
+    assert "is not" in str(info.value) and "strides" in str(info.value)
+
+
+@needs_compiler
+@pytest.mark.parametrize("name", ["merge9", "merge9_grad", "relu_products"])
+def test_wrappers_of_lists_of_maps_copy_other_layouts_first(name):
+    """These take maps in any layout (copied to channels-last, as they always have been)."""
+    make, call, key, _ = BOUNDARY[name]
+    args = make()
+    torch.testing.assert_close(call(_spoil(args, key, _strided)), call(args), rtol=0, atol=0)
+
+
+def test_the_check_names_the_function_and_the_tensor():
+    with pytest.raises(ValueError, match=r"^hnets\._native\.merge3: r is torch\.float64"):
+        _native.merge3(_cl(1, 2, 3, 3), _cl(1, 2, 3, 3), _cl(1, 2, 3, 3).double(), -1.0, 1.0)
+    args = _synthesis_args()
+    with pytest.raises(ValueError, match="cos, sin must both be given or both be None"):
+        _native.synthesise(args["weight"], args["cos"], None, args["layout"])
+    with pytest.raises(ValueError, match=r"relu_forward: bias has shape \(3,\); expected 8"):
+        _native.relu_forward(_pairs(2, 4, 2), None, torch.zeros(3), 1e-6)
+    with pytest.raises(ValueError, match="merge9: maps are 8; expected 9"):
+        _native.merge9([_cl(1, 2, 3, 3)] * 8)
+
+
+# -- the build's identity: a hash of kernels.c, no hand-kept version -------------------
+def test_the_source_hash_is_the_only_version():
+    text = build._SOURCE.read_text()
+    assert "HNETS_SOURCE_HASH" in text and "abi_version" not in text
+    assert not hasattr(build, "_ABI_VERSION")
+    assert build.source_hash(b"a") != build.source_hash(b"b")
+    assert build.source_hash(b"a") == build.source_hash(b"a") < 2**64
+
+
+@needs_compiler
+def test_a_changed_source_builds_a_new_library(monkeypatch, tmp_path):
+    monkeypatch.setattr(build, "_state", {})
+    monkeypatch.setenv("HNETS_CACHE_DIR", str(tmp_path / "cache"))
+    assert _native.available()
+    suffix = build._platform()[0]
+    (old,) = (tmp_path / "cache").glob(f"kernels-*{suffix}")
+    old_hash = build.source_hash(build._SOURCE.read_bytes())
+    assert f"{old_hash:016x}" in old.name
+    assert build.library().hnets_source_hash() == old_hash
+
+    changed = tmp_path / "kernels.c"
+    changed.write_text(build._SOURCE.read_text() + "\n/* changed */\n")
+    new_hash = build.source_hash(changed.read_bytes())
+    monkeypatch.setattr(build, "_SOURCE", changed)
+    monkeypatch.setattr(build, "_state", {})
+    assert _native.available()
+    assert build.library().hnets_source_hash() == new_hash != old_hash
+    new = [p for p in (tmp_path / "cache").glob(f"kernels-*{suffix}") if p != old]
+    assert len(new) == 1 and f"{new_hash:016x}" in new[0].name
+
+
+@needs_compiler
+def test_a_library_from_another_source_is_stale(monkeypatch, tmp_path):
+    """A library whose built-in hash is not the source's is refused at load, even under
+    the file name the current source would have: the chain builds one of its own."""
+    monkeypatch.setattr(build, "_state", {})
+    monkeypatch.setenv("HNETS_CACHE_DIR", str(tmp_path / "cache"))
+    assert _native.available()
+    suffix = build._platform()[0]
+    (built,) = (tmp_path / "cache").glob(f"kernels-*{suffix}")
+    real_hash = build.source_hash(build._SOURCE.read_bytes())
+    with pytest.raises(build.StaleBuildError, match="stale"):
+        build._open(built, real_hash ^ 1)
+
+    # the source "changes" (its hash does): the old library, copied under the name the
+    # new hash gives it, is found in the cache and refused as stale
+    fake_hash = real_hash ^ 1
+    stale = tmp_path / "cache" / built.name.replace(f"{real_hash:016x}", f"{fake_hash:016x}")
+    shutil.copy(built, stale)
+    monkeypatch.setattr(build, "source_hash", lambda source: fake_hash)
+    monkeypatch.setattr(build, "_state", {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _native.available()  # built anew (with the flags that name no stale file)
+    assert build.library().hnets_source_hash() == fake_hash

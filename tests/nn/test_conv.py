@@ -54,6 +54,29 @@ def test_matches_complex_reference(impl, mi, mo, phase):
     torch.testing.assert_close(conv(z), expected, atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("impl", ["gauss", "karatsuba"])
+def test_fast_convolutions_match_the_dense_bank(stride, impl):
+    """The layer with Gauss's or Karatsuba's scheme against the dense bank: outputs and
+    the gradients of the input and the parameters (native path on CPU float32)."""
+    torch.manual_seed(0)
+    dense = HConv2d(6, 5, 5, max_order=1, impl="dense", stride=stride)
+    gauss = HConv2d(6, 5, 5, max_order=1, impl=impl, stride=stride)
+    gauss.load_state_dict(dense.state_dict())
+    z = torch.randn(3, 6, 2, 2, 11, 11, requires_grad=True)
+    outs, grads = [], []
+    for conv in (dense, gauss):
+        out = conv(z)
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        grads.append(torch.autograd.grad(out, [z, conv.weight, conv.phase], g))
+        outs.append(out.detach())
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-5)
+    for a, b in zip(grads[1], grads[0], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():  # the forward-only branch
+        torch.testing.assert_close(gauss(z), outs[0], rtol=1e-4, atol=1e-5)
+
+
 def test_bias_only_touches_order_zero_and_stride_padding_follow_reference():
     torch.manual_seed(0)
     conv = HConv2d(2, 3, 3, max_order=2, stride=2, padding=0, bias=True)

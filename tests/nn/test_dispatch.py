@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from hnets._native import build
 from hnets.models import HNetMNIST
 from hnets.nn import HConv2d, dispatch
 
 ROOT = Path(__file__).resolve().parents[2]
+needs_compiler = pytest.mark.skipif(build._compiler() is None, reason="needs a C compiler")
 
 
 @pytest.fixture
@@ -153,3 +155,26 @@ def test_candidates_are_timed_interleaved_for_a_bounded_number_of_rounds(monkeyp
     calls.clear()
     dispatch._time(calls.append, ["a", "b", "c"])
     assert len(calls) == 3 * (1 + dispatch.MIN_ROUNDS)
+
+
+@needs_compiler
+@pytest.mark.parametrize(
+    ("channels", "size", "expected"),
+    [
+        (32, 7, "karatsuba"),
+        (32, 28, "karatsuba"),
+        (16, 28, "gauss"),
+        (16, 14, "gauss"),
+        (8, 28, "dense"),
+    ],  # fmt: skip
+)
+def test_the_fixed_table_of_hnets_autotune_0(channels, size, expected):
+    conv = HConv2d(channels, channels, 5, max_order=1)
+    images = torch.zeros(1, channels * 4, size, size).contiguous(memory_format=torch.channels_last)
+    assert conv._choose_impl(images) == expected
+    assert (
+        HConv2d(channels, channels, 5, max_order=2)._choose_impl(
+            torch.zeros(1, channels * 6, size, size).contiguous(memory_format=torch.channels_last)
+        )
+        != "karatsuba"
+    )  # needs orders 0..1 on both sides

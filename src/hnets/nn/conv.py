@@ -1,248 +1,37 @@
-r"""Harmonic convolution: :class:`HConv2d`."""
+r"""Harmonic convolution: :class:`HConv2d`.
+
+The layer owns its parameters, its basis and the synthesis matrices built from it, and
+decides per call which scheme runs (:mod:`hnets.nn.dispatch`). The schemes themselves
+(dense bank, Gauss, Karatsuba) are in :mod:`hnets.nn.schemes`; the filter synthesis
+helpers in :mod:`hnets.nn.synthesis`.
+"""
 
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from .. import _native
 from ..basis import default_n_rings, harmonic_basis
 from . import dispatch
 from .functional import check_harmonic
+from .schemes import NATIVE_SCHEMES, as_harmonic, as_images, convolve
+from .synthesis import Synthesis, bank_torch, complex_basis_matrix, filters_from
 
 __all__ = ["HConv2d"]
 
 
-def _as_images(z: torch.Tensor) -> torch.Tensor:
-    """Harmonic map ``(B, C, M, 2, H, W)`` -> channels-last real images ``(B, C*M*2, H, W)``.
-
-    A free view when ``z`` came from an hnets layer (their outputs are stored
-    channels-last: memory ordered ``(B, H, W, C, M, 2)``), one copy otherwise.
-    Channels-last convolutions run about 1.3x faster than NCHW ones on x86 CPUs.
-    """
-    b, c, m, two, h, w = z.shape
-    return z.reshape(b, c * m * two, h, w).contiguous(memory_format=torch.channels_last)
-
-
-def _as_harmonic(images: torch.Tensor, channels: int, orders: int) -> torch.Tensor:
-    """Inverse of :func:`_as_images` (a view)."""
-    b, _, h, w = images.shape
-    return images.view(b, channels, orders, 2, h, w)
-
-
-def _complex_basis_matrix(basis: torch.Tensor) -> torch.Tensor:
-    """``(F, R, 2, k, k)`` basis -> ``(F, R, 2, 2, k, k)`` so that one contraction multiplies.
-
-    With complex coefficients ``c = (c_re, c_im)`` the filter ``sum_j c_j B_j`` has
-    real part ``c_re B_re - c_im B_im`` and imaginary part ``c_re B_im + c_im B_re``:
-    ``out[z] = sum_c coeff[c] * M[c, z]`` with ``M[0] = (B_re, B_im)`` and
-    ``M[1] = (-B_im, B_re)``.
-    """
-    re, im = basis.unbind(dim=2)
-    return torch.stack([torch.stack([re, im], 2), torch.stack([-im, re], 2)], dim=2)
-
-
-def _filters_from(coeff: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """Complex coefficients ``(F, o, i, R, 2)`` x basis matrix -> filters ``(F, o, i, 2, k, k)``."""
-    return torch.einsum("foirc,frczkl->foizkl", coeff, basis.to(coeff.dtype))
-
-
-class _GaussConv(torch.autograd.Function):
-    """Gauss's three real convolutions on interleaved complex pairs, with fused repacking.
-
-    Input: channels-last images ``(B, 2S, H, W)`` whose channels are (real, imaginary)
-    pairs; output likewise with ``2T`` channels. With ``P1 = (X_r + X_i) * W_r``,
-    ``P2 = X_i * (W_r + W_i)``, ``P3 = X_r * (W_i - W_r)``: real part ``P1 - P2``,
-    imaginary part ``P1 + P3``. The (de)interleaving and the sums are single passes
-    of the native kernels; the backward calls ``convolution_backward`` directly.
-    """
-
-    @staticmethod
-    def products(images, weights, stride, padding):  # noqa: ANN001, ANN205
-        """The three real products ``P1, P2, P3`` and the three real inputs."""
-        w_re, w_sum, w_diff = weights
-        x_re, x_im, x_sum = _native.split3(images)
-        conv = partial(F.conv2d, stride=stride, padding=padding)
-        cl = torch.channels_last
-        prods = [conv(a, w).contiguous(memory_format=cl) for a, w in
-                 ((x_sum, w_re), (x_im, w_sum), (x_re, w_diff))]  # fmt: skip
-        return prods, (x_re, x_im, x_sum)
-
-    @staticmethod
-    def run(images, weights, stride, padding):  # noqa: ANN001, ANN205
-        """The forward; returns the output and the three real inputs."""
-        prods, inputs = _GaussConv.products(images, weights, stride, padding)
-        return _native.merge3(*prods, -1.0, 1.0), inputs
-
-    @staticmethod
-    def forward(ctx, images, stride, padding, *weights):  # noqa: ANN001, ANN205
-        out, inputs = _GaussConv.run(images, weights, stride, padding)
-        ctx.save_for_backward(*inputs, *weights)
-        ctx.conv_args = (stride, padding)
-        return out
-
-    @staticmethod
-    @once_differentiable  # the native repacking is not recorded: no double backward
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
-        x_re, x_im, x_sum, w_re, w_sum, w_diff = ctx.saved_tensors
-        stride, padding = ctx.conv_args
-        cl = torch.channels_last
-        grad = grad.contiguous(memory_format=cl)
-        # d/dP1 = g_re + g_im, d/dP2 = -g_re, d/dP3 = g_im
-        g_re, g_im, g_sum = _native.split3(grad)
-        need_x = ctx.needs_input_grad[0]
-
-        def back(g: torch.Tensor, x: torch.Tensor, w: torch.Tensor, need_w: bool):  # noqa: ANN202
-            return torch.ops.aten.convolution_backward(
-                g, x, w, None, [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], 1,
-                [need_x, need_w, False],
-            )  # fmt: skip
-
-        a_x, a_w = back(g_sum, x_sum, w_re, ctx.needs_input_grad[3])[:2]
-        b_x, b_w = back(g_re, x_im, w_sum, ctx.needs_input_grad[4])[:2]
-        c_x, c_w = back(g_im, x_re, w_diff, ctx.needs_input_grad[5])[:2]
-        grad_images = None
-        if need_x:
-            # dX_r = A + C, dX_i = A - B
-            parts = (t.contiguous(memory_format=cl) for t in (a_x, c_x, b_x))
-            grad_images = _native.merge3(*parts, 1.0, -1.0)
-        return grad_images, None, None, a_w, None if b_w is None else -b_w, c_w
-
-
-def _coefficients_of(weight: torch.Tensor, phase: torch.Tensor | None) -> torch.Tensor:
-    """Complex ring coefficients ``w e^{i beta}``: ``(F, o, i, R)`` -> ``(F, o, i, R, 2)``."""
-    if phase is None:
-        return torch.stack([weight, torch.zeros_like(weight)], dim=-1)
-    rotor = torch.stack([phase.cos(), phase.sin()], dim=-1)
-    return weight.unsqueeze(-1) * rotor.unsqueeze(-2)
-
-
-def _bank_torch(
-    weight: torch.Tensor, phase: torch.Tensor | None, layout: torch.Tensor
-) -> torch.Tensor:
-    """PyTorch version of :func:`hnets._native.synthesise`: the bank ``(G, O, A, I, B)``."""
-    coeff = _coefficients_of(weight, phase)
-    _, o, i, _, _ = coeff.shape
-    q, g, a, b = layout.shape
-    rows = coeff.permute(1, 2, 0, 3, 4).reshape(o * i, q)
-    bank = rows @ layout.reshape(q, -1).to(rows.dtype)
-    return bank.view(o, i, g, a, b).permute(2, 0, 3, 1, 4)
-
-
-class _Synthesis(torch.autograd.Function):
-    """The filter bank straight from ring weights and phases, in the convolution's layout.
-
-    One native pass each way (:func:`hnets._native.synthesise`) instead of the
-    coefficient products, the matrix product and the strided copy into the
-    channels-last bank, and their backwards. A backward that must itself be
-    differentiable (``create_graph=True``) differentiates :func:`_bank_torch` instead.
-    """
-
-    @staticmethod
-    def forward(ctx, weight, phase, layout, layout_t):  # noqa: ANN001, ANN205
-        cos = sin = None
-        if phase is not None:
-            cos, sin = phase.cos(), phase.sin()
-        ctx.save_for_backward(weight, phase, cos, sin, layout, layout_t)
-        return _native.synthesise(weight, cos, sin, layout)
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
-        weight, phase, cos, sin, layout, layout_t = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True
-            inputs = (weight,) if phase is None else (weight, phase)
-            grads = torch.autograd.grad(
-                _bank_torch(weight, phase, layout), inputs, grad, create_graph=True
-            )
-            return grads[0], grads[1] if phase is not None else None, None, None
-        grad_w, grad_phase = _native.synthesise_backward(
-            grad.contiguous(), weight, cos, sin, layout_t
-        )
-        return grad_w, grad_phase, None, None
-
-
-class _KaratsubaConv(torch.autograd.Function):
-    """Orders 0 and 1 in and out: three complex products instead of four, nine real ones.
-
-    The order-0 filter connects both order pairs on the diagonal, so with
-    ``A = W_0 (x_0 + x_1)``, ``B = (W_{-1} - W_0) x_1`` and ``C = (W_1 - W_0) x_0`` the
-    outputs are ``y_0 = A + B`` and ``y_1 = A + C`` (Karatsuba's trick); each complex
-    product takes Gauss's three real ones. The nine convolutions are half as wide as
-    Gauss's three on all orders: 9/16 of the dense arithmetic instead of 12/16. The
-    (de)interleaving is one native pass each way (:func:`hnets._native.split9`).
-    """
-
-    @staticmethod
-    def products(images, weights, stride, padding):  # noqa: ANN001, ANN205
-        """The nine real products and the nine real inputs."""
-        inputs = _native.split9(images)
-        conv = partial(F.conv2d, stride=stride, padding=padding)
-        return [conv(u, wk) for u, wk in zip(inputs, weights, strict=True)], inputs
-
-    @staticmethod
-    def run(images, weights, stride, padding):  # noqa: ANN001, ANN205
-        """The forward; returns the output and the nine real inputs."""
-        products, inputs = _KaratsubaConv.products(images, weights, stride, padding)
-        return _native.merge9(products), inputs
-
-    @staticmethod
-    def forward(ctx, images, stride, padding, *weights):  # noqa: ANN001, ANN205
-        out, inputs = _KaratsubaConv.run(images, weights, stride, padding)
-        ctx.save_for_backward(*inputs, *weights)
-        ctx.conv_args = (stride, padding)
-        return out
-
-    @staticmethod
-    @once_differentiable  # the native repacking is not recorded: no double backward
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
-        saved = ctx.saved_tensors
-        inputs, weights = saved[:9], saved[9:]
-        stride, padding = ctx.conv_args
-        grads = _native.split9_grad(grad.contiguous(memory_format=torch.channels_last))
-        need_x = ctx.needs_input_grad[0]
-        grad_inputs, grad_weights = [], []
-        for k, (g, x, w) in enumerate(zip(grads, inputs, weights, strict=True)):
-            gx, gw, _ = torch.ops.aten.convolution_backward(
-                g, x, w, None, [stride] * 2, [padding] * 2, [1, 1], False, [0, 0], 1,
-                [need_x, ctx.needs_input_grad[3 + k], False],
-            )  # fmt: skip
-            grad_inputs.append(gx)
-            grad_weights.append(-gw if gw is not None and k % 3 == 1 else gw)
-        grad_images = _native.merge9_grad(grad_inputs) if need_x else None
-        return (grad_images, None, None, *grad_weights)
-
-
-_SCHEMES = {"gauss": _GaussConv, "karatsuba": _KaratsubaConv}  # native, by impl
-
-
-def _gauss_torch(images: torch.Tensor, weights: list[torch.Tensor], conv) -> torch.Tensor:  # noqa: ANN001
-    """Gauss's three products with PyTorch ops (other devices and dtypes, gradcheck)."""
-    b, _, h, w = images.shape
-    parts = images.view(b, -1, 2, h, w)
-    x_re = parts[:, :, 0].contiguous(memory_format=torch.channels_last)
-    x_im = parts[:, :, 1].contiguous(memory_format=torch.channels_last)
-    w_re, w_sum, w_diff = weights
-    p = conv(x_re + x_im, w_re)
-    out = torch.stack([p - conv(x_im, w_sum), p + conv(x_re, w_diff)], dim=2)
-    return out.flatten(1, 2).contiguous(memory_format=torch.channels_last)
-
-
-def _karatsuba_torch(images: torch.Tensor, weights: list[torch.Tensor], conv) -> torch.Tensor:  # noqa: ANN001
-    """Karatsuba's nine products with PyTorch ops (other devices and dtypes, gradcheck)."""
-    b, _, h, w = images.shape
-    x = images.view(b, -1, 2, 2, h, w)
-    x0r, x0i, x1r, x1i = x[:, :, 0, 0], x[:, :, 0, 1], x[:, :, 1, 0], x[:, :, 1, 1]
-    sr, si = x0r + x1r, x0i + x1i
-    inputs = [sr + si, si, sr, x1r + x1i, x1i, x1r, x0r + x0i, x0i, x0r]
-    p = [conv(u, wk) for u, wk in zip(inputs, weights, strict=True)]
-    a, b_, c = (p[0] - p[1], p[0] + p[2]), (p[3] - p[4], p[3] + p[5]), (p[6] - p[7], p[6] + p[8])
-    out = torch.stack([a[0] + b_[0], a[1] + b_[1], a[0] + c[0], a[1] + c[1]], dim=2)
-    return out.flatten(1, 2).contiguous(memory_format=torch.channels_last)
+def _padding_of(kernel_size: int, padding: str | int) -> int:
+    """The padding in pixels for ``padding``: ``"same"``, ``"valid"`` or an int >= 0."""
+    if padding == "same":
+        return kernel_size // 2
+    if padding == "valid":
+        return 0
+    if isinstance(padding, int) and padding >= 0:
+        return padding
+    raise ValueError(f"padding must be 'same', 'valid' or an int >= 0; got {padding!r}")
 
 
 class HConv2d(nn.Module):
@@ -285,7 +74,8 @@ class HConv2d(nn.Module):
     products instead of four (the order-0 filter serves both diagonal order pairs:
     ``y_0 = A + B``, ``y_1 = A + C`` with ``A = W_0 (x_0 + x_1)``,
     ``B = (W_{-1} - W_0) x_1``, ``C = (W_1 - W_0) x_0``), each by Gauss's trick: nine
-    quarter-width real convolutions, 9/16 of the arithmetic. ``impl="auto"`` decides
+    quarter-width real convolutions, 9/16 of the arithmetic (:mod:`hnets.nn.schemes`
+    states each scheme's maths). ``impl="auto"`` decides
     per call from measurements on CPU (``hnets bench``): Karatsuba for orders 0..1 with
     at least 32 channels, Gauss from 32 complex streams (16 on maps of at most
     16 x 16), the dense bank otherwise. On float32 CPU
@@ -354,36 +144,11 @@ class HConv2d(nn.Module):
         self.in_max_order = max_order if in_max_order is None else in_max_order
         self.n_rings = default_n_rings(kernel_size) if n_rings is None else n_rings
         self.stride = stride
-        if padding == "same":
-            self.padding = kernel_size // 2
-        elif padding == "valid":
-            self.padding = 0
-        elif isinstance(padding, int) and padding >= 0:
-            self.padding = padding
-        else:
-            raise ValueError(f"padding must be 'same', 'valid' or an int >= 0; got {padding!r}")
+        self.padding = _padding_of(kernel_size, padding)
         self._padding_arg = padding
         n_filter_orders = max(self.max_order, self.in_max_order) + 1
         factory = {"device": device, "dtype": dtype}
-        basis = harmonic_basis(kernel_size, n_filter_orders - 1, self.n_rings)
-        self.register_buffer("basis", _complex_basis_matrix(basis).to(**factory), persistent=False)
-        # which filter (index into orders -F+1..F-1 laid out as 0..F-1, then -1..-(F-1))
-        # connects input order mi to output order mo
-        index = torch.empty(self.max_order + 1, self.in_max_order + 1, dtype=torch.long)
-        for mo in range(self.max_order + 1):
-            for mi in range(self.in_max_order + 1):
-                d = mo - mi
-                index[mo, mi] = d if d >= 0 else n_filter_orders - 1 - d
-        self.register_buffer("order_index", index, persistent=False)
-        # the filter banks are linear in the complex ring coefficients: precompute the
-        # matrices that map one (out, in) pair's coefficients to its blocks of the
-        # dense / Gauss banks, so synthesis is one small matmul (and its backward another)
-        dense_map, gauss_map, karatsuba_map = self._synthesis_maps(n_filter_orders)
-        self.register_buffer("dense_map", dense_map.to(**factory), persistent=False)
-        self.register_buffer("gauss_map", gauss_map.to(**factory), persistent=False)
-        if karatsuba_map is not None:
-            karatsuba_map = karatsuba_map.to(**factory)
-        self.register_buffer("karatsuba_map", karatsuba_map, persistent=False)
+        self._register_buffers(n_filter_orders, factory)
         self.weight = nn.Parameter(
             torch.empty(n_filter_orders, out_channels, in_channels, self.n_rings, **factory)
         )
@@ -410,6 +175,28 @@ class HConv2d(nn.Module):
         self._cache: tuple[tuple, tuple[torch.Tensor, ...]] | None = None
         self._layouts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # see _layout
         self.reset_parameters()
+
+    def _register_buffers(self, n_filter_orders: int, factory: dict) -> None:
+        """The non-persistent buffers: basis, order index and synthesis matrices."""
+        basis = harmonic_basis(self.kernel_size, n_filter_orders - 1, self.n_rings)
+        self.register_buffer("basis", complex_basis_matrix(basis).to(**factory), persistent=False)
+        # which filter (index into orders -F+1..F-1 laid out as 0..F-1, then -1..-(F-1))
+        # connects input order mi to output order mo
+        index = torch.empty(self.max_order + 1, self.in_max_order + 1, dtype=torch.long)
+        for mo in range(self.max_order + 1):
+            for mi in range(self.in_max_order + 1):
+                d = mo - mi
+                index[mo, mi] = d if d >= 0 else n_filter_orders - 1 - d
+        self.register_buffer("order_index", index, persistent=False)
+        # the filter banks are linear in the complex ring coefficients: precompute the
+        # matrices that map one (out, in) pair's coefficients to its blocks of the
+        # dense / Gauss banks, so synthesis is one small matmul (and its backward another)
+        dense_map, gauss_map, karatsuba_map = self._synthesis_maps(n_filter_orders)
+        self.register_buffer("dense_map", dense_map.to(**factory), persistent=False)
+        self.register_buffer("gauss_map", gauss_map.to(**factory), persistent=False)
+        if karatsuba_map is not None:
+            karatsuba_map = karatsuba_map.to(**factory)
+        self.register_buffer("karatsuba_map", karatsuba_map, persistent=False)
 
     # -- parameters -------------------------------------------------------------------
     def reset_parameters(self) -> None:
@@ -457,7 +244,7 @@ class HConv2d(nn.Module):
         q = n_filter_orders * self.n_rings * 2
         eye = torch.eye(q, dtype=torch.float64).view(q, n_filter_orders, self.n_rings, 2)
         coeff = eye.permute(1, 0, 2, 3).unsqueeze(2)  # (F, q "out", 1 "in", R, 2)
-        w = _filters_from(coeff, self.basis)
+        w = filters_from(coeff, self.basis)
         real, imag = self._blocks_from(w)  # (q * Mo, Mi, k, k)
         mo, mi, k = self.max_order + 1, self.in_max_order + 1, self.kernel_size
         real = real.reshape(q, mo, mi, k, k)
@@ -467,7 +254,7 @@ class HConv2d(nn.Module):
         dense = torch.stack([top, bottom], dim=2)  # (q, Mo, 2, Mi, 2, k, k)
         gauss = torch.stack([real, real + imag, imag - real], dim=1)  # (q, 3, Mo, Mi, k, k)
         karatsuba = None
-        if mo == mi == 2:  # K_A = W_0, K_B = W_-1 - W_0, K_C = W_1 - W_0 (see _KaratsubaConv)
+        if mo == mi == 2:  # K_A = W_0, K_B = W_-1 - W_0, K_C = W_1 - W_0 (schemes.KaratsubaConv)
             w0 = (real[:, 0, 0], imag[:, 0, 0])
             ks = [w0] + [
                 (real[:, a, b] - w0[0], imag[:, a, b] - w0[1]) for a, b in ((0, 1), (1, 0))
@@ -529,14 +316,14 @@ class HConv2d(nn.Module):
 
     def _torch_banks(self, impl: str) -> tuple[torch.Tensor, ...]:
         """The weights of ``impl`` by PyTorch ops (any device and dtype, differentiable)."""
-        bank = _bank_torch(self.weight, self.phase, self._layout(impl)[0])
+        bank = bank_torch(self.weight, self.phase, self._layout(impl)[0])
         return self._banks_of(bank.contiguous(), impl)
 
     def _synthesise(self, impl: str) -> tuple[torch.Tensor, ...]:
         params = [self.weight] if self.phase is None else [self.weight, self.phase]
         if torch.is_grad_enabled() and self.weight.requires_grad and _native.usable(*params):
             return self._banks_of(
-                _Synthesis.apply(self.weight, self.phase, *self._layout(impl)), impl
+                Synthesis.apply(self.weight, self.phase, *self._layout(impl)), impl
             )
         return self._torch_banks(impl)
 
@@ -590,8 +377,8 @@ class HConv2d(nn.Module):
             with torch.no_grad():
                 weights = [w.to(x.dtype) for w in self._filters(impl)]
                 native = _native.usable(x, memory_format=torch.channels_last)
-                if self.reads_unmerged and impl in _SCHEMES and native and self.bias is None:
-                    _SCHEMES[impl].products(x, weights, self.stride, self.padding)
+                if self.reads_unmerged and impl in NATIVE_SCHEMES and native and self.bias is None:
+                    NATIVE_SCHEMES[impl].products(x, weights, self.stride, self.padding)
                 else:
                     self._convolve(x, impl, weights)
             return
@@ -631,14 +418,14 @@ class HConv2d(nn.Module):
                 )
             return z.contiguous(memory_format=torch.channels_last), "real"
         check_harmonic(z, channels=self.in_channels, orders=self.in_max_order + 1, where="HConv2d")
-        images = _as_images(z)
+        images = as_images(z)
         return images, self._choose_impl(images)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         images, impl = self._prepare(z)
         weights = [w.to(images.dtype) for w in self._filters(impl)]
         out = self._convolve(images, impl, weights)
-        result = _as_harmonic(out, self.out_channels, self.max_order + 1)
+        result = as_harmonic(out, self.out_channels, self.max_order + 1)
         if self.bias is not None:  # order 0 only: a constant commutes with rotations there
             onehot = torch.zeros(self.max_order + 1, 1, dtype=result.dtype, device=result.device)
             onehot[0] = 1.0
@@ -650,19 +437,7 @@ class HConv2d(nn.Module):
         self, images: torch.Tensor, impl: str, weights: list[torch.Tensor]
     ) -> torch.Tensor:
         """The convolution of ``images`` by scheme ``impl`` with its filter banks."""
-        conv = partial(F.conv2d, stride=self.stride, padding=self.padding)
-        if impl in ("dense", "real"):
-            return conv(images, weights[0])
-        if _native.usable(images, memory_format=torch.channels_last):  # weights: any layout
-            scheme = _SCHEMES[impl]
-            if torch.is_grad_enabled() and (
-                images.requires_grad or any(w.requires_grad for w in weights)
-            ):
-                return scheme.apply(images, self.stride, self.padding, *weights)
-            return scheme.run(images, weights, self.stride, self.padding)[0]
-        if impl == "karatsuba":
-            return _karatsuba_torch(images, weights, conv)
-        return _gauss_torch(images, weights, conv)
+        return convolve(images, impl, weights, self.stride, self.padding)
 
     def unmerged_products(self, z: torch.Tensor) -> list[torch.Tensor] | None:
         """For inference fusion: the real products of Gauss's or Karatsuba's scheme for ``z``.
@@ -675,10 +450,12 @@ class HConv2d(nn.Module):
         if torch.is_grad_enabled() or self.bias is not None or z.dim() != 6:
             return None
         images, impl = self._prepare(z)
-        if impl not in _SCHEMES or not _native.usable(images, memory_format=torch.channels_last):
+        if impl not in NATIVE_SCHEMES or not _native.usable(
+            images, memory_format=torch.channels_last
+        ):
             return None
         weights = [w.to(images.dtype) for w in self._filters(impl)]
-        return _SCHEMES[impl].products(images, weights, self.stride, self.padding)[0]
+        return NATIVE_SCHEMES[impl].products(images, weights, self.stride, self.padding)[0]
 
     def extra_repr(self) -> str:
         return (

@@ -1,4 +1,13 @@
-/* Fused CPU kernels for the magnitude nonlinearity (see hnets/_native/__init__.py).
+/* The native CPU kernels of hnets (loaded by hnets/_native/build.py, called through the
+ * checked wrappers of hnets/_native/kernels.py):
+ *
+ * - the magnitude nonlinearity: its forward, its backward (with the batch norm's
+ *   statistic term) and the per-stream power sums of the batch norm;
+ * - the ReLU fused with the k x k mean pool after it (and the pool's own backward);
+ * - the repacking around the convolution schemes of hnets/nn/schemes.py: split and
+ *   merge for Gauss's three real products and Karatsuba's nine, and their backwards;
+ * - filter synthesis of HConv2d, straight into the layout the convolution reads, and
+ *   its backward.
  *
  * Data: pixel-major complex pairs, float32, contiguous, n positions x s streams x 2
  * (real, imaginary). Per-stream arrays (scale, bias, corr) hold s floats.
@@ -25,7 +34,12 @@ static inline int omp_get_thread_num(void) { return 0; }
    double accumulators: vectorisable inner loops without float drift over 10^5 terms. */
 #define BLOCK 256
 
-int hnets_abi_version(void) { return 11; }
+/* The build's identity: a hash of this file's text, computed and passed by build.py
+   (-DHNETS_SOURCE_HASH=0x...ULL) and checked when the library is loaded. */
+#ifndef HNETS_SOURCE_HASH
+#error "define HNETS_SOURCE_HASH (hnets/_native/build.py passes a hash of this file)"
+#endif
+uint64_t hnets_source_hash(void) { return HNETS_SOURCE_HASH; }
 
 /* 1 when built with OpenMP, 0 for the single-threaded build. */
 int hnets_openmp(void) {
