@@ -252,15 +252,40 @@ def load_checkpoint_data(
         DataError: the data is missing, or its classes or channels are not the model's.
     """
     from .data import ImageDataset
-    from .data.cache import read_manifest
-    from .data.folder import scan_folder
-    from .data.locate import locate_variant
-    from .data.registry import DATASETS, folder_path, is_folder
+    from .data.registry import is_folder
 
     extra = config.get("extra", {})
     trained_on = checkpoint_dataset(config)
     name = dataset or trained_on
     classes = checkpoint_classes(config)
+    _check_classes_before_preparing(classes, trained_on, name, data_dir)
+    if recorded_variant and variant is None and name == trained_on and not is_folder(name):
+        variant = extra.get("data_variant")
+    channels = int(config.get("options", {}).get("in_channels", 1))
+    vdir = _checkpoint_variant_dir(extra, name, trained_on, variant, data_dir, channels, progress)
+    data = ImageDataset(vdir, split, limit=limit)
+    _check_classes(classes, data.classes, trained_on, name)
+    if data.channels != channels:
+        raise DataError(
+            f"the model takes {channels}-channel images, {name} has {data.channels} channels"
+        )
+    return data
+
+
+def _check_classes_before_preparing(
+    classes: tuple[str, ...],
+    trained_on: str,
+    name: str,
+    data_dir: str | os.PathLike[str] | None,
+) -> None:
+    """Refuse data with other classes than the model's when that is known without preparing.
+
+    A registered dataset's classes are in the registry, a folder's are its folder names
+    (unless ``data_dir`` is itself a prepared directory); nothing is decoded.
+    """
+    from .data.folder import scan_folder
+    from .data.registry import DATASETS, folder_path, is_folder
+
     spec = DATASETS.get(name)
     if spec is not None:  # known before anything is prepared
         _check_classes(classes, spec.classes, trained_on, name)
@@ -269,9 +294,27 @@ def load_checkpoint_data(
     ):
         # a folder's classes are its folder names: refuse it before decoding any image
         _check_classes(classes, scan_folder(folder_path(name)).classes, trained_on, name)
-    if recorded_variant and variant is None and name == trained_on and not is_folder(name):
-        variant = extra.get("data_variant")
-    channels = int(config.get("options", {}).get("in_channels", 1))
+
+
+def _checkpoint_variant_dir(
+    extra: Mapping[str, Any],
+    name: str,
+    trained_on: str,
+    variant: str | None,
+    data_dir: str | os.PathLike[str] | None,
+    channels: int,
+    progress: bool,
+) -> Path:
+    """The prepared directory of ``name`` to evaluate a checkpoint on.
+
+    A registered dataset is located as for :func:`hnets.data.load_dataset`. A folder
+    is prepared at the image size and channels the model takes (and with the
+    ``skip_bad`` training used), except that the folder the model was trained on is
+    first looked up as training asked for it (:func:`_training_folder_dir`).
+    """
+    from .data.locate import locate_variant
+    from .data.registry import is_folder
+
     folder: dict[str, Any] = {}
     vdir = None
     if is_folder(name):
@@ -280,24 +323,40 @@ def load_checkpoint_data(
         skip_bad = bool(recipe.get("skip_bad", False))
         folder = {"image_size": int(shape[-1]), "channels": channels, "skip_bad": skip_bad}
         if recipe and _same_folder(name, trained_on):
-            # the options training asked for find the cache entry training made (the
-            # cache is keyed by them, not by the sizes they resolved to)
-            asked = {k: recipe.get(k) for k in ("image_size", "channels")}
-            vdir = locate_variant(
-                data_dir, variant, dataset=name, progress=progress, skip_bad=skip_bad, **asked
+            vdir = _training_folder_dir(
+                recipe, name, variant, data_dir, progress, skip_bad, [int(shape[-1]), channels]
             )
-            manifest = read_manifest(vdir)
-            if [manifest.get("image_size"), manifest.get("channels")] != [int(shape[-1]), channels]:
-                vdir = None  # the folder changed since: prepare it as the model needs
     if vdir is None:
         vdir = locate_variant(data_dir, variant, dataset=name, progress=progress, **folder)
-    data = ImageDataset(vdir, split, limit=limit)
-    _check_classes(classes, data.classes, trained_on, name)
-    if data.channels != channels:
-        raise DataError(
-            f"the model takes {channels}-channel images, {name} has {data.channels} channels"
-        )
-    return data
+    return vdir
+
+
+def _training_folder_dir(
+    recipe: Mapping[str, Any],
+    name: str,
+    variant: str | None,
+    data_dir: str | os.PathLike[str] | None,
+    progress: bool,
+    skip_bad: bool,
+    size_and_channels: list[int],
+) -> Path | None:
+    """The cache entry training made of its folder, or None when it no longer fits the model.
+
+    The options training asked for find it (the cache is keyed by them, not by the
+    sizes they resolved to); if the folder changed since, its image size or channels
+    may differ from ``size_and_channels`` and it is prepared as the model needs instead.
+    """
+    from .data.cache import read_manifest
+    from .data.locate import locate_variant
+
+    asked = {k: recipe.get(k) for k in ("image_size", "channels")}
+    vdir = locate_variant(
+        data_dir, variant, dataset=name, progress=progress, skip_bad=skip_bad, **asked
+    )
+    manifest = read_manifest(vdir)
+    if [manifest.get("image_size"), manifest.get("channels")] != size_and_channels:
+        return None  # the folder changed since: prepare it as the model needs
+    return vdir
 
 
 def _same_folder(name: str, trained_on: str) -> bool:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -254,6 +255,96 @@ def _agreement(logits: torch.Tensor, reference: torch.Tensor) -> tuple[float, in
     return diff, int(changed.sum())
 
 
+def _logits(net: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``net``'s logits on ``images``, batch by batch, without autograd."""
+    with torch.inference_mode():
+        return torch.cat(
+            [net(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+        )
+
+
+def _inference(net: nn.Module) -> Callable[[torch.Tensor], None]:
+    """A callable that runs ``net`` on a batch without autograd, discarding the output."""
+
+    def run(x: torch.Tensor) -> None:
+        with torch.inference_mode():
+            net(x)
+
+    return run
+
+
+def _check_plain(
+    plain: nn.Module,
+    images: torch.Tensor,
+    reference: torch.Tensor,
+    tolerance: float,
+    batch_size: int,
+) -> tuple[float, str]:
+    """The exported model's max logit difference and report line; HNetsError past ``tolerance``."""
+    exported = _logits(plain, images, batch_size)
+    diff, changed = _agreement(exported, reference)
+    line = (
+        f"plain PyTorch: max |logit difference| {diff:.2e} on {len(images)} test images "
+        f"(largest |logit| {reference.abs().max().item():.1f}), {changed} predictions changed"
+    )
+    if diff > tolerance or changed:
+        raise HNetsError(
+            f"exported model disagrees with the original (max diff {diff:.2e}, "
+            f"{changed} predictions changed)"
+        )
+    return diff, line
+
+
+def _save_torchscript(plain: nn.Module, script_path: str | Path) -> None:
+    """Script ``plain`` and write it to ``script_path`` atomically."""
+    from ._io import atomic_write
+
+    scripted = torch.jit.script(plain)
+    with atomic_write(script_path, "wb") as fh:
+        torch.jit.save(scripted, fh)
+
+
+def _check_onnx(
+    model: nn.Module,
+    onnx_path: str | Path,
+    images: torch.Tensor,
+    reference: torch.Tensor,
+    tolerance: float,
+    batch_size: int,
+) -> tuple[str, Callable[[torch.Tensor], object]]:
+    """Write ``model`` as ONNX and compare onnxruntime's logits with ``reference``.
+
+    Returns the report line and a callable that runs the ONNX model on a batch.
+    Raises HNetsError without onnxruntime (before writing anything) or past ``tolerance``.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise HNetsError(
+            "checking the ONNX model needs onnxruntime: pip install 'hnets[export]'"
+        ) from None
+    export_onnx(model, onnx_path, input_shape=tuple(images.shape[1:]))
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    onnx_out = torch.cat(
+        [
+            torch.from_numpy(session.run(None, {name: images[i : i + batch_size].numpy()})[0])
+            for i in range(0, len(images), batch_size)
+        ]
+    )
+    onnx_diff, onnx_changed = _agreement(onnx_out, reference)
+    line = (
+        f"ONNX ({onnx_path}, onnxruntime): max |logit difference| {onnx_diff:.2e}, "
+        f"{onnx_changed} predictions changed"
+    )
+    if onnx_diff > tolerance or onnx_changed:
+        raise HNetsError(
+            f"ONNX model disagrees with the original (max diff {onnx_diff:.2e}, "
+            f"{onnx_changed} predictions changed)"
+        )
+    return line, lambda x: session.run(None, {name: x.numpy()})
+
+
 def export_checkpoint(
     checkpoint: str | Path,
     *,
@@ -287,80 +378,25 @@ def export_checkpoint(
         recorded_variant=False,
     ).images
     plain = export(model)
-
-    def logits(net) -> torch.Tensor:  # noqa: ANN001
-        with torch.inference_mode():
-            return torch.cat(
-                [net(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-            )
-
-    reference = logits(model)
+    reference = _logits(model, images, batch_size)
     # a trained model's logits reach tens, and float32 round-off grows with them (the
     # pretrained H-Net's own float32-vs-float64 error is ~1e-4): tolerances are 1e-5
     # (plain) and 1e-4 (ONNX) plus 5e-5 of the largest logit
     scale = 5e-5 * reference.abs().max().item()
-    tolerance = 1e-5 + scale
-    exported = logits(plain)
-    diff, changed = _agreement(exported, reference)
-    lines = [
-        f"plain PyTorch: max |logit difference| {diff:.2e} on {len(images)} test images "
-        f"(largest |logit| {reference.abs().max().item():.1f}), {changed} predictions changed",
-    ]
-    if diff > tolerance or changed:
-        raise HNetsError(
-            f"exported model disagrees with the original (max diff {diff:.2e}, "
-            f"{changed} predictions changed)"
-        )
-
-    def run_original(x: torch.Tensor) -> None:
-        with torch.inference_mode():
-            model(x)
-
-    def run_plain(x: torch.Tensor) -> None:
-        with torch.inference_mode():
-            plain(x)
-
+    diff, line = _check_plain(plain, images, reference, 1e-5 + scale, batch_size)
+    lines = [line]
     timed = images[:_TIMED_IMAGES]  # agreement is checked on all images, speed on these
     candidates = {
-        "original (eval)": _over(run_original, timed, batch_size),
-        "exported plain PyTorch": _over(run_plain, timed, batch_size),
+        "original (eval)": _over(_inference(model), timed, batch_size),
+        "exported plain PyTorch": _over(_inference(plain), timed, batch_size),
     }
     if script_path is not None:
-        from ._io import atomic_write
-
-        scripted = torch.jit.script(plain)
-        with atomic_write(script_path, "wb") as fh:
-            torch.jit.save(scripted, fh)
+        _save_torchscript(plain, script_path)
         lines.append(f"TorchScript written to {script_path}")
     if onnx_path is not None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise HNetsError(
-                "checking the ONNX model needs onnxruntime: pip install 'hnets[export]'"
-            ) from None
-        export_onnx(model, onnx_path, input_shape=tuple(images.shape[1:]))
-        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        onnx_out = torch.cat(
-            [
-                torch.from_numpy(session.run(None, {name: images[i : i + batch_size].numpy()})[0])
-                for i in range(0, len(images), batch_size)
-            ]
-        )
-        onnx_diff, onnx_changed = _agreement(onnx_out, reference)
-        lines.append(
-            f"ONNX ({onnx_path}, onnxruntime): max |logit difference| {onnx_diff:.2e}, "
-            f"{onnx_changed} predictions changed"
-        )
-        if onnx_diff > 1e-4 + scale or onnx_changed:
-            raise HNetsError(
-                f"ONNX model disagrees with the original (max diff {onnx_diff:.2e}, "
-                f"{onnx_changed} predictions changed)"
-            )
-        candidates["ONNX (onnxruntime)"] = _over(
-            lambda x: session.run(None, {name: x.numpy()}), timed, batch_size
-        )
+        line, run_onnx = _check_onnx(model, onnx_path, images, reference, 1e-4 + scale, batch_size)
+        lines.append(line)
+        candidates["ONNX (onnxruntime)"] = _over(run_onnx, timed, batch_size)
     from .bench import compare
 
     speeds = {t.name: len(timed) / t.median_s for t in compare(candidates, repeats=5, warmup=1)}

@@ -186,8 +186,6 @@ def robustness_study(
     image already has (:func:`accuracy_by_angle`; the variants built by hnets store
     it), which is what a model trained on upright images should be judged by.
     """
-    from matplotlib.figure import Figure
-
     if step_degrees <= 0 or step_degrees > 360:
         raise ValueError(f"--step must be in (0, 360] degrees; got {step_degrees}")
     models = [_load(checkpoint) for checkpoint in checkpoints]
@@ -222,11 +220,30 @@ def robustness_study(
     out_dir.mkdir(parents=True, exist_ok=True)
     files = [out_dir / "robustness.json", out_dir / "robustness.csv", out_dir / "robustness.png"]
     write_json(files[0], result)
-    with atomic_write(files[1], "w") as fh:
+    _write_robustness_csv(files[1], angles, curves)
+    _save_robustness_figure(files[2], angles, curves, test, by_stored_angle)
+    return {"result": result, "files": files, "table": _robustness_table(angles, curves)}
+
+
+def _write_robustness_csv(path: Path, angles: list[float], curves: dict[str, list[float]]) -> None:
+    """One row per angle, one accuracy column per model, written atomically."""
+    with atomic_write(path, "w") as fh:
         writer = csv.writer(fh)
         writer.writerow(["angle_degrees", *curves])
         for i, angle in enumerate(angles):
             writer.writerow([angle, *(f"{curves[k][i]:.5f}" for k in curves)])
+
+
+def _save_robustness_figure(
+    path: Path,
+    angles: list[float],
+    curves: dict[str, list[float]],
+    test: Any,
+    by_stored_angle: bool,
+) -> None:
+    """Accuracy (%) against angle, one line per model, saved to ``path``."""
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(7.0, 4.0), layout="constrained")
     ax = fig.subplots()
     for label, accs in curves.items():
@@ -241,13 +258,17 @@ def robustness_study(
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(f"{test.title} ({test.variant}), {len(test)} test images")
-    save_figure(fig, files[2])
+    save_figure(fig, path)
+
+
+def _robustness_table(angles: list[float], curves: dict[str, list[float]]) -> str:
+    """A text table: one row per angle, one accuracy (%) column per model."""
     header = "angle  " + "  ".join(f"{k:>28s}" for k in curves)
     rows = [
         f"{a:5.0f}  " + "  ".join(f"{100 * curves[k][i]:27.2f}%" for k in curves)
         for i, a in enumerate(angles)
     ]
-    return {"result": result, "files": files, "table": "\n".join([header, *rows])}
+    return "\n".join([header, *rows])
 
 
 def _feature_maps(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:

@@ -1,4 +1,4 @@
-"""``hnets bench``, ``hnets export``, ``hnets robustness`` and ``hnets equivariance``."""
+"""``hnets bench``, ``tune``, ``export``, ``robustness`` and ``equivariance``."""
 
 from __future__ import annotations
 
@@ -18,6 +18,16 @@ _DATASET_HELP = (
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``bench``, ``tune``, ``export``, ``robustness`` and ``equivariance`` commands."""
+    _register_bench(sub)
+    _register_tune(sub)
+    _register_export(sub)
+    _register_robustness(sub)
+    _register_equivariance(sub)
+
+
+def _register_bench(sub: argparse._SubParsersAction) -> None:
+    """``hnets bench``: speed of HConv2d and HNetMNIST against plain CNNs."""
     bench = sub.add_parser(
         "bench", help="side-by-side speed of HConv2d and HNetMNIST vs plain CNNs"
     )
@@ -36,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(handler=_bench)
 
+
+def _register_tune(sub: argparse._SubParsersAction) -> None:
+    """``hnets tune``: time the convolution schemes ahead of time (the autotune cache)."""
     tune = sub.add_parser(
         "tune",
         help="measure which convolution scheme each layer runs fastest here, ahead of time",
@@ -56,6 +69,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     tune.add_argument("--json", action="store_true", help="print one JSON object")
     tune.set_defaults(handler=_tune)
 
+
+def _register_export(sub: argparse._SubParsersAction) -> None:
+    """``hnets export``: export a checkpoint to plain PyTorch, TorchScript and/or ONNX."""
     exp = sub.add_parser("export", help="export a checkpoint to plain PyTorch and/or ONNX")
     exp.add_argument("--checkpoint", required=True, help="checkpoint directory (from hnets train)")
     exp.add_argument("--onnx", help="write an ONNX model here and check it with onnxruntime")
@@ -71,6 +87,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     exp.add_argument("--variant")
     exp.set_defaults(handler=_export)
 
+
+def _register_robustness(sub: argparse._SubParsersAction) -> None:
+    """``hnets robustness``: test accuracy under further rotation of every image."""
     rob = sub.add_parser("robustness", help="test accuracy with every image rotated further")
     rob.add_argument(
         "--checkpoint",
@@ -92,6 +111,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     rob.set_defaults(handler=_robustness)
 
+
+def _register_equivariance(sub: argparse._SubParsersAction) -> None:
+    """``hnets equivariance``: how logits and feature maps change under rotations."""
     eqv = sub.add_parser("equivariance", help="how logits and feature maps change under rotations")
     eqv.add_argument("--checkpoint", required=True)
     eqv.add_argument("--digits", type=int, default=8, help="number of test digits")

@@ -207,19 +207,9 @@ def prepare_folder(
             without ``skip_bad``, a class left with no images, or bad options.
             Nothing is written then.
     """
-    if image_size is not None and image_size < 4:
-        raise DataError(f"image size must be at least 4 pixels, got {image_size}")
-    if channels is not None and channels not in (1, 3):
-        raise DataError(f"channels must be 1 or 3, got {channels}")
-    image_size = None if image_size is None else int(image_size)
-    channels = None if channels is None else int(channels)
+    image_size, channels = _checked_options(image_size, channels)
     scan = scan_folder(path)
-    options = {
-        "image_size": image_size,
-        "channels": channels,
-        "skip_bad": bool(skip_bad),
-        "seed": None if scan.has_valid else int(seed),
-    }
+    options = _key_options(scan, image_size, channels, skip_bad, seed)
     key = _content_key(scan, options)
     root = resolve_data_dir(data_dir)
     dir_name = f"folder-{_slug(scan.root.name)}-{key[:12]}"
@@ -232,22 +222,116 @@ def prepare_folder(
     if not force and is_prepared(target) and same_build(read_manifest(target)):
         return target
     skipped: list[str] = []
+    image_size, channels = _size_and_channels(scan, image_size, channels, skip_bad, skipped)
+    decoded = _decode_all(scan, image_size, channels, skip_bad, skipped, progress)
+    splits, valid_from = _make_splits(scan, decoded, image_size, channels, int(seed))
+    if progress:
+        _print_notices(scan, splits, skipped, seed)
+    info = _manifest_info(scan, key, options, skipped, seed, image_size, channels, valid_from)
+    return _write_prepared(root, dir_name, scan, splits, info, force=force, accept=same_build)
+
+
+def _key_options(
+    scan: FolderScan, image_size: int | None, channels: int | None, skip_bad: bool, seed: int
+) -> dict[str, Any]:
+    """The requested options the cache key covers (the seed only when it is used)."""
+    return {
+        "image_size": image_size,
+        "channels": channels,
+        "skip_bad": bool(skip_bad),
+        "seed": None if scan.has_valid else int(seed),
+    }
+
+
+def _write_prepared(
+    root: Path,
+    dir_name: str,
+    scan: FolderScan,
+    splits: dict[str, SplitArrays],
+    info: dict[str, Any],
+    *,
+    force: bool,
+    accept: Callable[[dict[str, Any]], bool],
+) -> Path:
+    """Publish ``splits`` as ``root / dir_name`` through a staging directory.
+
+    See :func:`hnets.data.cache.write_variant`: ``accept`` says whether an existing
+    directory holds this build (then, without ``force``, it is kept).
+    """
+    with staging_dir(root, dir_name) as staging:
+        return write_variant(
+            root,
+            FOLDER_DATASET,
+            splits,
+            info,
+            staging=staging,
+            force=force,
+            accept=accept,
+            dataset=FOLDER_DATASET,
+            classes=scan.classes,
+            dir_name=dir_name,
+        )
+
+
+def _checked_options(image_size: int | None, channels: int | None) -> tuple[int | None, int | None]:
+    """``image_size`` and ``channels`` as ints (``None`` kept); DataError when out of range."""
+    if image_size is not None and image_size < 4:
+        raise DataError(f"image size must be at least 4 pixels, got {image_size}")
+    if channels is not None and channels not in (1, 3):
+        raise DataError(f"channels must be 1 or 3, got {channels}")
+    return (
+        None if image_size is None else int(image_size),
+        None if channels is None else int(channels),
+    )
+
+
+def _size_and_channels(
+    scan: FolderScan,
+    image_size: int | None,
+    channels: int | None,
+    skip_bad: bool,
+    skipped: list[str],
+) -> tuple[int, int]:
+    """The image side and channels to prepare at: those asked for, the rest from the images.
+
+    Only when one is unset are the images' headers read (:func:`_read_infos`, which adds
+    the files it skips to ``skipped``) for :func:`default_channels` and
+    :func:`default_image_size`.
+    """
     if channels is None or image_size is None:
         infos = _read_infos(scan, skip_bad, skipped)
         channels = channels or default_channels(infos)
         image_size = image_size or default_image_size(infos, channels)
-    decoded = _decode_all(scan, image_size, channels, skip_bad, skipped, progress)
-    splits, valid_from = _make_splits(scan, decoded, image_size, channels, int(seed))
-    if not scan.has_valid and progress:
+    return image_size, channels
+
+
+def _print_notices(
+    scan: FolderScan, splits: dict[str, SplitArrays], skipped: list[str], seed: int
+) -> None:
+    """One line on stderr for a held-out validation split, one for skipped files."""
+    if not scan.has_valid:
         n_valid = len(splits["valid"])
         print(
             f"hnets: {scan.root} has no valid/ folder: holding out {n_valid} train images "
             f"as validation (a stratified 1/{VALID_FRACTION} of each class, seed {seed})",
             file=sys.stderr,
         )
-    if skipped and progress:
+    if skipped:
         print(f"hnets: {_skipped_message(skipped)}", file=sys.stderr)
-    info = {
+
+
+def _manifest_info(
+    scan: FolderScan,
+    key: str,
+    options: dict[str, Any],
+    skipped: list[str],
+    seed: int,
+    image_size: int,
+    channels: int,
+    valid_from: str,
+) -> dict[str, Any]:
+    """The manifest's description of a prepared folder: its source, options and protocol."""
+    return {
         "title": scan.root.name,
         "source": {
             "kind": "folder",
@@ -264,19 +348,6 @@ def prepare_folder(
         "requested": {"image_size": options["image_size"], "channels": options["channels"]},
         "protocol": f"{_FORMAT_TAG}: hnets.images.load_image_as; see hnets.data.folder",
     }
-    with staging_dir(root, dir_name) as staging:
-        return write_variant(
-            root,
-            FOLDER_DATASET,
-            splits,
-            info,
-            staging=staging,
-            force=force,
-            accept=same_build,
-            dataset=FOLDER_DATASET,
-            classes=scan.classes,
-            dir_name=dir_name,
-        )
 
 
 def _class_dirs(split_dir: Path) -> list[str]:
