@@ -28,6 +28,7 @@ from torch import nn
 
 from .models import HNetMNIST
 from .nn import HConv2d
+from .nn.schemes import SCHEMES
 
 __all__ = [
     "compare",
@@ -119,8 +120,8 @@ def bench_conv(
 
     The dense shape has ``channels * (order + 1) * 2`` input and output channels (64
     for the defaults). Candidates: dense NCHW (the baseline), dense channels-last
-    (what a tuned plain layer gets), and ``HConv2d`` with each implementation
-    (``karatsuba`` where the orders are 0..1).
+    (what a tuned plain layer gets), and ``HConv2d`` with each scheme of
+    :data:`hnets.nn.schemes.SCHEMES` (``karatsuba`` where the orders are 0..1).
     """
     torch.manual_seed(0)
     dense_ch = channels * (order + 1) * 2
@@ -129,7 +130,7 @@ def bench_conv(
     w = torch.randn(dense_ch, dense_ch, kernel_size, kernel_size, requires_grad=True)
     convs = {
         impl: HConv2d(channels, channels, kernel_size, max_order=order, impl=impl)
-        for impl in ("dense", "gauss", "karatsuba")
+        for impl in SCHEMES
         if impl != "karatsuba" or order == 1
     }
     z = convs["dense"](torch.randn(batch, channels, order + 1, 2, size, size)).detach()

@@ -40,7 +40,7 @@ def _reference(conv: HConv2d, z: torch.Tensor) -> torch.Tensor:
     ("impl", "mi", "mo"),
     [
         (impl, mi, mo)
-        for impl in ("dense", "gauss")
+        for impl in ("dense", "dense-nchw", "gauss")
         for mi, mo in [(0, 0), (0, 1), (1, 1), (2, 1), (1, 3), (3, 0)]
     ]
     + [("karatsuba", 1, 1)],
@@ -161,7 +161,7 @@ def test_initialisation_keeps_unit_scale():
     assert 0.6 < power < 1.4
 
 
-@pytest.mark.parametrize("impl", ["dense", "gauss", "karatsuba"])
+@pytest.mark.parametrize("impl", ["dense", "dense-nchw", "gauss", "karatsuba"])
 def test_gradcheck_float64(impl):
     torch.manual_seed(0)
     conv = HConv2d(2, 2, 3, max_order=1, in_max_order=1, bias=True, impl=impl).double()

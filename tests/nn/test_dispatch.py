@@ -25,7 +25,7 @@ def tuning(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setenv("HNETS_CACHE_DIR", str(tmp_path / "cache"))
     dispatch.clear_memory()
     measured: list[str] = []
-    times = {"dense": 3.0, "gauss": 2.0, "karatsuba": 1.0}
+    times = {"dense": 3.0, "dense-nchw": 3.5, "gauss": 2.0, "karatsuba": 1.0}
 
     def fake_time(run, candidates):  # noqa: ANN001, ANN202
         for name in candidates:
@@ -46,34 +46,34 @@ def test_the_fastest_candidate_wins_and_is_remembered(tuning) -> None:
     times, measured = tuning
     conv = HConv2d(4, 4, 5, max_order=1)
     conv(_input(conv))
-    assert sorted(measured) == ["dense", "gauss", "karatsuba"]
+    assert sorted(measured) == ["dense", "dense-nchw", "gauss", "karatsuba"]
     key, choice = conv.last_choice
     assert choice == "karatsuba" and "train" in key and "b4 " in key  # batch 3 -> bucket 4
     conv(_input(conv))
-    assert len(measured) == 3  # remembered in memory: not measured again
+    assert len(measured) == 4  # remembered in memory: not measured again
     entry = json.loads(dispatch.cache_path().read_text())["decisions"][key]
     assert entry["choice"] == "karatsuba" and entry["seconds"]["dense"] == 3.0
     dispatch.clear_memory()  # a new process: the file answers
     times["dense"] = 0.5
     conv(_input(conv))
-    assert len(measured) == 3 and conv.last_choice[1] == "karatsuba"
+    assert len(measured) == 4 and conv.last_choice[1] == "karatsuba"
 
 
 def test_signatures_separate_training_inference_and_batch_buckets(tuning) -> None:
     times, measured = tuning
     conv = HConv2d(4, 4, 5, max_order=2)  # orders 0..2: no Karatsuba
     conv(_input(conv, batch=3))
-    assert sorted(measured) == ["dense", "gauss"]
+    assert sorted(measured) == ["dense", "dense-nchw", "gauss"]
     with torch.no_grad():
         conv(_input(conv, batch=3))
-    assert "infer" in conv.last_choice[0] and len(measured) == 4
+    assert "infer" in conv.last_choice[0] and len(measured) == 6
     conv(_input(conv, batch=4))  # same bucket as 3
-    assert len(measured) == 4
+    assert len(measured) == 6
     conv(_input(conv, batch=5))  # bucket 8
-    assert len(measured) == 6 and len(dispatch.decisions()) == 3
+    assert len(measured) == 9 and len(dispatch.decisions()) == 3
 
 
-@pytest.mark.parametrize("winner", ["dense", "gauss", "karatsuba"])
+@pytest.mark.parametrize("winner", ["dense", "dense-nchw", "gauss", "karatsuba"])
 def test_every_choice_gives_the_same_outputs_and_gradients(tuning, winner) -> None:
     times, _ = tuning
     for name in times:
@@ -116,6 +116,20 @@ def test_a_whole_model_tunes_and_the_report_names_every_layer(tuning) -> None:
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_a_decision_among_other_candidates_is_measured_again(tuning) -> None:
+    """A cached decision made before a candidate existed does not hide the newcomer."""
+    times, measured = tuning
+    conv = HConv2d(4, 4, 5, max_order=1)
+    conv(_input(conv))
+    key = conv.last_choice[0]
+    entry = dispatch.decisions()[key]
+    del entry["seconds"]["dense-nchw"]  # as an older hnets wrote it
+    dispatch._memory[key] = entry
+    times["dense-nchw"] = 0.1
+    conv(_input(conv))
+    assert len(measured) == 8 and conv.last_choice[1] == "dense-nchw"
+
+
 def test_a_cache_file_that_is_not_json_is_measured_again(tuning) -> None:
     _, measured = tuning
     path = dispatch.cache_path()
@@ -123,7 +137,7 @@ def test_a_cache_file_that_is_not_json_is_measured_again(tuning) -> None:
     path.write_text("{ not json")
     conv = HConv2d(4, 4, 5, max_order=1)
     conv(_input(conv))
-    assert len(measured) == 3 and json.loads(path.read_text())["format"] == 1
+    assert len(measured) == 4 and json.loads(path.read_text())["format"] == 1
 
 
 def test_two_processes_tuning_at_once_leave_a_valid_file(tmp_path: Path) -> None:

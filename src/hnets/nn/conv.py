@@ -17,7 +17,7 @@ from .. import _native
 from ..basis import default_n_rings, harmonic_basis
 from . import dispatch
 from .functional import check_harmonic
-from .schemes import NATIVE_SCHEMES, as_harmonic, as_images, convolve
+from .schemes import BANK_OF, NATIVE_SCHEMES, SCHEMES, as_harmonic, as_images, convolve
 from .synthesis import Synthesis, bank_torch, complex_basis_matrix, filters_from
 
 __all__ = ["HConv2d"]
@@ -102,8 +102,9 @@ class HConv2d(nn.Module):
         padding: ``"same"`` (``k // 2``), ``"valid"`` (0) or an integer.
         bias: add a learned complex bias to the order-0 output stream (the only
             stream where a constant commutes with rotations).
-        impl: ``"auto"``, ``"dense"``, ``"gauss"`` or ``"karatsuba"``: how the
-            convolution runs (same result up to float round-off).
+        impl: ``"auto"``, ``"dense"``, ``"dense-nchw"``, ``"gauss"`` or ``"karatsuba"``:
+            how the convolution runs (same result up to float round-off; see
+            :mod:`hnets.nn.schemes`). ``"auto"`` measures which is fastest here.
 
     Shape:
         - Input: ``(B, in_channels, in_max_order + 1, 2, H, W)``; with ``in_max_order=0``
@@ -162,8 +163,8 @@ class HConv2d(nn.Module):
             self.bias = nn.Parameter(torch.empty(out_channels, 2, **factory))
         else:
             self.register_parameter("bias", None)
-        if impl not in ("auto", "dense", "gauss", "karatsuba"):
-            raise ValueError(f"impl must be 'auto', 'dense', 'gauss' or 'karatsuba'; got {impl!r}")
+        if impl not in ("auto", *SCHEMES):
+            raise ValueError(f"impl must be 'auto' or one of {', '.join(SCHEMES)}; got {impl!r}")
         if impl == "karatsuba" and self.karatsuba_map is None:
             raise ValueError("impl='karatsuba' needs max_order=1 and in_max_order=1")
         self.impl = impl  # "auto" is resolved per call (see _choose_impl)
@@ -287,6 +288,7 @@ class HConv2d(nn.Module):
         Gauss's three (``G = 3``, ``A = (Mo, k, k)``, ``B = Mi``) or Karatsuba's nine
         (``G = 9``, ``A = (k, k)``, ``B = 1``); and its transpose ``(G, A, B, q)`` for the
         native backward."""
+        impl = BANK_OF.get(impl, impl)
         if impl not in self._layouts:
             q = self.dense_map.shape[0]
             mo, mi, k = self.max_order + 1, self.in_max_order + 1, self.kernel_size
@@ -307,6 +309,7 @@ class HConv2d(nn.Module):
         """The contiguous ``(G, O, A, I, B)`` bank of ``impl`` as its channels-last weights."""
         o, i, k = self.out_channels, self.in_channels, self.kernel_size
         mo, mi = self.max_order + 1, self.in_max_order + 1
+        impl = BANK_OF.get(impl, impl)
         if impl == "karatsuba":
             return tuple(bank.view(9, o, k, k, i).permute(0, 1, 4, 2, 3).unbind(0))
         if impl == "gauss":
@@ -360,7 +363,7 @@ class HConv2d(nn.Module):
             device=images.device,
             training=training,
         ) + (" unmerged" if self.reads_unmerged and not training else "")
-        candidates = ["dense", "gauss"] + (["karatsuba"] if self.karatsuba_map is not None else [])
+        candidates = [s for s in SCHEMES if s != "karatsuba" or self.karatsuba_map is not None]
         choice = dispatch.choose(key, candidates, lambda impl: self._trial(images, impl, training))
         self.last_choice = (key, choice)
         return choice

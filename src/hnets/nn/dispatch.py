@@ -151,7 +151,9 @@ def choose(key: str, candidates: Sequence[str], run: Callable[[str], Any]) -> st
     with _lock:
         _load_disk()
         known = _memory.get(key)
-    if known is not None and known["choice"] in candidates:
+    # a decision counts only among the candidates it was measured against (a new
+    # candidate, such as a scheme added in a later version, is measured again)
+    if known is not None and set(known.get("seconds", ())) == set(candidates):
         return str(known["choice"])
     times = _time(run, candidates)
     choice = min(times, key=times.__getitem__)

@@ -17,6 +17,15 @@ parameters with :mod:`hnets.nn.synthesis`.
     which is the fastest for few streams. ``"real"`` is the first layer fed real
     images ``(B, S, H, W)``: the bank's columns that read real parts, half the work.
 
+``"dense-nchw"``
+    The dense scheme with the convolution itself run in the standard (NCHW) memory
+    layout: input and bank copied to NCHW, the output copied back to channels-last, the
+    layout every other hnets layer reads. oneDNN's NCHW and channels-last kernels rank
+    differently on different CPUs (channels-last wins on an AVX-512 Xeon, loses on an
+    AVX2 EPYC), so this is a candidate of the measured dispatch. Gauss's and
+    Karatsuba's native (de)interleaving kernels work on channels-last planes and have
+    no NCHW form.
+
 ``"gauss"`` (:class:`GaussConv`, :func:`gauss_torch`)
     Gauss's trick, three real products per complex one:
     ``P1 = W_r (X_r + X_i)``, ``P2 = (W_r + W_i) X_i``, ``P3 = (W_i - W_r) X_r``, then
@@ -53,6 +62,8 @@ from torch.autograd.function import once_differentiable
 from .. import _native
 
 __all__ = [
+    "SCHEMES",
+    "BANK_OF",
     "NATIVE_SCHEMES",
     "GaussConv",
     "KaratsubaConv",
@@ -237,12 +248,18 @@ def karatsuba_torch(images: torch.Tensor, weights: list[torch.Tensor], conv) -> 
     return out.flatten(1, 2).contiguous(memory_format=torch.channels_last)
 
 
+#: Every scheme :class:`~hnets.nn.HConv2d` can run (its ``impl=`` values besides "auto").
+SCHEMES = ("dense", "dense-nchw", "gauss", "karatsuba")
+#: Schemes that read another scheme's filter bank.
+BANK_OF = {"dense-nchw": "dense"}
+
+
 def convolve(
     images: torch.Tensor, impl: str, weights: list[torch.Tensor], stride: int, padding: int
 ) -> torch.Tensor:
     """The convolution of channels-last ``images`` by scheme ``impl`` with its banks.
 
-    ``impl`` is ``"dense"`` or ``"real"`` (one bank), ``"gauss"`` (three) or
+    ``impl`` is ``"dense"``, ``"dense-nchw"`` or ``"real"`` (one bank), ``"gauss"`` (three) or
     ``"karatsuba"`` (nine), as :class:`~hnets.nn.HConv2d` synthesises them. The native
     path where the kernels can run on ``images`` (float32, CPU, eager; the weights may
     have any layout), recorded by autograd only where a gradient is wanted; else the
@@ -251,6 +268,9 @@ def convolve(
     conv = partial(F.conv2d, stride=stride, padding=padding)
     if impl in ("dense", "real"):
         return conv(images, weights[0])
+    if impl == "dense-nchw":
+        out = conv(images.contiguous(), weights[0].contiguous())
+        return out.contiguous(memory_format=torch.channels_last)
     if _native.usable(images, memory_format=torch.channels_last):
         scheme = NATIVE_SCHEMES[impl]
         if torch.is_grad_enabled() and (
