@@ -6,8 +6,9 @@ Usage::
 
 ``BEFORE`` and ``AFTER`` are git revisions (``AFTER`` defaults to the working tree).
 Each is exported (``git archive``) to a temporary directory and run in its own process
-with ``PYTHONPATH`` pointing at its ``src``, alternately: before, after, before,
-after, ... (``--rounds`` pairs), so that a slow moment of the machine hits both alike.
+with ``PYTHONPATH`` pointing at its ``src``, alternately and in ABBA order (before,
+after, after, before, ...; ``--rounds`` pairs), so that a slow moment of the machine,
+or being the first or second process of a pair, hits both alike.
 Each process times the H-Net and the dense-equivalent CNN interleaved, as
 ``hnets bench`` does; the CNN is plain PyTorch and the same in both versions, so the
 H-Net's time *relative to it* is compared as well as the absolute times.
@@ -105,7 +106,10 @@ def main() -> None:
         sources = {v: export_source(v, Path(tmp)) for v in (args.before, args.after)}
         runs: dict[str, list] = {v: [] for v in sources}
         for i in range(args.rounds):
-            for version, src in sources.items():
+            # ABBA: each version goes first in every other round, so that whatever the
+            # first or second process of a pair suffers falls on both alike
+            order = list(sources.items()) if i % 2 == 0 else list(sources.items())[::-1]
+            for version, src in order:
                 cache = Path(tmp) / f"cache-{version.replace('/', '_')}"
                 runs[version].append(
                     bench_once(src, cache, autotune=args.autotune, repeats=args.repeats)
