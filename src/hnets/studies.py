@@ -17,13 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from ._io import atomic_write, save_figure, write_json
 from .data import rotate_images
 from .equivariance import disc_mask, relative_error
-from .errors import DataError
+from .errors import DataError, HNetsError
 from .nn import magnitude
 
 __all__ = [
@@ -40,11 +41,47 @@ def _accuracy(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int
 ) -> float:
     correct = 0
+    device = next(model.parameters()).device
     with torch.inference_mode():
         for start in range(0, len(labels), batch_size):
-            logits = model(images[start : start + batch_size])
-            correct += int((logits.argmax(1) == labels[start : start + batch_size]).sum())
+            logits = model(images[start : start + batch_size].to(device))
+            batch_labels = labels[start : start + batch_size].to(device)
+            correct += int((logits.argmax(1) == batch_labels).sum())
     return correct / len(labels)
+
+
+def protocol_originals_of(data: Any) -> torch.Tensor:
+    """The unrotated originals ``(N, 1, H, W)`` of a split built by the rotation protocol.
+
+    ``data`` is a loaded split (:func:`hnets.data.load_dataset`, or what
+    :func:`hnets.checkpoint.load_checkpoint_data` returns) of Rot-MNIST's stand-in or
+    Rot-Fashion-MNIST; sample ``i`` of the result is sample ``i`` of ``data`` before the
+    protocol rotated it (crisp, never resampled). Needs the dataset's idx files.
+
+    Raises:
+        HNetsError: a dataset not built by the protocol here (the real Rot-MNIST, a
+            folder), idx files not found, or originals that do not match ``data``.
+    """
+    from .data.mnist import find_idx_dir, load_idx_files, protocol_originals
+    from .data.registry import DATASETS
+
+    spec = DATASETS.get(getattr(data, "name", ""))
+    if spec is None or spec.source is None or data.variant == "original":
+        raise HNetsError(
+            f"crisp originals exist only for datasets built here by the rotation protocol "
+            f"(the Rot-MNIST stand-in, Rot-Fashion-MNIST); not for {data.name} {data.variant}"
+        )
+    idx_dir = find_idx_dir(spec)
+    if idx_dir is None:
+        raise HNetsError(f"crisp originals need the {spec.title} idx files: "
+                         f"{spec.source.install_hint}")  # fmt: skip
+    seed = int(data.manifest.get("seed") or 0)
+    images, labels = protocol_originals(load_idx_files(idx_dir, spec.source), data.split,
+                                        seed=seed)  # fmt: skip
+    n = len(data)
+    if not np.array_equal(labels[:n], data.labels.numpy()):
+        raise HNetsError(f"{idx_dir}: the originals do not match {data.root} (another seed?)")
+    return torch.from_numpy(images[:n]).unsqueeze(1)
 
 
 def crisp_accuracy(

@@ -38,8 +38,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ._io import atomic_write, read_json, save_figure, write_json
 from .data.cache import resolve_data_dir
 from .data.registry import DATASETS, get_dataset
@@ -467,24 +465,11 @@ def _crisp_rows(
 
 def _crisp_images(run: StudyRun, data_dir: str | Path | None, n: int) -> tuple[Any, Any, Any]:
     """The first ``n`` test images as stored, their unrotated originals, and the labels."""
-    import torch
-
     from .data import load_dataset
-    from .data.mnist import find_idx_dir, load_idx_files, protocol_originals
+    from .studies import protocol_originals_of
 
-    spec = DATASETS[run.dataset]
     test = load_dataset(run.dataset, "test", root=data_dir, variant=run.variant, limit=n)
-    seed = int(test.manifest.get("seed") or 0)
-    idx_dir = find_idx_dir(spec)
-    if idx_dir is None:
-        raise HNetsError(
-            f"the crisp-input check needs the {spec.title} idx files: {spec.source.install_hint}"
-        )
-    images, labels = protocol_originals(load_idx_files(idx_dir, spec.source), seed=seed)
-    if not np.array_equal(labels[: len(test)], test.labels.numpy()):
-        raise HNetsError(f"{idx_dir}: the originals do not match {test.root} (another seed?)")
-    originals = torch.from_numpy(images[: len(test)]).unsqueeze(1)
-    return originals, test.images, test.labels
+    return protocol_originals_of(test), test.images, test.labels
 
 
 def _crisp_of(run_dir: Path, originals: Any, rotated: Any, labels: Any) -> dict[str, Any]:

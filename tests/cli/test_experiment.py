@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from hnets import build_model, save_model
@@ -286,8 +287,9 @@ def train_parser() -> argparse.ArgumentParser:
 def test_hnets_train_keeps_every_flag_it_had():
     flags = [s for action in train_parser()._actions for s in action.option_strings]
     assert len(flags) == len(set(flags))
-    # --skip-bad is a boolean setting like the others now, so it gained its negation
-    assert set(flags) == {*TRAIN_FLAGS_BEFORE, "--no-skip-bad"}
+    # --skip-bad is a boolean setting like the others now, so it gained its negation;
+    # --quarter-turns is a setting added since
+    assert set(flags) == {*TRAIN_FLAGS_BEFORE, "--no-skip-bad", "--quarter-turns"}
 
 
 def test_hnets_train_has_a_flag_per_setting_typed_and_documented_by_the_field():
@@ -322,3 +324,43 @@ def test_hnets_train_has_a_flag_per_setting_typed_and_documented_by_the_field():
         "no_progress": False,
     }
     assert parser.parse_args(["--no-skip-bad", "--test"]).skip_bad is False
+
+
+def test_test_crisp_scores_the_unrotated_originals(tmp_path, data_env, capsys, model_dir,
+                                                    monkeypatch):  # fmt: skip
+    """``hnets test --crisp``: the split's originals (which rotate into the stored images)
+    and their quarter turns, beside the stored images; refused in one line without the
+    idx files, before anything is written."""
+    from hnets.data import rotate_images
+    from hnets.studies import protocol_originals_of
+
+    monkeypatch.setenv("HNETS_MNIST_DIR", str(MNIST_SOURCE))
+    valid = RotMNIST(None, "valid", variant="standin", limit=50)
+    originals = protocol_originals_of(valid)
+    assert originals.shape == valid.images.shape
+    turned = rotate_images(originals, valid.angles)  # the protocol's own step
+    torch.testing.assert_close(turned, valid.images, rtol=0, atol=1 / 255 + 1e-6)
+    assert (originals - valid.images).abs().max() > 0.5  # and they were rotated
+
+    figure = tmp_path / "c.png"
+    argv = ["test", "--checkpoint", str(model_dir), "--split", "valid", "--limit", "200",
+            "--crisp", "--figure", str(figure)]  # fmt: skip
+    assert main([*argv, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    crisp = report["crisp"]
+    assert set(crisp) == {"rotated", "crisp_0", "crisp_90", "crisp_180", "crisp_270"}
+    assert crisp["rotated"] == pytest.approx(report["accuracy"])
+    assert all(0.0 <= v <= 1.0 for v in crisp.values())
+    assert main(argv) == 0
+    assert "crisp inputs: as stored" in capsys.readouterr().out
+
+    figure.unlink()
+    monkeypatch.delenv("HNETS_MNIST_DIR")
+    from hnets.data.registry import DATASETS
+
+    source = dataclasses.replace(DATASETS["rotmnist"].source, system_dirs=())
+    monkeypatch.setitem(DATASETS, "rotmnist", dataclasses.replace(DATASETS["rotmnist"],
+                                                                  source=source))  # fmt: skip
+    assert main(argv) == 2
+    assert "crisp originals need the Rot-MNIST idx files" in one_error_line(capsys)
+    assert not figure.exists()

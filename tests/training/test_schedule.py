@@ -42,6 +42,29 @@ def test_the_data_stream_depends_only_on_seed_and_epoch():
     assert epoch_order(0, 3, 100, augment=False)[1] is None
 
 
+def test_quarter_turns_replace_a_fraction_of_the_angles_and_nothing_else():
+    order, angles = epoch_order(2, 5, 4000, augment=True)
+    # q = 0 is the stream as it always was: the permutation, then uniform angles
+    generator = torch.Generator().manual_seed(2 * 1000 + 5)
+    assert torch.equal(order, torch.randperm(4000, generator=generator))
+    assert torch.equal(angles, torch.rand(4000, generator=generator) * (2 * math.pi))
+    assert torch.equal(epoch_order(2, 5, 4000, augment=True, quarter_turns=0.0)[1], angles)
+    order_q, angles_q = epoch_order(2, 5, 4000, augment=True, quarter_turns=0.3)
+    assert torch.equal(order_q, order)  # the same samples in the same order
+    turns = angles_q / (math.pi / 2)
+    exact = (turns - turns.round()).abs() < 1e-6
+    assert 0.25 < exact.float().mean().item() < 0.35
+    assert torch.equal(angles_q[~exact], angles[~exact])  # the others keep their angle
+    assert set(turns[exact].round().long().tolist()) == {0, 1, 2, 3}
+    all_turns = epoch_order(2, 5, 4000, augment=True, quarter_turns=1.0)[1] / (math.pi / 2)
+    assert torch.allclose(all_turns, all_turns.round(), atol=1e-6)
+
+
+def test_quarter_turns_must_be_a_fraction():
+    with pytest.raises(ValueError, match=r"quarter_turns must be in \[0, 1\]"):
+        TrainConfig(quarter_turns=1.5).check()
+
+
 @pytest.mark.parametrize(("n", "world"), [(10, 1), (10, 2), (11, 2), (7, 3), (2, 4)])
 def test_shards_cover_every_sample_with_equal_lengths(n, world):
     shards = [shard_positions(n, r, world) for r in range(world)]

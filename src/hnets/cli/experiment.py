@@ -137,6 +137,12 @@ def _add_test(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=500, help="(default 500)")
     p.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} (default auto)")
     p.add_argument("--figure", metavar="PATH", help="where to save the confusion matrix figure")
+    p.add_argument(
+        "--crisp",
+        action="store_true",
+        help="also score the split's unrotated originals and their exact 90/180/270-degree "
+        "turns (datasets built here by the rotation protocol; needs their idx files)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
     p.set_defaults(handler=_test)
 
@@ -216,7 +222,18 @@ def _test(args: argparse.Namespace) -> int:
         limit=args.limit,
         progress=not args.json,
     )
+    originals = None
+    if args.crisp:  # before anything is computed or written: it may be refused
+        from ..studies import protocol_originals_of
+
+        originals = protocol_originals_of(data)
     result = evaluate(model, data.images, data.labels, batch_size=args.batch_size)
+    crisp = None
+    if originals is not None:
+        from ..studies import crisp_accuracy
+
+        crisp = crisp_accuracy(model, originals, data.images, data.labels,
+                               batch_size=args.batch_size)  # fmt: skip
     ckpt = Path(args.checkpoint)
     figure = (
         Path(args.figure)
@@ -238,6 +255,8 @@ def _test(args: argparse.Namespace) -> int:
             **result,
             "figure": str(figure),
         }
+        if crisp is not None:
+            report["crisp"] = crisp
         print(json.dumps(report))
         return 0
     print(
@@ -253,6 +272,12 @@ def _test(args: argparse.Namespace) -> int:
     print("  " + "  ".join(f"{c}: {_percent(a)}" for c, a in pairs))
     print("confusion matrix (rows: true class, columns: predicted):")
     print(_format_matrix(result["confusion"]))
+    if crisp is not None:
+        print(
+            f"crisp inputs: as stored {_percent(crisp['rotated'])}, unrotated originals "
+            f"{_percent(crisp['crisp_0'])}, turned 90° {_percent(crisp['crisp_90'])}, "
+            f"180° {_percent(crisp['crisp_180'])}, 270° {_percent(crisp['crisp_270'])}"
+        )
     print(f"wrote {figure}")
     return 0
 

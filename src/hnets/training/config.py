@@ -105,6 +105,13 @@ class TrainConfig:
     augment: bool = field(
         default=True, metadata=_about("rotate every training image by a random angle")
     )
+    quarter_turns: float = field(
+        default=0.0,
+        metadata=_about(
+            "with augment: the fraction of training images turned by an exact multiple of "
+            "90 degrees (no interpolation, so no extra blur) instead of a random angle"
+        ),
+    )
     train_split: str = field(
         default="train+valid",
         metadata=_about(
@@ -255,6 +262,8 @@ class TrainConfig:
             raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs!r}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if not 0 <= self.quarter_turns <= 1:
+            raise ValueError(f"quarter_turns must be in [0, 1], got {self.quarter_turns!r}")
 
     def _check_data(self) -> None:
         if not isinstance(self.dataset, str):

@@ -220,7 +220,13 @@ def train_one_epoch(run: _Run, epoch: int, started: float, stop: StopFlag) -> tu
         The running sums and the learning rate of the last step.
     """
     config, state, steps = run.config, run.state, run.steps_per_epoch
-    order, angles = epoch_order(config.seed, epoch, run.labels.shape[0], augment=config.augment)
+    order, angles = epoch_order(
+        config.seed,
+        epoch,
+        run.labels.shape[0],
+        augment=config.augment,
+        quarter_turns=config.quarter_turns,
+    )
     stream = batches(
         run.images,
         run.labels,

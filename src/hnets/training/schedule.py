@@ -41,13 +41,15 @@ def lr_at(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
 
 
 def epoch_order(
-    seed: int, epoch: int, n: int, *, augment: bool
+    seed: int, epoch: int, n: int, *, augment: bool, quarter_turns: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The epoch's sample order and (with ``augment``) one rotation angle per position.
 
     Both come from a generator seeded with ``seed * 1000 + epoch``: the data stream
     of an epoch depends on nothing else (not on the batch size, the number of
-    processes, or whether the run was resumed).
+    processes, or whether the run was resumed). ``quarter_turns = q > 0``: a fraction
+    ``q`` of the positions (drawn after the angles, so ``q = 0`` leaves the stream as it
+    always was) get an exact multiple of 90 degrees instead, which resamples nothing.
 
     Returns:
         ``order`` int64 ``(n,)``, a permutation; ``angles`` float32 ``(n,)`` radians in
@@ -55,7 +57,13 @@ def epoch_order(
     """
     generator = torch.Generator().manual_seed(seed * 1000 + epoch)
     order = torch.randperm(n, generator=generator)
-    angles = torch.rand(n, generator=generator) * (2 * math.pi) if augment else None
+    if not augment:
+        return order, None
+    angles = torch.rand(n, generator=generator) * (2 * math.pi)
+    if quarter_turns > 0:
+        pick = torch.rand(n, generator=generator) < quarter_turns
+        turns = torch.randint(0, 4, (n,), generator=generator).float() * (math.pi / 2)
+        angles = torch.where(pick, turns, angles)
     return order, angles
 
 
