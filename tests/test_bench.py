@@ -83,3 +83,16 @@ def test_compare_with_several_calls_settles_each_candidate_first():
     )
     assert calls == (["a"] * 4 + ["b"] * 4) * 2  # one untimed, three timed, per sample
     assert all(t.median_s >= 0 for t in timings)
+
+
+def test_memory_figures_do_not_depend_on_tuning(monkeypatch, tmp_path):
+    """bench_memory runs the fixed table: a cold tuning cache (whose trials would run
+    inside the measurement) and measured dispatch give the same byte counts."""
+    from hnets.bench import bench_memory
+
+    monkeypatch.setenv("HNETS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("HNETS_AUTOTUNE", "0")
+    fixed = bench_memory(batch=8)
+    monkeypatch.setenv("HNETS_AUTOTUNE", "1")
+    assert bench_memory(batch=8) == fixed
+    assert not list(tmp_path.glob("autotune-*.json"))  # nothing was measured

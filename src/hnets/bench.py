@@ -313,20 +313,31 @@ def training_step_peak_bytes(model: nn.Module, batch: int = 46) -> dict[str, int
 def bench_memory(*, batch: int = 46) -> dict[str, dict[str, float]]:
     """Memory of a training step (MiB), per model: activations kept for the backward
     (:func:`saved_activation_bytes`) and the step's peak (:func:`training_step_peak_bytes`).
+
+    The H-Net's layers run the fixed table's schemes here (``HNETS_AUTOTUNE=0``): what a
+    step keeps depends on the scheme, and measured choices (and the tuning trials of a
+    first call, which would be counted) would make the byte counts depend on timing.
     """
+    from .nn import dispatch
+
     hnet = HNetMNIST()
     models = {"dense-equivalent CNN (NCHW)": dense_equivalent_cnn(hnet), "HNetMNIST": hnet}
     report: dict[str, dict[str, float]] = {}
-    for name, model in models.items():
-        row = {"saved activations": saved_activation_bytes(model, batch) / 2**20}
-        peak = training_step_peak_bytes(model, batch)
-        if peak is not None:
-            row["step peak"] = peak["total"] / 2**20
-            row["of which parameters+gradients+optimizer"] = (
-                sum(peak.get(k, 0) for k in ("parameter", "gradient", "optstate")) / 2**20
-            )
-        report[name] = row
+    with dispatch.autotuning(False):
+        for name, model in models.items():
+            report[name] = _memory_row(model, batch)
     return report
+
+
+def _memory_row(model: nn.Module, batch: int) -> dict[str, float]:
+    row = {"saved activations": saved_activation_bytes(model, batch) / 2**20}
+    peak = training_step_peak_bytes(model, batch)
+    if peak is not None:
+        row["step peak"] = peak["total"] / 2**20
+        row["of which parameters+gradients+optimizer"] = (
+            sum(peak.get(k, 0) for k in ("parameter", "gradient", "optstate")) / 2**20
+        )
+    return row
 
 
 def tune_model(
