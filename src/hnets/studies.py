@@ -41,7 +41,7 @@ def _accuracy(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int
 ) -> float:
     correct = 0
-    device = next(model.parameters()).device
+    device = next((t.device for t in (*model.parameters(), *model.buffers())), images.device)
     with torch.inference_mode():
         for start in range(0, len(labels), batch_size):
             logits = model(images[start : start + batch_size].to(device))

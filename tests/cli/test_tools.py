@@ -97,7 +97,12 @@ def test_bench_conv_prints_json_with_ratios(capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["conv"][0]["ratio"] == 1.0
     names = [row["name"] for row in report["conv"]]
-    assert names[2:] == ["HConv2d impl=dense", "HConv2d impl=gauss", "HConv2d impl=karatsuba"]
+    assert names[2:] == [
+        "HConv2d impl=dense",
+        "HConv2d impl=dense-nchw",
+        "HConv2d impl=gauss",
+        "HConv2d impl=karatsuba",
+    ]
 
 
 @pytest.mark.parametrize(
