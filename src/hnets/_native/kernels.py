@@ -1,8 +1,9 @@
 """The Python side of ``kernels.c``: one wrapper per kernel, checked at the ctypes boundary.
 
 The C functions take raw pointers and trust them. Every wrapper here therefore checks,
-before any pointer is passed, each tensor it hands over (inputs, and the outputs it
-allocates or is given): float32 (float64 for the accumulators), on the CPU, the shape
+before any pointer is passed, each tensor it is given (inputs, and an output it is
+handed, such as ``inplace``'s; the outputs it allocates itself are right by
+construction): float32 (float64 for the accumulators), on the CPU, the shape
 the kernel will walk, and dense in the layout it reads (contiguous, or channels-last
 for the ``(B, C, H, W)`` maps of the convolution schemes). A mismatch raises one
 :class:`ValueError` naming the function and the tensor. The checks are attribute
@@ -155,7 +156,6 @@ def relu_forward(
     bias_v = _stream_vector("relu_forward", "bias", bias, streams, 0.0)
     positions = pairs.numel() // (2 * streams) if streams else 0
     out = pairs if inplace else torch.empty_like(pairs, memory_format=torch.contiguous_format)
-    _check("relu_forward", "out", out, pairs.shape)
     _lib().hnets_relu_forward(
         _ptr(pairs), _ptr(out), positions, streams, _ptr(scale_v), _ptr(bias_v), eps,
         torch.get_num_threads(),
@@ -168,7 +168,6 @@ def power_sum(pairs: torch.Tensor) -> torch.Tensor:
     _check_pairs("power_sum", "pairs", pairs)
     c, m = pairs.shape[-3], pairs.shape[-2]
     out = torch.empty(c, m, dtype=_F64, device="cpu")
-    _check("power_sum", "out", out, (c, m), dtype=_F64)
     _lib().hnets_power(
         _ptr(pairs), _ptr(out), pairs.numel() // (2 * c * m), c * m, torch.get_num_threads()
     )
@@ -210,10 +209,6 @@ def relu_backward(
     corr_v = _stream_vector(fn, "corr", corr, streams, 0.0)
     grad_scale = torch.empty(c, m, dtype=_F64, device="cpu")
     grad_bias = torch.empty(c, m, dtype=_F64, device="cpu")
-    if out is not None:
-        _check(fn, "out", out, pairs.shape)
-    _check(fn, "grad_scale", grad_scale, (c, m), dtype=_F64)
-    _check(fn, "grad_bias", grad_bias, (c, m), dtype=_F64)
     _lib().hnets_relu_backward(
         _ptr(grad), _ptr(pairs), _ptr(out), pairs.numel() // (2 * streams), streams,
         _ptr(scale_v), _ptr(bias_v), eps, _ptr(corr_v), _ptr(grad_scale), _ptr(grad_bias),
@@ -275,7 +270,6 @@ def _relu_pool(
     scale_v = _stream_vector(fn, "scale", scale, c * m, 1.0)
     bias_v = _stream_vector(fn, "bias", bias, c * m, 0.0)
     out = torch.empty((b, h // pool, w // pool, c, m, 2), dtype=_F32, device="cpu")
-    _check(fn, "out", out)
     pointers = (ctypes.c_void_p * len(planes))(*(p.data_ptr() for p in planes))
     _lib().hnets_relu_pool(
         kind, pointers, _ptr(out), b, h, w, c * m, _ptr(scale_v), _ptr(bias_v), eps, pool,
@@ -345,7 +339,6 @@ def _nine_planes(fn: str, name: str, images: torch.Tensor) -> list[torch.Tensor]
         _refuse(fn, "images", f"has {c4} channels; expected a multiple of 4 (orders 0, 1)")
     _check(fn, "images", images, layout=_CL)
     planes = torch.empty((9, b, h, w, c4 // 4), dtype=_F32, device="cpu")
-    _check(fn, "planes", planes)
     getattr(_lib(), f"hnets_{name}")(
         _ptr(images), _ptr(planes), b * h * w, c4 // 4, torch.get_num_threads()
     )
@@ -364,7 +357,6 @@ def _from_nine(fn: str, name: str, maps: list[torch.Tensor]) -> torch.Tensor:
         _check(fn, f"maps[{k}]", m, maps[0].shape, layout=_CL)
     b, c, h, w = maps[0].shape
     out = torch.empty((b, 4 * c, h, w), dtype=_F32, device="cpu", memory_format=_CL)
-    _check(fn, "out", out, layout=_CL)
     pointers = (ctypes.c_void_p * 9)(*(m.data_ptr() for m in maps))
     getattr(_lib(), f"hnets_{name}")(pointers, _ptr(out), b * h * w, c, torch.get_num_threads())
     return out
@@ -421,7 +413,6 @@ def synthesise(
     _, g, a, b = layout.shape
     _check(fn, "layout", layout, (f * r * 2, g, a, b))
     out = torch.empty((g, o, a, i, b), dtype=_F32, device="cpu")
-    _check(fn, "out", out)
     _lib().hnets_synthesise(
         _ptr(weight), _ptr(cos), _ptr(sin), _ptr(layout), _ptr(out), f, o, i, r, g, a, b,
         torch.get_num_threads(),
@@ -451,9 +442,6 @@ def synthesise_backward(
     _check(fn, "grad", grad, (g, o, a, i, b))
     grad_w = torch.empty((f, o, i, r), dtype=_F32, device="cpu")
     grad_phase = None if sin is None else torch.empty((f, o, i), dtype=_F32, device="cpu")
-    _check(fn, "grad_w", grad_w)
-    if grad_phase is not None:
-        _check(fn, "grad_phase", grad_phase)
     _lib().hnets_synthesise_backward(
         _ptr(grad), _ptr(weight), _ptr(cos), _ptr(sin), _ptr(layout_t), _ptr(grad_w),
         _ptr(grad_phase), f, o, i, r, g, a, b, torch.get_num_threads(),
