@@ -45,6 +45,20 @@ def test_exported_model_matches_and_needs_no_hnets_layers(name):
     assert model.training is False
 
 
+@pytest.mark.parametrize("name", ["hnet", "cnn"])
+def test_export_keeps_the_models_eval_blur(name, tmp_path):
+    torch.manual_seed(0)
+    model = hnets.build_model(name, eval_blur=0.5).eval()
+    plain = export(model)
+    x = torch.rand(5, 1, 28, 28)
+    with torch.no_grad():
+        unblurred = hnets.build_model(name).eval()
+        unblurred.load_state_dict(model.state_dict())
+        assert not torch.allclose(unblurred(x), model(x), atol=1e-4)  # the blur matters
+        torch.testing.assert_close(plain(x), model(x), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(torch.jit.script(plain)(x), model(x), atol=1e-5, rtol=1e-5)
+
+
 def test_hnet_export_has_one_conv_per_harmonic_conv_and_folds_batch_norm():
     model = _trained_like("hnet")
     plain = export(model)

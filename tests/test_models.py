@@ -5,6 +5,7 @@ import torch
 
 import hnets
 from hnets import HConv2d, build_model, count_parameters
+from hnets.nn import gaussian_kernel
 
 
 def test_hnet_architecture_and_parameter_count():
@@ -40,10 +41,11 @@ def test_hnet_every_parameter_learns():
         assert p.grad is not None and (p.grad != 0).all(), name
 
 
+@pytest.mark.parametrize("eval_blur", [0.0, 0.5])
 @pytest.mark.parametrize("training", [True, False])
-def test_hnet_logits_are_invariant_to_quarter_turns(training):
+def test_hnet_logits_are_invariant_to_quarter_turns(training, eval_blur):
     torch.manual_seed(0)
-    model = build_model("hnet").train(training)
+    model = build_model("hnet", eval_blur=eval_blur).train(training)
     x = torch.rand(6, 1, 28, 28)
     with torch.no_grad():
         logits = model(x)
@@ -51,6 +53,25 @@ def test_hnet_logits_are_invariant_to_quarter_turns(training):
             torch.testing.assert_close(
                 model(torch.rot90(x, k, dims=(-2, -1))), logits, atol=1e-5, rtol=1e-5
             )
+
+
+@pytest.mark.parametrize("name", ["hnet", "cnn"])
+def test_eval_blur_smooths_inputs_at_inference_only(name):
+    torch.manual_seed(0)
+    blurred = build_model(name, eval_blur=0.5)
+    plain = build_model(name)
+    plain.load_state_dict(blurred.state_dict())  # the option adds no state
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(blurred.train()(x), plain.train()(x), rtol=0, atol=0)
+        blurred.eval(), plain.eval()
+        smoothed = torch.nn.functional.conv2d(
+            x, torch.outer(*[gaussian_kernel(0.5)] * 2).view(1, 1, 5, 5), padding=2
+        )
+        torch.testing.assert_close(blurred(x), plain(smoothed), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(blurred(x), plain(x), atol=1e-4)
+    with pytest.raises(ValueError, match="eval_blur must be"):
+        build_model(name, eval_blur=-1.0)
 
 
 def test_registry_options_and_errors():

@@ -31,7 +31,7 @@ from torch import nn
 
 from .errors import HNetsError
 from .models import HNetMNIST, RegularCNN
-from .nn import HAvgPool2d, HBatchNorm, HConv2d, HNonLinearity, invariant_readout
+from .nn import EvalBlur, HAvgPool2d, HBatchNorm, HConv2d, HNonLinearity, invariant_readout
 from .nn.fused_relu import relu_pairs
 
 __all__ = ["export", "export_onnx", "MagnitudeReLU", "ExportedHNet"]
@@ -65,8 +65,10 @@ class ExportedHNet(nn.Module):
         bias: torch.Tensor,
         input_scale: float,
         eps: float = 1e-6,
+        eval_blur: float = 0.0,
     ) -> None:
         super().__init__()
+        self.eval_blur = EvalBlur(eval_blur)
         self.features = features
         self.head = head
         self.register_buffer("bias", bias.detach().clone())
@@ -74,7 +76,7 @@ class ExportedHNet(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.head(self.features(x * self.input_scale))
+        z = self.head(self.features(self.eval_blur(x) * self.input_scale))
         b, _, h, w = z.shape
         harmonic = z.reshape(b, self.bias.shape[0], -1, 2, h, w)  # (B, K, M, 2, H, W)
         return invariant_readout(harmonic, self.bias, self.eps)
@@ -145,7 +147,13 @@ def _export_hnet(model: HNetMNIST) -> ExportedHNet:
             raise HNetsError("export needs every HBatchNorm directly after an HConv2d")
         i += 1
     head = _plain_conv(model.head, None, real_input=False)
-    return ExportedHNet(nn.Sequential(*plain), head, model.bias, float(model.input_scale))
+    return ExportedHNet(
+        nn.Sequential(*plain),
+        head,
+        model.bias,
+        float(model.input_scale),
+        eval_blur=model.eval_blur.sigma,
+    )
 
 
 def export(model: nn.Module) -> nn.Module:

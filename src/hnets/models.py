@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .nn import HBatchNorm, HBlock, HConv2d, HNonLinearity, invariant_readout
+from .nn import EvalBlur, HBatchNorm, HBlock, HConv2d, HNonLinearity, invariant_readout
 
 __all__ = [
     "HNetMNIST",
@@ -96,6 +96,10 @@ class HNetMNIST(nn.Module):
     images straight into the first convolution (what :func:`hnets.lift` would give, at
     half the cost).
 
+    ``eval_blur`` (pixels, default 0: off) smooths the input by a Gaussian in eval mode
+    only (:class:`~hnets.nn.EvalBlur`: training images are resampled, crisp inputs are
+    not); the recipe sets 0.5 when it trains with rotation augmentation.
+
     Shape:
         ``(B, 1, 28, 28)`` in ``[0, 1]`` -> logits ``(B, n_classes)``.
     """
@@ -109,8 +113,10 @@ class HNetMNIST(nn.Module):
         kernel_size: int = 5,
         n_rings: int | None = 4,
         in_channels: int = 1,
+        eval_blur: float = 0.0,
     ) -> None:
         super().__init__()
+        self.eval_blur = EvalBlur(eval_blur)
         c1, c2, c3 = _scaled(width, (8, 16, 32))
         spec = [
             (in_channels, c1, False),
@@ -143,7 +149,7 @@ class HNetMNIST(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # real images go straight into the first HConv2d (same as lift(), half the work)
-        z = self.head(self.features(x * self.input_scale))
+        z = self.head(self.features(self.eval_blur(x) * self.input_scale))
         return invariant_readout(z, self.bias)
 
 
@@ -151,7 +157,8 @@ class RegularCNN(nn.Module):
     """A plain CNN baseline: six 3x3 conv-BN-ReLU layers, two max-pools, global average pooling.
 
     Channels ``(12, 12, 24, 24, 30, 30)`` times ``width`` give about the parameter
-    count of :class:`HNetMNIST`'s default. Same input convention as the H-Net.
+    count of :class:`HNetMNIST`'s default. Same input convention as the H-Net, and the
+    same ``eval_blur``.
 
     Shape:
         ``(B, 1, 28, 28)`` in ``[0, 1]`` -> logits ``(B, n_classes)``.
@@ -164,8 +171,10 @@ class RegularCNN(nn.Module):
         width: float = 1.0,
         in_channels: int = 1,
         channels: tuple[int, ...] = (12, 12, 24, 24, 30, 30),
+        eval_blur: float = 0.0,
     ) -> None:
         super().__init__()
+        self.eval_blur = EvalBlur(eval_blur)
         chans = _scaled(width, tuple(channels))
         layers: list[nn.Module] = []
         cin = in_channels
@@ -183,7 +192,7 @@ class RegularCNN(nn.Module):
         self.register_buffer("input_scale", torch.tensor(1.0 / _INPUT_STD), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.features(x * self.input_scale)
+        h = self.features(self.eval_blur(x) * self.input_scale)
         return self.classifier(h.mean(dim=(-2, -1)))
 
 

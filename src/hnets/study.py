@@ -42,6 +42,7 @@ from ._io import atomic_write, read_json, save_figure, write_json
 from .data.cache import resolve_data_dir
 from .data.registry import DATASETS, get_dataset
 from .errors import HNetsError
+from .training.config import DEFAULT_EVAL_BLUR
 
 __all__ = [
     "StudyConfig",
@@ -94,6 +95,7 @@ class StudyRun:
     augment: bool = True
     width: float | None = None
     limit_eval: int | None = None
+    eval_blur: float | None = None
 
     @property
     def name(self) -> str:
@@ -112,6 +114,8 @@ class StudyRun:
             args.append("--no-augment")
         if self.width is not None:
             args += ["--width", f"{self.width:g}"]
+        if self.eval_blur is not None:
+            args += ["--eval-blur", f"{self.eval_blur:g}"]
         if self.limit_eval is not None:
             args += ["--limit-eval", str(self.limit_eval)]
         if data_dir is not None:
@@ -132,6 +136,9 @@ class StudyConfig:
         small_steps: optimizer steps of a run on fewer images (see the module
             docstring); ``batch_size`` is the recipe's 64.
         limit_eval: score only the first N validation and test images (``--quick``).
+        eval_blur: the rotated runs' ``--eval-blur`` (the recipe's; given explicitly so
+            that runs begun before the option existed adopt it when they resume); the
+            upright runs train on crisp images and use none.
         upright_size, upright_epochs: the upright runs' training size and length.
         crisp_images: how many test images the crisp-input check uses.
     """
@@ -146,6 +153,7 @@ class StudyConfig:
     small_steps: int = 4_000
     batch_size: int = 64
     limit_eval: int | None = None
+    eval_blur: float = DEFAULT_EVAL_BLUR
     upright_size: int = 10_000
     upright_epochs: int = _UPRIGHT_EPOCHS
     crisp_images: int = 10_000
@@ -210,6 +218,7 @@ def plan_study(config: StudyConfig) -> list[StudyRun]:
                             config.epochs_for(size),
                             full=size >= config.full_size,
                             limit_eval=config.limit_eval,
+                            eval_blur=config.eval_blur,
                         )
                     )
         if config.upright:
@@ -226,6 +235,7 @@ def plan_study(config: StudyConfig) -> list[StudyRun]:
                         augment=False,
                         width=1.0,
                         limit_eval=config.limit_eval,
+                        eval_blur=0.0,
                     )
                 )
     return runs

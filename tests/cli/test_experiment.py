@@ -128,7 +128,10 @@ def test_prepare_train_test_predict_resume(tmp_path, data_env, capsys, monkeypat
     rows = (hnet / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
     resumed = json.loads((hnet / "summary.json").read_text())
-    assert resumed["epochs"] == 2 and resumed["config"]["model_options"] == {"width": 0.5}
+    assert resumed["epochs"] == 2 and resumed["config"]["model_options"] == {
+        "width": 0.5,
+        "eval_blur": 0.5,
+    }
     assert resumed["config"]["limit_train"] == 64
 
 
@@ -289,7 +292,7 @@ def test_hnets_train_keeps_every_flag_it_had():
     assert len(flags) == len(set(flags))
     # --skip-bad is a boolean setting like the others now, so it gained its negation;
     # --quarter-turns is a setting added since
-    assert set(flags) == {*TRAIN_FLAGS_BEFORE, "--no-skip-bad", "--quarter-turns"}
+    assert set(flags) == {*TRAIN_FLAGS_BEFORE, "--no-skip-bad", "--quarter-turns", "--eval-blur"}
 
 
 def test_hnets_train_has_a_flag_per_setting_typed_and_documented_by_the_field():

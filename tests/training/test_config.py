@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from hnets.training import TrainConfig
+from hnets.training import DEFAULT_EVAL_BLUR, TrainConfig
 from hnets.training.config import RUNTIME_FIELDS
 
 
@@ -24,13 +24,24 @@ def test_the_recipe_lives_in_one_place():
     )
     assert (c.schedule, c.warmup_epochs, c.label_smoothing, c.augment) == ("cosine", 1, 0.05, True)
     assert (c.train_split, c.seed) == ("train+valid", 0)
-    assert c.model_options == {"width": 1.2}
+    assert c.model_options == {"width": 1.2, "eval_blur": 0.5}
     assert TrainConfig(model="cnn").check().lr == 1e-2  # each model's tuned peak rate
-    assert TrainConfig(model="cnn").check().model_options == {"width": 1.15}
-    given = TrainConfig(model_options={"width": 1.0, "max_order": 2}).check()
-    assert given.model_options == {"width": 1.0, "max_order": 2}  # given options win
+    assert TrainConfig(model="cnn").check().model_options == {"width": 1.15, "eval_blur": 0.5}
+    given = TrainConfig(model_options={"width": 1.0, "max_order": 2, "eval_blur": 0.3}).check()
+    assert given.model_options == {"width": 1.0, "max_order": 2, "eval_blur": 0.3}  # given win
     assert TrainConfig(model="cnn", lr=0.5).check().lr == 0.5
     assert TrainConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+
+
+def test_eval_blur_defaults_to_the_recipes_with_augmentation_and_to_none_without():
+    assert TrainConfig(augment=True).check().model_options["eval_blur"] == DEFAULT_EVAL_BLUR > 0
+    assert TrainConfig(augment=False).check().model_options["eval_blur"] == 0.0
+    # a run saved before the option existed evaluated without a blur, and still does
+    saved = TrainConfig().check().to_dict()
+    del saved["model_options"]["eval_blur"]
+    assert TrainConfig.from_dict(saved).model_options == {"width": 1.2, "eval_blur": 0.0}
+    # settings written by hand without model options take the recipe's
+    assert TrainConfig.from_dict({"epochs": 3}).model_options["eval_blur"] == DEFAULT_EVAL_BLUR
 
 
 @pytest.mark.parametrize(

@@ -159,6 +159,27 @@ def test_resume_extends_a_finished_run_and_refuses_other_settings(tmp_path, data
 
 
 @pytest.mark.slow
+def test_eval_blur_changes_nothing_in_training_and_may_change_on_resume(tmp_path, data_env):
+    """Same weights and training metrics with or without it; validation reads it."""
+    runs = {}
+    for sigma in (0.0, 0.5):
+        runs[sigma] = tmp_path / f"blur{sigma}"
+        train(tiny(model_options={"width": 0.5, "eval_blur": sigma}), runs[sigma], progress=False)
+    assert same_weights(runs[0.0], runs[0.5])
+    rows = {sigma: metrics(out)[0] for sigma, out in runs.items()}
+    assert rows[0.0]["train_loss"] == rows[0.5]["train_loss"]
+    assert rows[0.0]["valid_loss"] != rows[0.5]["valid_loss"]
+    assert read_model_config(runs[0.5])["options"]["eval_blur"] == 0.5
+    # an evaluation-only option may change on resume; a training one may not
+    changed = tiny(model_options={"width": 0.5, "eval_blur": 0.3}, epochs=2)
+    train(changed, runs[0.0], resume=True, progress=False)
+    assert read_model_config(runs[0.0])["options"]["eval_blur"] == 0.3
+    with pytest.raises(HNetsError, match="settings differ .*model_options"):
+        train(tiny(model_options={"width": 0.6, "eval_blur": 0.3}, epochs=3), runs[0.0],
+              resume=True, progress=False)  # fmt: skip
+
+
+@pytest.mark.slow
 def test_train_plus_valid_keeps_the_last_epoch(tmp_path, data_env):
     summary = train(
         tiny(train_split="train+valid", epochs=2, model="cnn"), tmp_path / "r", progress=False

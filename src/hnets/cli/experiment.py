@@ -9,7 +9,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from ..training import DEFAULT_MODEL_OPTIONS, DEVICES, TrainConfig
+from ..training import DEFAULT_EVAL_BLUR, DEFAULT_MODEL_OPTIONS, DEVICES, TrainConfig
 
 __all__ = ["register"]
 
@@ -19,9 +19,9 @@ _DATASET_HELP = _TRAIN_FIELDS["dataset"].metadata["help"]
 #: ``hnets train`` flags spelled otherwise than ``--field-name``.
 _FLAG_NAMES = {"data_variant": "--variant"}
 #: ``hnets train`` options that map one to one onto :class:`TrainConfig` fields;
-#: ``model_options`` is filled by ``--width`` and ``--max-order`` instead.
+#: ``model_options`` is filled by ``--width``, ``--max-order`` and ``--eval-blur`` instead.
 _CONFIG_FLAGS = set(_TRAIN_FIELDS) - {"model_options"}
-_MODEL_OPTION_FLAGS = ("width", "max_order")
+_MODEL_OPTION_FLAGS = ("width", "max_order", "eval_blur")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -99,7 +99,7 @@ def _flag_help(f: dataclasses.Field) -> str:
 
 
 def _add_model_option_flags(p: argparse.ArgumentParser) -> None:
-    """``--width`` and ``--max-order``: the model options the command line sets."""
+    """``--width``, ``--max-order`` and ``--eval-blur``: the model options the command line sets."""
     s = argparse.SUPPRESS
     p.add_argument(
         "--width",
@@ -111,6 +111,15 @@ def _add_model_option_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--max-order", type=int, default=s, help="highest rotation order of the hnet (default 1)"
+    )
+    p.add_argument(
+        "--eval-blur",
+        type=float,
+        default=s,
+        metavar="SIGMA",
+        help="Gaussian low-pass of the input at evaluation only, in pixels, for crisp "
+        f"inputs (default {DEFAULT_EVAL_BLUR:g} with augmentation, 0 without; may change "
+        "on --resume)",
     )
 
 
@@ -142,6 +151,13 @@ def _add_test(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also score the split's unrotated originals and their exact 90/180/270-degree "
         "turns (datasets built here by the rotation protocol; needs their idx files)",
+    )
+    p.add_argument(
+        "--eval-blur",
+        type=float,
+        metavar="SIGMA",
+        help="evaluate with this input low-pass (pixels; 0: none) instead of the model's own "
+        "eval_blur; the saved model is not changed",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object, nothing else")
     p.set_defaults(handler=_test)
@@ -212,6 +228,10 @@ def _test(args: argparse.Namespace) -> int:
         raise ValueError("--limit must be at least 1")
     device = resolve_device(args.device)
     model = load_model(args.checkpoint, device)
+    if args.eval_blur is not None:
+        from ..nn import EvalBlur
+
+        model.eval_blur = EvalBlur(args.eval_blur).to(device).eval()
     config = model.hnets_checkpoint
     data = load_checkpoint_data(
         config,
@@ -251,6 +271,7 @@ def _test(args: argparse.Namespace) -> int:
             "split": args.split,
             "dataset": data.name,
             "variant": data.variant,
+            "eval_blur": model.eval_blur.sigma,
             "classes": list(data.classes),
             **result,
             "figure": str(figure),

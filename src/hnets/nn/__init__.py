@@ -9,11 +9,13 @@ operations they run are defined once, as functions, in :mod:`hnets.nn.functional
 * :mod:`~hnets.nn.nonlinearity`, :mod:`~hnets.nn.batchnorm`, :mod:`~hnets.nn.pooling`:
   the pointwise layers;
 * :mod:`~hnets.nn.block`: :class:`HBlock`, the three run fused, with ``fuse()``/``unfuse()``;
+* :mod:`~hnets.nn.blur`: :class:`EvalBlur`, the models' input low-pass at inference;
 * :mod:`~hnets.nn.fused_relu`: the magnitude ReLU's definition and accelerated forms.
 """
 
 from .batchnorm import HBatchNorm
 from .block import HBlock, fuse, unfuse, unfused
+from .blur import EvalBlur, gaussian_blur, gaussian_kernel
 from .conv import HConv2d
 from .functional import (
     batch_norm_magnitude_relu,
@@ -34,6 +36,9 @@ __all__ = [
     "HBatchNorm",
     "HAvgPool2d",
     "HBlock",
+    "EvalBlur",
+    "gaussian_blur",
+    "gaussian_kernel",
     "fuse",
     "unfuse",
     "unfused",

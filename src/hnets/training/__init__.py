@@ -20,6 +20,7 @@ safe point.
 """
 
 from .config import (
+    DEFAULT_EVAL_BLUR,
     DEFAULT_LR,
     DEFAULT_MODEL_OPTIONS,
     DEVICES,
@@ -49,6 +50,7 @@ __all__ = [
     "CURVES_FILE",
     "DEFAULT_LR",
     "DEFAULT_MODEL_OPTIONS",
+    "DEFAULT_EVAL_BLUR",
     "DEVICES",
     "TRAIN_SPLITS",
 ]

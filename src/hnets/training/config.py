@@ -26,6 +26,8 @@ __all__ = [
     "RUNTIME_FIELDS",
     "DEFAULT_LR",
     "DEFAULT_MODEL_OPTIONS",
+    "DEFAULT_EVAL_BLUR",
+    "EVAL_ONLY_MODEL_OPTIONS",
     "SCHEDULES",
     "OPTIMIZERS",
     "DEVICES",
@@ -43,6 +45,13 @@ DEFAULT_LR = {"hnet": 5e-3, "cnn": 1e-2}
 #: about equally (H-Net 32,482 parameters, CNN 32,100; chosen on validation error).
 #: Options given explicitly win; the model classes' own defaults are unchanged.
 DEFAULT_MODEL_OPTIONS: dict[str, dict[str, Any]] = {"hnet": {"width": 1.2}, "cnn": {"width": 1.15}}
+#: The recipe's ``eval_blur`` (pixels) for runs that train with rotation augmentation:
+#: every training image is then resampled twice, a crisp input never; a Gaussian of
+#: this width at inference (:class:`hnets.nn.EvalBlur`) closes the gap (chosen on
+#: validation: see the README). Without augmentation the default is 0.
+DEFAULT_EVAL_BLUR = 0.5
+#: Model options that act at evaluation only: they may change when a run resumes.
+EVAL_ONLY_MODEL_OPTIONS = frozenset({"eval_blur"})
 
 
 def _about(text: str, *, runtime: bool = False) -> dict[str, Any]:
@@ -207,13 +216,18 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown training settings: {', '.join(unknown)}")
-        return cls(**dict(data)).check()
+        data = dict(data)
+        options = data.get("model_options")
+        if isinstance(options, dict) and "eval_blur" not in options:
+            # saved before the option existed: those runs evaluated without a blur
+            data["model_options"] = {**options, "eval_blur": 0.0}
+        return cls(**data).check()
 
     def check(self) -> TrainConfig:
         """Raise ``ValueError`` naming the first bad setting; return ``self``.
 
         Fills in the recipe's per-model defaults: ``lr`` ``None`` and the model options
-        not given.
+        not given (``eval_blur``: :data:`DEFAULT_EVAL_BLUR` with ``augment``, else 0).
         """
         if self.model not in model_names():
             raise ValueError(
@@ -222,6 +236,7 @@ class TrainConfig:
         if not isinstance(self.model_options, dict):
             raise ValueError("model_options must be a dict")
         self.model_options = {**DEFAULT_MODEL_OPTIONS.get(self.model, {}), **self.model_options}
+        self.model_options.setdefault("eval_blur", DEFAULT_EVAL_BLUR if self.augment else 0.0)
         self._check_counts()
         if self.lr is None:
             self.lr = DEFAULT_LR[self.model]

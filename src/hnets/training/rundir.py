@@ -38,7 +38,7 @@ from ..checkpoint import (
 )
 from ..errors import CheckpointError, HNetsError
 from ..evaluation import plot_curves
-from .config import RUNTIME_FIELDS, TrainConfig
+from .config import EVAL_ONLY_MODEL_OPTIONS, RUNTIME_FIELDS, TrainConfig
 from .data import RunData
 from .metrics import RunState
 from .model import build_for
@@ -297,12 +297,18 @@ def _check_resumable(saved: TrainConfig, config: TrainConfig, path: Path) -> Non
             continue
         if f.name == "epochs" and now > before:
             continue  # extending a run is allowed
+        if f.name == "model_options" and _training_options(before) == _training_options(now):
+            continue  # options that act at evaluation only (eval_blur) may change
         differences.append(f"{f.name} {before!r} -> {now!r}")
     if differences:
         raise HNetsError(
             f"cannot resume {path}: the settings differ ({'; '.join(differences)}); "
             "use the saved settings, or --overwrite to start again"
         )
+
+
+def _training_options(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if k not in EVAL_ONLY_MODEL_OPTIONS}
 
 
 def _versions() -> dict[str, str]:
