@@ -67,7 +67,8 @@ def test_a_run_writes_everything(tmp_path, data_env):
     assert summary["test_error"] == pytest.approx(1 - summary["test_accuracy"])
     assert summary["data"]["variant"] == "standin" and summary["data"]["standin"] is True
     assert summary["data"]["train_n"] == 64 and summary["parameters"] > 0
-    assert summary["config"]["model_options"] == {"width": 0.5} and summary["seed"] == 0
+    assert summary["config"]["model_options"] == {"width": 0.5, "eval_blur": 0.5}
+    assert summary["seed"] == 0
     assert summary["device"] == "cpu" and summary["versions"]["torch"]
     assert 1 <= summary["best_epoch"] <= 2 and summary["epochs"] == 2
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -257,6 +258,7 @@ REFERENCE_RUNS = {
     "cnn": (
         TrainConfig(
             model="cnn",
+            model_options={"eval_blur": 0.0},  # the figures predate it; training ignores it
             epochs=2,
             limit_train=128,
             limit_eval=64,
@@ -274,7 +276,7 @@ REFERENCE_RUNS = {
     "hnet": (
         TrainConfig(
             model="hnet",
-            model_options={"width": 0.5},
+            model_options={"width": 0.5, "eval_blur": 0.0},
             epochs=2,
             limit_train=64,
             limit_eval=64,
