@@ -34,6 +34,9 @@ def test_the_plan_covers_the_grid_and_names_every_run() -> None:
         ("rotfashion", "cnn"),
     ]
     assert all(not r.augment and r.width == 1.0 for r in upright)
+    # the recipe's eval_blur on every rotated run, none on the upright (crisp) ones
+    assert all("--eval-blur 0.5 " in " ".join(r.argv(Path("R"))) for r in grid)
+    assert all("--eval-blur 0 " in " ".join(r.argv(Path("R"))) for r in upright)
 
 
 def test_small_sizes_train_for_the_same_number_of_steps() -> None:
