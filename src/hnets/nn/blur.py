@@ -24,6 +24,10 @@ from torch import nn
 __all__ = ["EvalBlur", "gaussian_blur", "gaussian_kernel"]
 
 
+def _finite_nonnegative(sigma: object) -> bool:
+    return isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma >= 0
+
+
 def gaussian_kernel(sigma: float, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The 1-D Gaussian ``exp(-r^2 / (2 sigma^2))`` over ``r = -R..R``, summing to 1.
 
@@ -32,7 +36,7 @@ def gaussian_kernel(sigma: float, *, dtype: torch.dtype = torch.float32) -> torc
     Raises:
         ValueError: ``sigma`` not a finite number > 0.
     """
-    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+    if not (_finite_nonnegative(sigma) and sigma > 0):
         raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
     radius = max(1, math.ceil(3 * sigma))
     r = torch.arange(-radius, radius + 1, dtype=torch.float64)
@@ -65,7 +69,7 @@ class EvalBlur(nn.Module):
 
     def __init__(self, sigma: float = 0.0) -> None:
         super().__init__()
-        if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma >= 0):
+        if not _finite_nonnegative(sigma):
             raise ValueError(f"eval_blur must be a finite number >= 0 (pixels), got {sigma!r}")
         self.sigma = float(sigma)
         kernel = gaussian_kernel(self.sigma) if self.sigma > 0 else torch.ones(1)
