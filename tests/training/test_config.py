@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from hnets.training import DEFAULT_EVAL_BLUR, TrainConfig
+from hnets.training import DATASET_LR, DEFAULT_EVAL_BLUR, DEFAULT_LR, TrainConfig, recipe_lr
 from hnets.training.config import RUNTIME_FIELDS
 
 
@@ -31,6 +31,20 @@ def test_the_recipe_lives_in_one_place():
     assert given.model_options == {"width": 1.0, "max_order": 2, "eval_blur": 0.3}  # given win
     assert TrainConfig(model="cnn", lr=0.5).check().lr == 0.5
     assert TrainConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+
+
+def test_the_learning_rate_is_chosen_per_dataset_where_its_validation_chose_one():
+    assert DATASET_LR["rotfashion"]["cnn"] == 2e-2 != DEFAULT_LR["cnn"]
+    assert TrainConfig(model="cnn", dataset="rotfashion").check().lr == 2e-2
+    assert TrainConfig(model="cnn", dataset="rotmnist").check().lr == 1e-2
+    for model in DEFAULT_LR:  # no entry: the model's default, also for the user's folders
+        assert recipe_lr(model, "folder:/somewhere") == DEFAULT_LR[model]
+        assert recipe_lr(model, "rotfashion") == DATASET_LR["rotfashion"].get(
+            model, DEFAULT_LR[model]
+        )
+    assert TrainConfig(model="cnn", dataset="rotfashion", lr=0.5).check().lr == 0.5  # given wins
+    helptext = next(f for f in dataclasses.fields(TrainConfig) if f.name == "lr").metadata["help"]
+    assert "rotfashion: 0.02 for cnn" in helptext
 
 
 def test_eval_blur_defaults_to_the_recipes_with_augmentation_and_to_none_without():

@@ -3,7 +3,7 @@
 :func:`train` is the whole story (:mod:`.loop`). Each concern has a module of its own:
 
 * :mod:`.config`: :class:`TrainConfig`, the settings of a run, their checks and help
-  texts, and the recipe's defaults (:data:`DEFAULT_LR`, :data:`DEFAULT_MODEL_OPTIONS`);
+  texts, and the recipe's defaults (:func:`recipe_lr`, :data:`DEFAULT_MODEL_OPTIONS`);
 * :mod:`.schedule`: the learning rate of every step (:func:`lr_at`) and the data order
   of every epoch (:func:`epoch_order`, :func:`shard_positions`);
 * :mod:`.data`: the run's data in memory, and the batches of an epoch;
@@ -20,6 +20,7 @@ safe point.
 """
 
 from .config import (
+    DATASET_LR,
     DEFAULT_EVAL_BLUR,
     DEFAULT_LR,
     DEFAULT_MODEL_OPTIONS,
@@ -28,6 +29,7 @@ from .config import (
     SCHEDULES,
     TRAIN_SPLITS,
     TrainConfig,
+    recipe_lr,
 )
 from .loop import train
 from .rundir import CHECKPOINT_FILE, CURVES_FILE, METRICS_FILE, SUMMARY_FILE, load_run_config
@@ -49,6 +51,8 @@ __all__ = [
     "SUMMARY_FILE",
     "CURVES_FILE",
     "DEFAULT_LR",
+    "DATASET_LR",
+    "recipe_lr",
     "DEFAULT_MODEL_OPTIONS",
     "DEFAULT_EVAL_BLUR",
     "DEVICES",
