@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from hnets.cli import main
 from hnets.data.subsets import stratified_subset
@@ -104,6 +105,8 @@ def test_quick_study_end_to_end(tmp_path: Path, data_env: Path, monkeypatch, cap
     assert len(rows) == n_datasets * 4  # 1 size x 1 seed x 2 models + 2 upright runs
     for row in rows:
         assert 0.0 <= float(row["test_error"]) <= 1.0 and int(row["params"]) > 1000
+        assert row["threads"] == str(torch.get_num_threads())  # the core time is known
+    assert "core-hours for the" in table
     summary = list(csv.DictReader((out / "summary.csv").open()))
     assert {r["n_seeds"] for r in summary} == {"1"} and len(summary) == n_datasets * 2
     crisp = list(csv.DictReader((out / "crisp.csv").open()))
@@ -150,6 +153,21 @@ def test_plan_lines_run_by_hand_then_collect_give_the_same_tables(
             (out / "summary.csv").read_text(),
         )
     assert tables["study"] == tables["by-hand"]
+
+
+def test_the_time_line_counts_core_time_only_where_the_thread_count_is_known() -> None:
+    from hnets.study import _time_line
+
+    rows = [
+        {"wall_seconds": "3600", "threads": "2"},
+        {"wall_seconds": "1800.0", "threads": 1},
+        {"wall_seconds": "7200", "threads": ""},  # finished before threads were recorded
+    ]
+    assert _time_line(rows) == (
+        "3 runs, 3.50 hours of wall time in all; 2.50 core-hours for the 2 with a "
+        "recorded thread count."
+    )
+    assert _time_line(rows[2:]) == "1 runs, 2.00 hours of wall time in all."
 
 
 def test_collect_with_nothing_finished_says_so(tmp_path: Path, capsys) -> None:

@@ -7,7 +7,8 @@ runs that have no ``summary.json`` yet (an interrupted one resumes from its
 checkpoint), then :func:`collect_study` reads whatever runs have finished and writes:
 
 * ``results.csv``: one row per run (``dataset, variant, model, train_size, seed,
-  epochs, params, valid_error, test_error, wall_seconds``);
+  epochs, params, valid_error, test_error, wall_seconds, threads``; ``threads``: of
+  the process that finished the run, empty for runs from before it was recorded);
 * ``summary.csv``: mean and (sample) standard deviation of ``test_error`` per
   ``dataset, model, train_size``, with the number of seeds;
 * ``error_vs_size.png``: test error against training-set size (log x), error bars
@@ -64,6 +65,7 @@ RESULT_FIELDS = (
     "valid_error",
     "test_error",
     "wall_seconds",
+    "threads",
 )
 _SUMMARY_FIELDS = ("dataset", "model", "train_size", "n_seeds", "mean_test_error", "std_test_error")
 _CRISP_FIELDS = (
@@ -344,7 +346,19 @@ def _result_row(run: StudyRun, summary: dict[str, Any]) -> dict[str, Any]:
         "valid_error": None if valid is None else round(1.0 - valid, 6),
         "test_error": summary.get("test_error"),
         "wall_seconds": round(float(summary.get("wall_seconds") or 0.0), 1),
+        "threads": summary.get("threads"),
     }
+
+
+def _time_line(rows: Sequence[dict[str, Any]]) -> str:
+    """Wall time in all, and core time (wall x threads) where the thread count is known."""
+    hours = sum(float(r["wall_seconds"]) for r in rows) / 3600
+    known = [r for r in rows if r.get("threads") not in (None, "")]
+    line = f"{len(rows)} runs, {hours:.2f} hours of wall time in all"
+    if known:
+        core = sum(float(r["wall_seconds"]) * int(r["threads"]) for r in known) / 3600
+        line += f"; {core:.2f} core-hours for the {len(known)} with a recorded thread count"
+    return line + "."
 
 
 def _summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -532,8 +546,7 @@ def _markdown(
             lines.append(
                 f"| {r['dataset']} | {r['model']} | {r['train_size']:,} | {r['seed']} | {cells} |"
             )
-    hours = sum(float(r["wall_seconds"]) for r in rows) / 3600
-    lines += ["", f"{len(rows)} runs, {hours:.2f} hours of wall time in all."]
+    lines += ["", _time_line(rows)]
     if missing:
         lines.append(f"{len(missing)} planned runs not finished yet (e.g. {missing[0]}).")
     return "\n".join(lines) + "\n"

@@ -207,6 +207,9 @@ class RunDir:
             / max(train_seconds, 1e-9),
             "device": str(self.world.device),
             "world_size": self.world.size,
+            # intra-op threads of the process that finished the run (per process):
+            # wall_seconds x threads x world_size is the run's core time
+            "threads": torch.get_num_threads(),
             "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else None,
             "seed": config.seed,
             "versions": _versions(),
