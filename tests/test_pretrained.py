@@ -16,7 +16,11 @@ FASHION = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fash
 
 
 def _dataset_of(name: str) -> str:
-    return json.loads((PRETRAINED / name / "config.json").read_text())["dataset"]
+    """The run's dataset, as its settings read on resume (older runs predate the field)."""
+    from hnets.training import TrainConfig
+
+    summary = json.loads((PRETRAINED / name / "summary.json").read_text())
+    return TrainConfig.from_dict(summary["config"]).dataset
 
 
 def test_every_shipped_run_is_checked():
