@@ -45,8 +45,15 @@ def test_small_sizes_train_for_the_same_number_of_steps() -> None:
     for size in (1_000, 2_000, 5_000):
         epochs = config.epochs_for(size)
         steps_per_epoch = -(-size // 64)
-        assert epochs * steps_per_epoch >= 4_000 > (epochs - 1) * steps_per_epoch
+        assert epochs * steps_per_epoch >= 8_000 > (epochs - 1) * steps_per_epoch
+    assert [config.epochs_for(n) for n in (1_000, 2_000, 5_000)] == [500, 250, 102]
     assert config.epochs_for(12_000) == 90
+
+
+def test_the_help_states_the_default_step_budget(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["study", "--help"])
+    assert f"(default {StudyConfig().small_steps})" in " ".join(capsys.readouterr().out.split())
 
 
 def test_bad_study_settings_are_one_line(capsys) -> None:

@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--small-steps",
         type=int,
-        help="optimizer steps of a run on fewer than 12,000 images (default 4000)",
+        help="optimizer steps of a run on fewer than 12,000 images (default 8000)",
     )
     p.add_argument(
         "--upright",
