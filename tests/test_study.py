@@ -50,6 +50,17 @@ def test_small_sizes_train_for_the_same_number_of_steps() -> None:
     assert config.epochs_for(12_000) == 90
 
 
+def test_small_runs_validate_about_a_hundred_times() -> None:
+    config = StudyConfig()
+    runs = {(r.variant, r.train_size): r for r in plan_study(config) if r.seed == 0}
+    assert [runs["standin", n].valid_every for n in (1_000, 2_000, 5_000)] == [5, 2, 1]
+    assert runs["standin", 12_000].valid_every == 1 and runs["upright", 10_000].valid_every == 1
+    assert "--valid-every 5 " in " ".join(runs["standin", 1_000].argv(Path("R")))
+    assert "--valid-every" not in " ".join(runs["standin", 5_000].argv(Path("R")))
+    with pytest.raises(HNetsError):
+        StudyConfig(validations=0).check()
+
+
 def test_the_help_states_the_default_step_budget(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["study", "--help"])

@@ -9,7 +9,6 @@ in batches, decoding only one batch at a time; :func:`plot_confusion` and
 from __future__ import annotations
 
 import itertools
-import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -225,9 +224,14 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike[st
     ax_loss, ax_acc = fig.subplots(1, 2)
     for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "acc", "accuracy")):
         ax.plot(epochs, [row[f"train_{key}"] for row in history], "o-", label="train")
-        valid = [row.get(f"valid_{key}") for row in history]
-        if any(v is not None for v in valid):
-            ax.plot(epochs, [math.nan if v is None else v for v in valid], "s-", label="valid")
+        validated = [row for row in history if row.get(f"valid_{key}") is not None]
+        if validated:  # every epoch, or every valid_every epochs
+            ax.plot(
+                [row["epoch"] for row in validated],
+                [row[f"valid_{key}"] for row in validated],
+                "s-",
+                label="valid",
+            )
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)

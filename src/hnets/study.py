@@ -24,11 +24,12 @@ checkpoint), then :func:`collect_study` reads whatever runs have finished and wr
 Training length: the full size (train+valid, 12,000 images) uses the recipe's
 epochs (no validation: the last epoch is kept). A smaller size trains on a seeded,
 stratified subset of the train split for a fixed budget of ``small_steps``
-optimizer steps (the epochs that make it up, rounded up), and keeps its best epoch
-by validation accuracy on the 2,000 validation images; the same rule for both
-models. The default 8,000 steps was chosen on validation (see the README: 4,000
-undertrained the CNN at 1,000 and 5,000 images, 16,000 gained nothing at 1,000).
-The test split is read once per run, at its end.
+optimizer steps (the epochs that make it up, rounded up), validates about
+``validations`` times (every ``epochs // validations`` epochs and after the last),
+and keeps its best validated epoch by accuracy on the 2,000 validation images; the
+same rule for both models. The default 8,000 steps was chosen on validation (see
+the README: 4,000 undertrained the CNN at 1,000 and 5,000 images, 16,000 gained
+nothing at 1,000). The test split is read once per run, at its end.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ class StudyRun:
     width: float | None = None
     limit_eval: int | None = None
     eval_blur: float | None = None
+    valid_every: int = 1
 
     @property
     def name(self) -> str:
@@ -120,6 +122,8 @@ class StudyRun:
             args += ["--width", f"{self.width:g}"]
         if self.eval_blur is not None:
             args += ["--eval-blur", f"{self.eval_blur:g}"]
+        if self.valid_every > 1:
+            args += ["--valid-every", str(self.valid_every)]
         if self.limit_eval is not None:
             args += ["--limit-eval", str(self.limit_eval)]
         if data_dir is not None:
@@ -139,6 +143,9 @@ class StudyConfig:
         recipe_epochs: epochs of a full-size run (the recipe's 90).
         small_steps: optimizer steps of a run on fewer images (see the module
             docstring); ``batch_size`` is the recipe's 64.
+        validations: about how many times such a run validates (every
+            ``epochs // validations`` epochs, and after the last): at 1,000 images
+            validating all 500 epochs would cost about 40% of the run.
         limit_eval: score only the first N validation and test images (``--quick``).
         eval_blur: the rotated runs' ``--eval-blur`` (the recipe's; given explicitly so
             that runs begun before the option existed adopt it when they resume); the
@@ -155,6 +162,7 @@ class StudyConfig:
     full_size: int = 12_000
     recipe_epochs: int = 90
     small_steps: int = 8_000
+    validations: int = 100
     batch_size: int = 64
     limit_eval: int | None = None
     eval_blur: float = DEFAULT_EVAL_BLUR
@@ -194,7 +202,15 @@ class StudyConfig:
             raise HNetsError(f"--sizes: at most {self.full_size} (train+valid)")
         if self.small_steps < 1:
             raise HNetsError("small_steps must be at least 1")
+        if self.validations < 1:
+            raise HNetsError("validations must be at least 1")
         return self
+
+    def valid_every_for(self, size: int) -> int:
+        """Epochs between validations: about ``validations`` per small run (at least 1)."""
+        if size >= self.full_size:
+            return 1  # train+valid: nothing to validate
+        return max(1, self.epochs_for(size) // self.validations)
 
     def epochs_for(self, size: int) -> int:
         """The length rule: the recipe's epochs at full size, else ``small_steps`` steps."""
@@ -223,6 +239,7 @@ def plan_study(config: StudyConfig) -> list[StudyRun]:
                             full=size >= config.full_size,
                             limit_eval=config.limit_eval,
                             eval_blur=config.eval_blur,
+                            valid_every=config.valid_every_for(size),
                         )
                     )
         if config.upright:

@@ -64,6 +64,7 @@ def test_eval_blur_defaults_to_the_recipes_with_augmentation_and_to_none_without
         {"model": "resnet"},
         {"epochs": 0},
         {"lr": -1.0},
+        {"valid_every": 0},
         {"lr": math.nan},
         {"schedule": "linear"},
         {"optimizer": "lamb"},

@@ -191,6 +191,26 @@ def test_train_plus_valid_keeps_the_last_epoch(tmp_path, data_env):
 
 
 @pytest.mark.slow
+def test_valid_every_skips_validation_only_and_keeps_the_best_validated_epoch(tmp_path, data_env):
+    every = train(tiny(epochs=5, model="cnn"), tmp_path / "every", progress=False)
+    sparse = train(tiny(epochs=5, model="cnn", valid_every=2), tmp_path / "sparse", progress=False)
+    rows, sparse_rows = metrics(tmp_path / "every"), metrics(tmp_path / "sparse")
+    validated = [row["epoch"] for row in sparse_rows if row["valid_acc"] is not None]
+    assert validated == [2, 4, 5]  # every second epoch, and the last
+    for a, b in zip(rows, sparse_rows, strict=True):  # training itself is unchanged
+        assert (a["train_loss"], a["train_acc"]) == (b["train_loss"], b["train_acc"])
+        if b["valid_acc"] is not None:
+            assert (a["valid_loss"], a["valid_acc"]) == (b["valid_loss"], b["valid_acc"])
+    best = max(
+        (row for row in rows if row["epoch"] in validated),
+        key=lambda row: (row["valid_acc"], -row["valid_loss"]),
+    )
+    assert sparse["best_epoch"] == best["epoch"] and sparse["valid_accuracy"] == best["valid_acc"]
+    assert every["best_epoch"] in {r["epoch"] for r in rows}
+    assert (tmp_path / "sparse" / "curves.png").read_bytes().startswith(PNG_MAGIC)
+
+
+@pytest.mark.slow
 def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     tmp_path, data_env, monkeypatch
 ):

@@ -99,8 +99,9 @@ class TrainConfig:
       every schedule but ``onecycle`` starts with the linear warmup.
     * ``optimizer``: ``sgd`` is Nesterov momentum 0.9. Weight decay applies to
       convolution and linear weights only.
-    * ``train_split``: ``train`` validates every epoch and keeps the best epoch's model;
-      ``train+valid`` has no validation and keeps the last epoch's model.
+    * ``train_split``: ``train`` validates every ``valid_every`` epochs and after the
+      last, and keeps the best validated epoch's model; ``train+valid`` has no
+      validation and keeps the last epoch's model.
     * ``dataset``: ``folder:PATH`` is the user's images (see :mod:`hnets.data.folder`);
       the model is built for the dataset's channels and classes. ``data_variant``
       ``None`` is the dataset's default (see :func:`hnets.data.ensure_dataset`).
@@ -142,6 +143,13 @@ class TrainConfig:
         default="train+valid",
         metadata=_about(
             f"{' or '.join(TRAIN_SPLITS)}; train+valid skips validation and keeps the last epoch"
+        ),
+    )
+    valid_every: int = field(
+        default=1,
+        metadata=_about(
+            "with train_split train: validate every N epochs and after the last; the best "
+            "model is chosen among the validated epochs"
         ),
     )
     seed: int = field(
@@ -272,6 +280,7 @@ class TrainConfig:
     def _check_counts(self) -> None:
         for name, low in (
             ("epochs", 1),
+            ("valid_every", 1),
             ("batch_size", 1),
             ("eval_batch_size", 1),
             ("num_workers", 0),

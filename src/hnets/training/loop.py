@@ -7,7 +7,7 @@ checkpoint), then per epoch
    epoch's order (:func:`~hnets.training.epoch_order`: seeded with
    ``seed * 1000 + epoch``, so a resumed run sees what an uninterrupted one saw), the
    learning rate of every step from :func:`~hnets.training.lr_at`;
-2. :func:`validate`;
+2. :func:`validate` (every ``valid_every`` epochs and after the last);
 3. keep the best model by validation accuracy, save ``checkpoint.pt``, the model and
    a line of ``metrics.jsonl``.
 
@@ -111,9 +111,12 @@ def _train(run: _Run) -> dict[str, Any]:
             started = time.perf_counter()
             sums, lr = train_one_epoch(run, epoch, started, stop)
             train_stats = sums.reduced(world, started)
-            valid = validate(run.model, run.data, config, world)
+            due = (epoch + 1) % config.valid_every == 0 or epoch + 1 == config.epochs
+            valid = validate(run.model, run.data, config, world) if due else None
             row = epoch_row(epoch, lr, train_stats, valid, started)
-            improved = state.improves(valid)
+            # without a validation split every epoch improves (the last one is kept);
+            # with one, only a validated epoch can
+            improved = state.improves(valid) if due or run.data.valid is None else False
             state.end_epoch(row, cpu_state(run.model) if improved else None)
             if world.is_main:
                 run.dir.save_checkpoint(
