@@ -291,8 +291,9 @@ def test_hnets_train_keeps_every_flag_it_had():
     flags = [s for action in train_parser()._actions for s in action.option_strings]
     assert len(flags) == len(set(flags))
     # --skip-bad is a boolean setting like the others now, so it gained its negation;
-    # --quarter-turns is a setting added since
-    assert set(flags) == {*TRAIN_FLAGS_BEFORE, "--no-skip-bad", "--quarter-turns", "--eval-blur"}
+    # --quarter-turns, --eval-blur and --valid-every are settings added since
+    added = {"--quarter-turns", "--eval-blur", "--valid-every"}
+    assert set(flags) == {*TRAIN_FLAGS_BEFORE, "--no-skip-bad", *added}
 
 
 def test_hnets_train_has_a_flag_per_setting_typed_and_documented_by_the_field():

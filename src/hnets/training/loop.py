@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._io import read_json
 from ..checkpoint import load_model
 from ..data import rotate_images
 from ..errors import HNetsError
@@ -49,7 +50,7 @@ from .config import TrainConfig
 from .data import RunData, batches
 from .metrics import RunState, Sums, epoch_line, epoch_row, vote
 from .model import amp_dtype, build_for, make_optimizer, seed_everything
-from .rundir import RunDir, cpu_state, restore
+from .rundir import SUMMARY_FILE, RunDir, cpu_state, restore
 from .schedule import epoch_order, lr_at, shard_positions
 from .world import StopFlag, World
 
@@ -96,7 +97,10 @@ def train(
         run = _set_up(
             config, Path(out_dir), world, resume=resume, overwrite=overwrite, progress=progress
         )
-        summary = _train(run)
+        if run.finished is not None:  # nothing left to do: nothing read or written again
+            summary = run.finished if world.is_main else {}
+        else:
+            summary = _train(run)
         world.barrier()
         return summary
     finally:
@@ -150,6 +154,7 @@ class _Run:
     steps_per_epoch: int
     progress: bool  # a line per epoch
     bars: bool  # progress bars (on a terminal, on rank 0)
+    finished: dict[str, Any] | None = None  # a resumed run with nothing left: its summary
 
 
 def _set_up(
@@ -174,9 +179,11 @@ def _set_up(
     dtype = amp_dtype(config, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     state = RunState()
+    finished = None
     if saved is not None:
         state = restore(saved, model, optimizer, scaler, rundir.checkpoint)
-        if world.is_main:
+        finished = _finished_summary(config, rundir, state)
+        if world.is_main and finished is None:
             rundir.rewrite_outputs(data, state)
     net = _wrap(model, config, world)
     images, labels = data.train_tensors(device if config.num_workers == 0 else None)
@@ -198,7 +205,24 @@ def _set_up(
         steps_per_epoch=math.ceil(len(positions) / config.batch_size),
         progress=progress,
         bars=progress and world.is_main and sys.stderr.isatty(),
+        finished=finished,
     )
+
+
+def _finished_summary(config: TrainConfig, rundir: RunDir, state: RunState) -> dict | None:
+    """A resumed run with nothing left to do: its summary as written, else ``None``.
+
+    So that rerunning a finished run's command (a job array retried, ``--plan`` lines
+    run twice) neither reads the test split again nor rewrites anything. A run whose
+    test figures were left out (``test=False``) and are now asked for is not finished.
+    """
+    summary_path = rundir.path / SUMMARY_FILE
+    if state.epoch < config.epochs or not summary_path.is_file():
+        return None
+    summary = read_json(summary_path)
+    if config.test and summary.get("test_n") is None:
+        return None
+    return summary
 
 
 def _wrap(model: nn.Module, config: TrainConfig, world: World) -> nn.Module:
