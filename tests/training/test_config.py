@@ -34,8 +34,10 @@ def test_the_recipe_lives_in_one_place():
 
 
 def test_the_learning_rate_is_chosen_per_dataset_where_its_validation_chose_one():
-    assert DATASET_LR["rotfashion"]["cnn"] == 2e-2 != DEFAULT_LR["cnn"]
+    assert DATASET_LR["rotfashion"] == {"hnet": 1e-2, "cnn": 2e-2}
+    assert DEFAULT_LR == {"hnet": 5e-3, "cnn": 1e-2}  # Rot-MNIST's, and everyone else's
     assert TrainConfig(model="cnn", dataset="rotfashion").check().lr == 2e-2
+    assert TrainConfig(model="hnet", dataset="rotfashion").check().lr == 1e-2
     assert TrainConfig(model="cnn", dataset="rotmnist").check().lr == 1e-2
     for model in DEFAULT_LR:  # no entry: the model's default, also for the user's folders
         assert recipe_lr(model, "folder:/somewhere") == DEFAULT_LR[model]
@@ -44,7 +46,7 @@ def test_the_learning_rate_is_chosen_per_dataset_where_its_validation_chose_one(
         )
     assert TrainConfig(model="cnn", dataset="rotfashion", lr=0.5).check().lr == 0.5  # given wins
     helptext = next(f for f in dataclasses.fields(TrainConfig) if f.name == "lr").metadata["help"]
-    assert "rotfashion: 0.02 for cnn" in helptext
+    assert "rotfashion: 0.01 for hnet, 0.02 for cnn" in helptext
 
 
 def test_eval_blur_defaults_to_the_recipes_with_augmentation_and_to_none_without():
