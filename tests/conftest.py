@@ -23,6 +23,7 @@ import torch
 os.environ["HNETS_AUTOTUNE"] = "0"
 
 MNIST_SOURCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
+FASHION_SOURCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fashion-mnist"
 
 
 @pytest.fixture(scope="session")

@@ -10,9 +10,10 @@ import torch
 import hnets
 from hnets.cli import main
 
+from .conftest import FASHION_SOURCE as FASHION
+
 PRETRAINED = Path(__file__).resolve().parents[1] / "pretrained"
 NAMES = ["hnet-rotmnist", "cnn-rotmnist", "cnn-rotfashion"]
-FASHION = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fashion-mnist"
 
 
 def _dataset_of(name: str) -> str:

@@ -15,7 +15,7 @@ from hnets.data.subsets import stratified_subset
 from hnets.errors import DataError, HNetsError
 from hnets.study import RESULT_FIELDS, StudyConfig, plan_study
 
-FASHION = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fashion-mnist"
+from .conftest import FASHION_SOURCE as FASHION
 
 
 def test_the_plan_covers_the_grid_and_names_every_run() -> None:
