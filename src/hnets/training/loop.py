@@ -40,7 +40,6 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .._io import read_json
 from ..checkpoint import load_model
 from ..data import rotate_images
 from ..errors import HNetsError
@@ -50,7 +49,7 @@ from .config import TrainConfig
 from .data import RunData, batches
 from .metrics import RunState, Sums, epoch_line, epoch_row, vote
 from .model import amp_dtype, build_for, make_optimizer, seed_everything
-from .rundir import SUMMARY_FILE, RunDir, cpu_state, restore
+from .rundir import RunDir, cpu_state, restore
 from .schedule import epoch_order, lr_at, shard_positions
 from .world import StopFlag, World
 
@@ -182,7 +181,7 @@ def _set_up(
     finished = None
     if saved is not None:
         state = restore(saved, model, optimizer, scaler, rundir.checkpoint)
-        finished = _finished_summary(config, rundir, state)
+        finished = rundir.finished_summary(state)
         if world.is_main and finished is None:
             rundir.rewrite_outputs(data, state)
     net = _wrap(model, config, world)
@@ -207,22 +206,6 @@ def _set_up(
         bars=progress and world.is_main and sys.stderr.isatty(),
         finished=finished,
     )
-
-
-def _finished_summary(config: TrainConfig, rundir: RunDir, state: RunState) -> dict | None:
-    """A resumed run with nothing left to do: its summary as written, else ``None``.
-
-    So that rerunning a finished run's command (a job array retried, ``--plan`` lines
-    run twice) neither reads the test split again nor rewrites anything. A run whose
-    test figures were left out (``test=False``) and are now asked for is not finished.
-    """
-    summary_path = rundir.path / SUMMARY_FILE
-    if state.epoch < config.epochs or not summary_path.is_file():
-        return None
-    summary = read_json(summary_path)
-    if config.test and summary.get("test_n") is None:
-        return None
-    return summary
 
 
 def _wrap(model: nn.Module, config: TrainConfig, world: World) -> nn.Module:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._io import append_line, atomic_write, write_json
+from .._io import append_line, atomic_write, read_json, write_json
 from ..checkpoint import (
     load_training_state,
     rng_state,
@@ -174,6 +174,22 @@ class RunDir:
         if improved:
             save_model(model, self.path, extra=self._model_extra(data, run))
         append_line(self.path / METRICS_FILE, json.dumps(run.history[-1], sort_keys=True))
+
+    def finished_summary(self, run: RunState) -> dict[str, Any] | None:
+        """A resumed run with nothing left to do: its summary as written, else ``None``.
+
+        So that rerunning a finished run's command (a job array retried, ``--plan``
+        lines run twice) neither reads the test split again nor rewrites anything. A
+        run whose test figures were left out (``test=False``) and are now asked for is
+        not finished.
+        """
+        path = self.path / SUMMARY_FILE
+        if run.epoch < self.config.epochs or not path.is_file():
+            return None
+        summary = read_json(path)
+        if self.config.test and summary.get("test_n") is None:
+            return None
+        return summary
 
     def write_summary(
         self,
