@@ -127,6 +127,12 @@ def test_quick_study_end_to_end(tmp_path: Path, data_env: Path, monkeypatch, cap
     assert "core-hours for the" in table
     summary = list(csv.DictReader((out / "summary.csv").open()))
     assert {r["n_seeds"] for r in summary} == {"1"} and len(summary) == n_datasets * 2
+    gaps = list(csv.DictReader((out / "gap.csv").open()))
+    assert len(gaps) == n_datasets and {g["gap_se_points"] for g in gaps} == {""}
+    by_model = {(r["dataset"], r["model"]): float(r["mean_test_error"]) for r in summary}
+    for g in gaps:
+        expected = 100 * (by_model[g["dataset"], "cnn"] - by_model[g["dataset"], "hnet"])
+        assert float(g["gap_points"]) == pytest.approx(expected, abs=1e-3)
     crisp = list(csv.DictReader((out / "crisp.csv").open()))
     assert len(crisp) == n_datasets * 2 and {r["n"] for r in crisp} == {"200"}
     for row in crisp:
@@ -143,6 +149,8 @@ def test_quick_study_end_to_end(tmp_path: Path, data_env: Path, monkeypatch, cap
     summary = list(csv.DictReader((out / "summary.csv").open()))
     assert {r["n_seeds"] for r in summary} == {"2"}
     assert all(float(r["std_test_error"]) >= 0.0 for r in summary)
+    gaps = list(csv.DictReader((out / "gap.csv").open()))
+    assert all(float(g["gap_se_points"]) >= 0.0 for g in gaps)
 
 
 @pytest.mark.slow
@@ -186,6 +194,38 @@ def test_the_time_line_counts_core_time_only_where_the_thread_count_is_known() -
         "recorded thread count."
     )
     assert _time_line(rows[2:]) == "1 runs, 2.00 hours of wall time in all."
+
+
+def test_the_gap_is_cnn_minus_hnet_with_welchs_standard_error() -> None:
+    from hnets.study import _gaps, _markdown
+
+    def entry(dataset, model, size, mean, std, n):
+        return {"dataset": dataset, "model": model, "train_size": size, "n_seeds": n,
+                "mean_test_error": mean, "std_test_error": std}  # fmt: skip
+
+    summary = [
+        entry("rotmnist", "hnet", 1000, 0.020, 0.002, 3),
+        entry("rotmnist", "cnn", 1000, 0.035, 0.004, 3),
+        entry("rotmnist", "hnet", 12000, 0.013, None, 1),
+        entry("rotmnist", "cnn", 12000, 0.011, 0.001, 2),
+        entry("rotfashion", "cnn", 12000, 0.13, None, 1),  # no H-Net yet: no gap
+    ]
+    gaps = _gaps(summary)
+    assert [(g["dataset"], g["train_size"]) for g in gaps] == [
+        ("rotmnist", 1000),
+        ("rotmnist", 12000),
+    ]
+    assert gaps[0]["gap_points"] == pytest.approx(1.5)
+    # 100 * sqrt(0.002^2 / 3 + 0.004^2 / 3)
+    assert gaps[0]["gap_se_points"] == pytest.approx(0.2582, abs=1e-4)
+    assert (gaps[0]["hnet_seeds"], gaps[0]["cnn_seeds"]) == (3, 3)
+    # the H-Net better is a positive gap; worse, negative; one seed: no standard error
+    assert gaps[1]["gap_points"] == pytest.approx(-0.2)
+    assert gaps[1]["gap_se_points"] is None
+    table = _markdown([], summary, [], (), gaps)
+    assert "| rotmnist | 1,000 | 2.00% ± 0.20 | 3.50% ± 0.40 | +1.50 ± 0.26 | 3/3 |" in table
+    assert "| rotmnist | 12,000 | 1.30% | 1.10% ± 0.10 | -0.20 | 1/2 |" in table
+    assert "| rotfashion | 12,000 | — | 13.00% | — | 1 |" in table
 
 
 def test_collect_with_nothing_finished_says_so(tmp_path: Path, capsys) -> None:

@@ -11,8 +11,12 @@ checkpoint), then :func:`collect_study` reads whatever runs have finished and wr
   the process that finished the run, empty for runs from before it was recorded);
 * ``summary.csv``: mean and (sample) standard deviation of ``test_error`` per
   ``dataset, model, train_size``, with the number of seeds;
+* ``gap.csv``: the CNN's mean test error minus the H-Net's, per ``dataset,
+  train_size`` where both models have runs, in percentage points, with its standard
+  error ``sqrt(s_h^2 / n_h + s_c^2 / n_c)`` (Welch's; empty below two seeds of either);
 * ``error_vs_size.png``: test error against training-set size (log x), error bars
-  one standard deviation, one panel per dataset, both models;
+  one standard deviation, one panel per dataset, both models; below it the gap,
+  error bars one standard error;
 * ``upright/``: the upright-train / rotated-test study's accuracy by the test
   image's angle (:func:`hnets.studies.robustness_study` by stored angle);
 * ``crisp.csv``: for every finished run on rotated data, accuracy on the first
@@ -71,6 +75,7 @@ RESULT_FIELDS = (
     "threads",
 )
 _SUMMARY_FIELDS = ("dataset", "model", "train_size", "n_seeds", "mean_test_error", "std_test_error")
+_GAP_FIELDS = ("dataset", "train_size", "gap_points", "gap_se_points", "hnet_seeds", "cnn_seeds")
 _CRISP_FIELDS = (
     "dataset",
     "model",
@@ -309,8 +314,8 @@ def collect_study(
     """Build the tables and figures from the finished runs of the plan (see the module doc).
 
     Returns:
-        ``{"rows", "summary", "files", "markdown", "missing"}``: ``missing`` names the
-        planned runs without a summary yet.
+        ``{"rows", "summary", "gaps", "files", "markdown", "missing"}``: ``missing``
+        names the planned runs without a summary yet.
     """
     runs_dir = default_runs_dir(config, data_dir) if runs_dir is None else Path(runs_dir)
     out_dir = Path(out_dir)
@@ -323,23 +328,27 @@ def collect_study(
         else:
             missing.append(run.name)
     summary = _summarise([r for r in rows if r["variant"] != "upright"])
+    gaps = _gaps(summary)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = [
         _write_csv(out_dir / "results.csv", RESULT_FIELDS, rows),
         _write_csv(out_dir / "summary.csv", _SUMMARY_FIELDS, summary),
+        _write_csv(out_dir / "gap.csv", _GAP_FIELDS, gaps),
     ]
     if summary:
-        files.append(_plot_error_vs_size(summary, config, out_dir / "error_vs_size.png"))
+        path = out_dir / "error_vs_size.png"
+        files.append(_plot_error_vs_size(summary, gaps, config, path))
     files += _upright_figures(plan, runs_dir, out_dir / "upright", data_dir, config.limit_eval)
     crisp = _crisp_rows(plan, runs_dir, data_dir, config.crisp_images, log)
     files.append(_write_csv(out_dir / "crisp.csv", _CRISP_FIELDS, crisp))
-    markdown = _markdown(rows, summary, missing, crisp)
+    markdown = _markdown(rows, summary, missing, crisp, gaps)
     with atomic_write(out_dir / "results.md", "w") as fh:
         fh.write(markdown)
     files.append(out_dir / "results.md")
     return {
         "rows": rows,
         "summary": summary,
+        "gaps": gaps,
         "files": files,
         "markdown": markdown,
         "missing": missing,
@@ -401,6 +410,34 @@ def _summarise(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _gaps(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """CNN minus H-Net mean test error (points) per dataset and size, with Welch's SE."""
+    by_key = {(r["dataset"], r["model"], r["train_size"]): r for r in summary}
+    out = []
+    for dataset, size in sorted({(r["dataset"], r["train_size"]) for r in summary}):
+        hnet, cnn = by_key.get((dataset, "hnet", size)), by_key.get((dataset, "cnn", size))
+        if hnet is None or cnn is None:
+            continue
+        se = None
+        if hnet["std_test_error"] is not None and cnn["std_test_error"] is not None:
+            variance = (
+                hnet["std_test_error"] ** 2 / hnet["n_seeds"]
+                + cnn["std_test_error"] ** 2 / cnn["n_seeds"]
+            )
+            se = round(100 * math.sqrt(variance), 4)
+        out.append(
+            {
+                "dataset": dataset,
+                "train_size": size,
+                "gap_points": round(100 * (cnn["mean_test_error"] - hnet["mean_test_error"]), 4),
+                "gap_se_points": se,
+                "hnet_seeds": hnet["n_seeds"],
+                "cnn_seeds": cnn["n_seeds"],
+            }
+        )
+    return out
+
+
 def _write_csv(path: Path, fields: Sequence[str], rows: Sequence[dict[str, Any]]) -> Path:
     with atomic_write(path, "w") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(fields), lineterminator="\n")
@@ -410,13 +447,23 @@ def _write_csv(path: Path, fields: Sequence[str], rows: Sequence[dict[str, Any]]
     return path
 
 
-def _plot_error_vs_size(summary: Sequence[dict[str, Any]], config: StudyConfig, path: Path) -> Path:
+def _plot_error_vs_size(
+    summary: Sequence[dict[str, Any]],
+    gaps: Sequence[dict[str, Any]],
+    config: StudyConfig,
+    path: Path,
+) -> Path:
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullLocator
 
     datasets = [d for d in config.datasets if any(r["dataset"] == d for r in summary)]
-    fig = Figure(figsize=(5.0 * len(datasets), 3.8), layout="constrained")
-    axes = fig.subplots(1, len(datasets), squeeze=False)[0]
-    for ax, dataset in zip(axes, datasets, strict=True):
+    rows = 2 if gaps else 1
+    fig = Figure(figsize=(5.0 * len(datasets), 3.8 + 2.6 * (rows - 1)), layout="constrained")
+    axes = fig.subplots(
+        rows, len(datasets), squeeze=False, sharex="col", height_ratios=[3, 2][:rows]
+    )
+    for column, dataset in enumerate(datasets):
+        ax = axes[0][column]
         for model in config.models:
             points = sorted(
                 (r["train_size"], r["mean_test_error"], r["std_test_error"] or 0.0)
@@ -435,11 +482,32 @@ def _plot_error_vs_size(summary: Sequence[dict[str, Any]], config: StudyConfig, 
                 label=model,
             )
         ax.set_xscale("log")
-        ax.set_xlabel("training images")
-        ax.set_ylabel("test error (%)")
+        sizes = {r["train_size"] for r in summary if r["dataset"] == dataset}
+        if len(sizes) == 1:  # one size (a quick study): a range around it, not a point
+            (size,) = sizes
+            ax.set_xlim(size / 2, size * 2)
+        ax.set_ylabel("test error (%), ± 1 sd")
         ax.set_title(DATASETS[dataset].title)
         ax.grid(alpha=0.3, which="both")
         ax.legend()
+        if rows == 2:
+            ax = axes[1][column]
+            points = sorted(
+                (g["train_size"], g["gap_points"], g["gap_se_points"] or 0.0)
+                for g in gaps
+                if g["dataset"] == dataset
+            )
+            ax.axhline(0.0, color="0.5", linewidth=0.8)
+            if points:
+                sizes, gap, se = zip(*points, strict=True)
+                ax.errorbar(sizes, gap, yerr=se, marker="o", capsize=3, color="C2")
+            ax.set_xscale("log")
+            ax.set_ylabel("CNN − H-Net (points), ± 1 se")
+            ax.grid(alpha=0.3, which="both")
+        ax = axes[rows - 1][column]  # after every set_xscale (which resets the ticks)
+        ax.set_xticks(sorted(sizes), labels=[f"{n:,}" for n in sorted(sizes)])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlabel("training images")
     return save_figure(fig, path)
 
 
@@ -528,10 +596,15 @@ def _markdown(
     summary: Sequence[dict[str, Any]],
     missing: Sequence[str],
     crisp: Sequence[dict[str, Any]] = (),
+    gaps: Sequence[dict[str, Any]] = (),
 ) -> str:
-    lines = ["| dataset | training images | H-Net test error | CNN test error | seeds |"]
-    lines.append("|---|---:|---:|---:|---:|")
+    lines = [
+        "| dataset | training images | H-Net test error | CNN test error "
+        "| CNN − H-Net (points) | seeds |"
+    ]
+    lines.append("|---|---:|---:|---:|---:|---:|")
     by_key = {(r["dataset"], r["model"], r["train_size"]): r for r in summary}
+    gap_of = {(g["dataset"], g["train_size"]): g for g in gaps}
     for dataset, size in sorted({(r["dataset"], r["train_size"]) for r in summary}):
         cells = []
         seeds = []
@@ -544,7 +617,15 @@ def _markdown(
             spread = f" ± {100 * std:.2f}" if std is not None else ""
             cells.append(f"{100 * entry['mean_test_error']:.2f}%{spread}")
             seeds.append(str(entry["n_seeds"]))
-        lines.append(f"| {dataset} | {size:,} | {cells[0]} | {cells[1]} | {'/'.join(seeds)} |")
+        gap = gap_of.get((dataset, size))
+        if gap is None:
+            cells.append("—")
+        else:
+            se = gap["gap_se_points"]
+            cells.append(f"{gap['gap_points']:+.2f}" + (f" ± {se:.2f}" if se is not None else ""))
+        lines.append(
+            f"| {dataset} | {size:,} | {cells[0]} | {cells[1]} | {cells[2]} | {'/'.join(seeds)} |"
+        )
     upright = [r for r in rows if r["variant"] == "upright" and r["test_error"] is not None]
     if upright:
         lines += ["", "| trained upright | model | rotated test error |", "|---|---|---:|"]
@@ -565,6 +646,12 @@ def _markdown(
             lines.append(
                 f"| {r['dataset']} | {r['model']} | {r['train_size']:,} | {r['seed']} | {cells} |"
             )
+    if gaps:
+        lines += [
+            "",
+            "± after a test error: the standard deviation over seeds; after the gap: its "
+            "standard error, sqrt(sd_h²/n_h + sd_c²/n_c).",
+        ]
     lines += ["", _time_line(rows)]
     if missing:
         lines.append(f"{len(missing)} planned runs not finished yet (e.g. {missing[0]}).")
