@@ -10,6 +10,12 @@ from .layout import check_harmonic, from_pixel_major, pair_dot, per_pair, to_pix
 __all__ = ["HBatchNorm"]
 
 
+def power_scale(power: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """The magnitude batch norm's factor per stream: ``weight / sqrt(power + eps)``."""
+    scale = (power + eps).rsqrt()
+    return scale if weight is None else scale * weight.to(scale.dtype)
+
+
 class HBatchNorm(nn.Module):
     r"""Batch normalisation of magnitudes, per channel and rotation order, phase kept:
 
@@ -82,10 +88,7 @@ class HBatchNorm(nn.Module):
     def scale_of(self, power: torch.Tensor) -> torch.Tensor:
         """``weight / sqrt(power + eps)`` per stream ``(C, M)``; eval mode multiplies by
         ``scale_of(running_power)``."""
-        scale = (power + self.eps).rsqrt()
-        if self.weight is not None:
-            scale = scale * self.weight.to(scale.dtype)
-        return scale
+        return power_scale(power, self.weight, self.eps)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         scale = self.stream_scale(z)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from .. import _native
+from .batchnorm import power_scale
 from .layout import check_harmonic, from_pixel_major, pair_dot, per_pair, to_pixel_major
 from .pooling import mean_pool
 
@@ -332,9 +333,7 @@ def batch_norm_magnitude_relu(
     if not training:
         if running_power is None:
             raise ValueError("batch_norm_magnitude_relu needs running_power when not training")
-        scale = (running_power + bn_eps).rsqrt()
-        if weight is not None:
-            scale = scale * weight.to(scale.dtype)
+        scale = power_scale(running_power, weight, bn_eps)
         return _magnitude_relu(z, bias, scale.to(z.dtype), eps, pool, inplace)
     pairs = to_pixel_major(z)
     fuse_pool = _tiles(z, pool) and _native.usable(pairs)
