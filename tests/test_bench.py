@@ -96,3 +96,25 @@ def test_memory_figures_do_not_depend_on_tuning(monkeypatch, tmp_path):
     monkeypatch.setenv("HNETS_AUTOTUNE", "1")
     assert bench_memory(batch=8) == fixed
     assert not list(tmp_path.glob("autotune-*.json"))  # nothing was measured
+
+
+def test_the_channel_layouts_benchmark_prints_a_row_per_layout():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import hnets
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root / "src"), "HNETS_AUTOTUNE": "0"}
+    args = ["--layouts", "4,4,4", "2,3,4", "--batch", "2", "--repeats", "1"]
+    done = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "channel_layouts.py"), *args],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "," in line]
+    params = hnets.count_parameters(hnets.build_model("hnet", channels=(2, 3, 4)))
+    assert rows[0].startswith("| 4,4,4 | ") and "| 1.00 |" in rows[0]
+    assert rows[1].startswith(f"| 2,3,4 | {params:,} | ")

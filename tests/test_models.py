@@ -17,6 +17,22 @@ def test_hnet_architecture_and_parameter_count():
     assert count_parameters(model) == 23466
 
 
+def test_hnet_channels_set_each_stage_and_width_scales_them():
+    def widths(model):
+        return [m.out_channels for m in model.modules() if isinstance(m, HConv2d)]
+
+    assert widths(build_model("hnet", channels=[8, 20, 40])) == [8, 8, 20, 20, 40, 40, 10]
+    doubled = [10, 10, 20, 20, 40, 40, 10]
+    assert widths(build_model("hnet", channels=(5, 10, 20), width=2)) == doubled
+    default = build_model("hnet", channels=(8, 16, 32))
+    assert count_parameters(default) == count_parameters(build_model("hnet"))
+    for bad in ([8, 16], [8, 0, 32], [8, 16.5, 32], [8, True, 32]):
+        with pytest.raises(ValueError, match=r"HNetMNIST channels must be 3 positive integers"):
+            build_model("hnet", channels=bad)
+    with pytest.raises(ValueError, match=r"RegularCNN channels must be 6 positive integers"):
+        build_model("cnn", channels=[12, 24, 30])
+
+
 def test_cnn_has_about_the_same_number_of_parameters():
     hnet, cnn = count_parameters(build_model("hnet")), count_parameters(build_model("cnn"))
     assert abs(cnn - hnet) / hnet < 0.10
@@ -41,11 +57,12 @@ def test_hnet_every_parameter_learns():
         assert p.grad is not None and (p.grad != 0).all(), name
 
 
+@pytest.mark.parametrize("channels", [(8, 16, 32), (4, 10, 6)])
 @pytest.mark.parametrize("eval_blur", [0.0, 0.5])
 @pytest.mark.parametrize("training", [True, False])
-def test_hnet_logits_are_invariant_to_quarter_turns(training, eval_blur):
+def test_hnet_logits_are_invariant_to_quarter_turns(training, eval_blur, channels):
     torch.manual_seed(0)
-    model = build_model("hnet", eval_blur=eval_blur).train(training)
+    model = build_model("hnet", eval_blur=eval_blur, channels=channels).train(training)
     x = torch.rand(6, 1, 28, 28)
     with torch.no_grad():
         logits = model(x)

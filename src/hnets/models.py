@@ -7,7 +7,7 @@ about data loaders or files (see :mod:`hnets.checkpoint` for saving and loading)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -37,6 +37,16 @@ def count_parameters(model: nn.Module) -> int:
 
 def _scaled(width: float, channels: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(max(1, round(c * width)) for c in channels)
+
+
+def _stage_widths(channels: Sequence[int], n: int, model: str) -> tuple[int, ...]:
+    """``channels`` as ``n`` positive ints (a list from a checkpoint's JSON is fine)."""
+    values = tuple(channels)
+    if len(values) != n or not all(
+        isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in values
+    ):
+        raise ValueError(f"{model} channels must be {n} positive integers, got {list(values)}")
+    return values
 
 
 def _block(cin: int, cout: int, *, in_order: int, order: int, batch_norm: bool, pool: int,
@@ -82,7 +92,8 @@ class HNetMNIST(nn.Module):
     """The Harmonic Network for Rot-MNIST of Worrall et al. (2017), "DeepMNIST".
 
     Seven ``k x k`` harmonic convolutions with 8, 8, 16, 16, 32, 32 and ``n_classes``
-    channels (times ``width``), rotation orders ``0..max_order``; a magnitude
+    channels (``channels`` = the three stages' widths, default ``(8, 16, 32)``, times
+    ``width``), rotation orders ``0..max_order``; a magnitude
     nonlinearity after every layer but the last, preceded by magnitude batch norm on
     the even layers (the official code's "batch norm with ReLU"); 2x2 mean pooling
     after blocks one and two. The last layer has rotation order 0 only; the
@@ -95,6 +106,11 @@ class HNetMNIST(nn.Module):
     on its own (for hooks on them) with the same values. The forward feeds the scaled
     images straight into the first convolution (what :func:`hnets.lift` would give, at
     half the cost).
+
+    Where the channels go sets the cost more than the parameter count does: the first
+    stage runs at 28x28, the second at 14x14 and the third at 7x7, so a channel added
+    to the first stage costs about 4x and 16x the arithmetic of one added to the later
+    stages, for fewer parameters (``benchmarks/channel_layouts.py`` measures it).
 
     ``eval_blur`` (pixels, default 0: off) smooths the input by a Gaussian in eval mode
     only (:class:`~hnets.nn.EvalBlur`: training images are resampled, crisp inputs are
@@ -113,11 +129,12 @@ class HNetMNIST(nn.Module):
         kernel_size: int = 5,
         n_rings: int | None = 4,
         in_channels: int = 1,
+        channels: Sequence[int] = (8, 16, 32),
         eval_blur: float = 0.0,
     ) -> None:
         super().__init__()
         self.eval_blur = EvalBlur(eval_blur)
-        c1, c2, c3 = _scaled(width, (8, 16, 32))
+        c1, c2, c3 = _scaled(width, _stage_widths(channels, 3, "HNetMNIST"))
         spec = [
             (in_channels, c1, False),
             (c1, c1, True),
@@ -175,7 +192,7 @@ class RegularCNN(nn.Module):
     ) -> None:
         super().__init__()
         self.eval_blur = EvalBlur(eval_blur)
-        chans = _scaled(width, tuple(channels))
+        chans = _scaled(width, _stage_widths(channels, 6, "RegularCNN"))
         layers: list[nn.Module] = []
         cin = in_channels
         for i, cout in enumerate(chans):

@@ -142,6 +142,8 @@ def test_prepare_train_test_predict_resume(tmp_path, data_env, capsys, monkeypat
         (["--schedule", "linear"], "schedule must be one of", 1),
         (["--epochs", "0"], "epochs must be an integer >= 1", 1),
         (["--width", "0.5", "--max-order", "-1"], "'max_order': -1", 1),
+        (["--model", "hnet", "--model-channels", "8,16"], "must be 3 positive integers", 1),
+        (["--model", "cnn", "--model-channels", "8,0,8,8,8,8"], "6 positive integers", 1),
     ],
 )
 def test_bad_training_options_are_one_line(tmp_path, data_env, capsys, args, message, code):
@@ -149,6 +151,29 @@ def test_bad_training_options_are_one_line(tmp_path, data_env, capsys, args, mes
     assert main(["train", *QUICK, *args, "--out", str(out)]) == code
     assert message in one_error_line(capsys)
     assert not out.exists()
+
+
+def test_model_channels_that_are_not_integers_are_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--model-channels", "8,x,32"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith("argument --model-channels: expected integers separated by commas, "
+                        "got '8,x,32'")  # fmt: skip
+
+
+def test_model_channels_place_the_width_and_are_saved_with_the_run(tmp_path, data_env, capsys):
+    import hnets
+
+    out = tmp_path / "run"
+    args = ["--model", "hnet", "--model-channels", "4,6,10", "--width", "1", "--out", str(out)]
+    assert main(["train", *QUICK, *args]) == 0
+    capsys.readouterr()
+    options = json.loads((out / "summary.json").read_text())["config"]["model_options"]
+    assert options["channels"] == [4, 6, 10] and options["width"] == 1.0
+    model = hnets.load_model(out)
+    convs = [m for m in model.modules() if isinstance(m, hnets.nn.HConv2d)]
+    assert [c.out_channels for c in convs] == [4, 4, 6, 6, 10, 10, 10]
 
 
 def test_an_existing_run_is_refused_and_left_alone(tmp_path, data_env, capsys):
@@ -291,8 +316,8 @@ def test_hnets_train_keeps_every_flag_it_had():
     flags = [s for action in train_parser()._actions for s in action.option_strings]
     assert len(flags) == len(set(flags))
     # --skip-bad is a boolean setting like the others now, so it gained its negation;
-    # --quarter-turns, --eval-blur and --valid-every are settings added since
-    added = {"--quarter-turns", "--eval-blur", "--valid-every"}
+    # --quarter-turns, --eval-blur, --valid-every and --model-channels were added since
+    added = {"--quarter-turns", "--eval-blur", "--valid-every", "--model-channels"}
     assert set(flags) == {*TRAIN_FLAGS_BEFORE, "--no-skip-bad", *added}
 
 

@@ -19,9 +19,16 @@ _DATASET_HELP = _TRAIN_FIELDS["dataset"].metadata["help"]
 #: ``hnets train`` flags spelled otherwise than ``--field-name``.
 _FLAG_NAMES = {"data_variant": "--variant"}
 #: ``hnets train`` options that map one to one onto :class:`TrainConfig` fields;
-#: ``model_options`` is filled by ``--width``, ``--max-order`` and ``--eval-blur`` instead.
+#: ``model_options`` is filled by ``--width``, ``--model-channels``, ``--max-order`` and
+#: ``--eval-blur`` instead.
 _CONFIG_FLAGS = set(_TRAIN_FIELDS) - {"model_options"}
-_MODEL_OPTION_FLAGS = ("width", "max_order", "eval_blur")
+#: their argparse destinations -> the model options they set
+_MODEL_OPTION_FLAGS = {
+    "width": "width",
+    "model_channels": "channels",
+    "max_order": "max_order",
+    "eval_blur": "eval_blur",
+}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -98,8 +105,18 @@ def _flag_help(f: dataclasses.Field) -> str:
     return text.replace("%", "%%")  # argparse formats help texts with %
 
 
+def _int_list(text: str) -> list[int]:
+    """``"8,20,40"`` -> ``[8, 20, 40]`` (an argparse type)."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        msg = f"expected integers separated by commas, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    return values
+
+
 def _add_model_option_flags(p: argparse.ArgumentParser) -> None:
-    """``--width``, ``--max-order`` and ``--eval-blur``: the model options the command line sets."""
+    """``--width``, ``--model-channels``, ``--max-order``, ``--eval-blur``: model options."""
     s = argparse.SUPPRESS
     p.add_argument(
         "--width",
@@ -108,6 +125,16 @@ def _add_model_option_flags(p: argparse.ArgumentParser) -> None:
         help="channel multiplier (default: "
         + _per_model({k: v["width"] for k, v in DEFAULT_MODEL_OPTIONS.items()})
         + ")",
+    )
+    p.add_argument(
+        "--model-channels",
+        dest="model_channels",  # --channels is a folder dataset's image channels
+        type=_int_list,
+        default=s,
+        metavar="C1,C2,...",
+        help="channels per stage, times --width (pass --width 1 for exactly these): three "
+        "for the hnet (its 28x28, 14x14 and 7x7 stages; default 8,16,32), six for the cnn "
+        "(default 12,12,24,24,30,30)",
     )
     p.add_argument(
         "--max-order", type=int, default=s, help="highest rotation order of the hnet (default 1)"
@@ -189,7 +216,10 @@ def _train(args: argparse.Namespace) -> int:
     from ..training import CHECKPOINT_FILE, load_run_config, train
 
     given = {name: getattr(args, name) for name in _CONFIG_FLAGS if hasattr(args, name)}
-    options = {name: getattr(args, name) for name in _MODEL_OPTION_FLAGS if hasattr(args, name)}
+    options = {
+        option: getattr(args, dest) for dest, option in _MODEL_OPTION_FLAGS.items()
+        if hasattr(args, dest)
+    }  # fmt: skip
     out = Path(args.out) if args.out else Path("runs") / str(given.get("model", TrainConfig.model))
     base = TrainConfig()
     if args.resume and (out / CHECKPOINT_FILE).exists():
