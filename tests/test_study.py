@@ -263,3 +263,47 @@ def test_protocol_originals_are_the_test_images_before_rotation(rotmnist_root: P
     assert labels.shape == (50_000,) and labels[:64].tolist() == test.labels.tolist()
     turned = rotate_images(torch.from_numpy(images[:64]).unsqueeze(1), test.angles).clamp(0, 1)
     assert torch.equal(turned, test.images)  # the stored image is exactly this rotation
+
+
+def test_status_says_where_each_run_stands_and_estimates_what_is_left(
+    tmp_path: Path, capsys
+) -> None:
+    import json
+
+    from hnets.study import study_status
+
+    config = StudyConfig.quick_config(
+        datasets=("rotmnist",), models=("hnet", "cnn"), sizes=(100,), seeds=(0, 1), upright=False
+    )
+    plan = {(r.model, r.seed): r for r in plan_study(config)}
+    runs = tmp_path / "runs"
+
+    def log(run, rows):
+        (runs / run.name).mkdir(parents=True)
+        lines = [json.dumps({"epoch": i + 1, **row}) for i, row in enumerate(rows)]
+        (runs / run.name / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+    finished, partial = plan["hnet", 0], plan["hnet", 1]
+    log(finished, [{"train_n": 100, "seconds": 2.0}] * finished.epochs)
+    (runs / finished.name / "summary.json").write_text("{}")
+    log(partial, [{"train_n": 100, "seconds": 2.0}, {"train_n": 100, "seconds": 4.0}])
+    with (runs / partial.name / "metrics.jsonl").open("a") as fh:
+        fh.write('{"epoch": 3, "train_n": 1')  # torn by a kill: not counted
+    status = study_status(config, runs)
+    by_name = {r["name"]: r for r in status["runs"]}
+    assert by_name[finished.name]["state"] == "done" and by_name[finished.name]["hours_left"] == 0
+    row = by_name[partial.name]
+    assert (row["state"], row["epochs_done"]) == ("partial", 2)
+    # the median over every logged epoch of the model: 0.02 s per image
+    assert status["seconds_per_image"] == {"hnet": pytest.approx(0.02)}
+    assert row["hours_left"] == pytest.approx((partial.epochs - 2) * 100 * 0.02 / 3600)
+    cnn = [r for r in status["runs"] if r["model"] == "cnn"]
+    assert all(r["state"] == "not started" and r["hours_left"] is None for r in cnn)
+    assert status["unestimated"] == 2
+    assert status["hours_left"] == pytest.approx(row["hours_left"])
+    # the command line prints the same, reading no data
+    args = ["study", "--quick", "--datasets", "rotmnist", "--sizes", "100", "--seeds", "0,1"]
+    assert main([*args, "--no-upright", "--runs", str(runs), "--status"]) == 0
+    out = capsys.readouterr().out
+    assert f"| {partial.name} | partial | 2/{partial.epochs} |" in out
+    assert "1 done, 1 partial, 2 not started" in out and "2 runs not estimated" in out

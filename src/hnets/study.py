@@ -59,6 +59,8 @@ __all__ = [
     "plan_study",
     "run_study",
     "collect_study",
+    "study_status",
+    "format_status",
 ]
 
 RESULT_FIELDS = (
@@ -353,6 +355,107 @@ def collect_study(
         "markdown": markdown,
         "missing": missing,
     }
+
+
+def study_status(config: StudyConfig, runs_dir: str | Path | None = None) -> dict[str, Any]:
+    """Where each planned run stands, and about how much compute is left.
+
+    Reads only the run directories' ``summary.json`` and ``metrics.jsonl`` (no data, no
+    model). A run is ``done`` (a summary), ``partial`` (epochs logged, no summary) or
+    ``not started``. The time left is an estimate at the speeds measured so far: per
+    model, the median wall seconds per training image over every epoch logged by any
+    run of the plan (validation included where that epoch validated), times the
+    images each run still has to train on. Runs of a model with no epoch logged yet
+    get no estimate.
+
+    Returns:
+        ``{"runs": [...], "seconds_per_image": {model: s}, "hours_left": h,
+        "unestimated": n}``; each run is ``{"name", "model", "state", "epochs_done",
+        "epochs", "hours_left"}`` (``hours_left`` ``None`` where unknown).
+    """
+    runs_dir = default_runs_dir(config) if runs_dir is None else Path(runs_dir)
+    plan = plan_study(config)
+    logged: dict[str, list[dict[str, Any]]] = {}
+    per_image: dict[str, list[float]] = {}
+    for run in plan:
+        rows = _epoch_rows(runs_dir / run.name / "metrics.jsonl")
+        logged[run.name] = rows
+        for row in rows:
+            if row.get("train_n") and row.get("seconds"):
+                per_image.setdefault(run.model, []).append(row["seconds"] / row["train_n"])
+    speed = {model: statistics.median(v) for model, v in per_image.items()}
+    out, hours, unestimated = [], 0.0, 0
+    for run in plan:
+        rows = logged[run.name]
+        done = (runs_dir / run.name / "summary.json").is_file()
+        epochs_done = run.epochs if done else len(rows)
+        left = None
+        if done:
+            left = 0.0
+        elif run.model in speed:
+            images = rows[-1]["train_n"] if rows else run.train_size
+            left = (run.epochs - epochs_done) * images * speed[run.model] / 3600
+        if left is None:
+            unestimated += 1
+        else:
+            hours += left
+        state = "done" if done else "partial" if rows else "not started"
+        out.append(
+            {
+                "name": run.name,
+                "model": run.model,
+                "state": state,
+                "epochs_done": epochs_done,
+                "epochs": run.epochs,
+                "hours_left": left,
+            }
+        )
+    return {
+        "runs": out,
+        "seconds_per_image": speed,
+        "hours_left": hours,
+        "unestimated": unestimated,
+    }
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """:func:`study_status` as a table and a closing line."""
+    lines = ["| run | state | epochs | hours left |", "|---|---|---:|---:|"]
+    for r in status["runs"]:
+        hours = "?" if r["hours_left"] is None else f"{r['hours_left']:.2f}"
+        lines.append(f"| {r['name']} | {r['state']} | {r['epochs_done']}/{r['epochs']} | {hours} |")
+    counts = {state: 0 for state in ("done", "partial", "not started")}
+    for r in status["runs"]:
+        counts[r["state"]] += 1
+    speeds = ", ".join(
+        f"{model} {1e3 * s:.2f} ms per training image"
+        for model, s in sorted(status["seconds_per_image"].items())
+    )
+    summary = (
+        f"{counts['done']} done, {counts['partial']} partial, {counts['not started']} not "
+        f"started; about {status['hours_left']:.1f} process-hours left at the speeds "
+        f"measured so far ({speeds or 'none yet'})"
+    )
+    if status["unestimated"]:
+        summary += f", {status['unestimated']} runs not estimated (no epoch of their model yet)"
+    return "\n".join([*lines, "", summary + "."]) + "\n"
+
+
+def _epoch_rows(path: Path) -> list[dict[str, Any]]:
+    """The epoch rows of a ``metrics.jsonl`` (none when missing; a torn last line skipped)."""
+    import json
+
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "epoch" in row:
+            rows.append(row)
+    return rows
 
 
 def _rotated_variant(dataset: str) -> str:

@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "interrupted one resumes), then writes results.csv, summary.csv, figures and "
             "results.md into --out. --plan prints the runs as command lines instead (for a "
             "job array or GNU parallel); --collect only builds the tables from the runs "
-            "that have finished."
+            "that have finished; --status says where each run stands."
         ),
     )
     p.add_argument("--out", default="docs/study", help="tables and figures (default docs/study)")
@@ -53,11 +53,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--plan", action="store_true", help="print every run as an hnets command")
     mode.add_argument("--collect", action="store_true", help="tables and figures only")
+    mode.add_argument(
+        "--status",
+        action="store_true",
+        help="where each run stands and about how many process-hours are left (reads "
+        "the run directories only)",
+    )
     p.set_defaults(handler=_study)
 
 
 def _study(args: argparse.Namespace) -> int:
-    from ..study import StudyConfig, collect_study, default_runs_dir, plan_study, run_study
+    from ..study import (
+        StudyConfig,
+        collect_study,
+        default_runs_dir,
+        format_status,
+        plan_study,
+        run_study,
+        study_status,
+    )
 
     config = StudyConfig.quick_config() if args.quick else StudyConfig()
     overrides = {
@@ -73,6 +87,9 @@ def _study(args: argparse.Namespace) -> int:
     if args.plan:
         for run in plan_study(config):
             print(shlex.join(["hnets", *run.argv(runs, args.data_dir)]))
+        return 0
+    if args.status:
+        print(format_status(study_status(config, runs)), end="")
         return 0
     if not args.collect:
         run_study(config, runs, data_dir=args.data_dir, log=lambda m: print(m, file=sys.stderr))
