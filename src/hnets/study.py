@@ -393,7 +393,7 @@ def study_status(config: StudyConfig, runs_dir: str | Path | None = None) -> dic
         if done:
             left = 0.0
         elif run.model in speed:
-            images = rows[-1]["train_n"] if rows else run.train_size
+            images = (rows[-1].get("train_n") if rows else None) or run.train_size
             left = (run.epochs - epochs_done) * images * speed[run.model] / 3600
         if left is None:
             unestimated += 1
