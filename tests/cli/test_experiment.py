@@ -85,10 +85,21 @@ def test_prepare_train_test_predict_resume(tmp_path, data_env, capsys, monkeypat
     report = json.loads(capsys.readouterr().out)
     assert report["n"] == 50 and report["error"] == pytest.approx(1 - report["accuracy"])
     assert report["variant"] == "standin" and len(report["confusion"]) == 10
-    assert (hnet / "confusion.png").read_bytes().startswith(b"\x89PNG")
-    # the full test split slice agrees with the summary written by training
+    # a subset is not what training tested: the run's figure is not overwritten
+    assert report["figure"] is None and not (hnet / "confusion.png").exists()
+    # the full test split slice agrees with the summary written by training, and its
+    # figure goes next to the model
     assert main(["test", "--checkpoint", str(hnet), "--limit", "100", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["accuracy"] == summary["test_accuracy"]
+    report = json.loads(capsys.readouterr().out)
+    assert report["accuracy"] == summary["test_accuracy"]
+    assert report["figure"] == str(hnet / "confusion.png")
+    assert (hnet / "confusion.png").read_bytes().startswith(b"\x89PNG")
+    shipped = (hnet / "confusion.png").read_bytes()
+    for other in (["--eval-blur", "0"], ["--split", "valid"]):
+        argv = ["test", "--checkpoint", str(hnet), "--limit", "100", *other, "--json"]
+        assert main(argv) == 0
+        assert json.loads(capsys.readouterr().out)["figure"] is None
+    assert (hnet / "confusion.png").read_bytes() == shipped
 
     figure = tmp_path / "figs" / "cm.png"
     assert (

@@ -156,8 +156,10 @@ def _add_test(sub: argparse._SubParsersAction) -> None:
         help="evaluate a saved model on the test (or valid) split of its dataset",
         description=(
             "Print accuracy, error, per-class accuracy and the confusion matrix of a saved "
-            "model, and save the confusion-matrix figure (confusion.png in the checkpoint "
-            "directory, or --figure)."
+            "model. The confusion-matrix figure goes to --figure; without it, to "
+            "confusion.png in the checkpoint directory when the evaluation is the one "
+            "training made (the test split of the model's own data, all of it, its own "
+            "eval_blur), so that a subset or another split never overwrites it."
         ),
     )
     p.add_argument("--checkpoint", required=True, metavar="DIR", help="a model directory")
@@ -247,6 +249,19 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _as_trained(args: argparse.Namespace, config: dict[str, Any], data: Any) -> bool:
+    """Whether ``hnets test`` evaluates what training tested: the test split of the
+    model's own data, as many images, its own ``eval_blur``."""
+    extra = config.get("extra", {})  # the data as resolved when training ran
+    return (
+        args.split == "test"
+        and args.eval_blur is None
+        and args.limit == extra.get("train_config", {}).get("limit_eval")
+        and data.name == extra.get("dataset", data.name)
+        and data.variant == extra.get("data_variant", data.variant)
+    )
+
+
 def _test(args: argparse.Namespace) -> int:
     from ..checkpoint import load_checkpoint_data, load_model
     from ..evaluation import evaluate, plot_confusion
@@ -285,15 +300,15 @@ def _test(args: argparse.Namespace) -> int:
         crisp = crisp_accuracy(model, originals, data.images, data.labels,
                                batch_size=args.batch_size)  # fmt: skip
     ckpt = Path(args.checkpoint)
-    figure = (
-        Path(args.figure)
-        if args.figure
-        else (ckpt.parent if ckpt.is_file() else ckpt) / ("confusion.png")
-    )
-    title = (
-        f"{config['model']} on {data.title} {data.variant} {args.split}: {result['accuracy']:.2%}"
-    )
-    plot_confusion(result["confusion"], figure, title=title, classes=data.classes)
+    figure = None
+    if args.figure:
+        figure = Path(args.figure)
+    elif _as_trained(args, config, data):  # the figure the model directory ships, redrawn
+        figure = (ckpt.parent if ckpt.is_file() else ckpt) / "confusion.png"
+    if figure is not None:
+        title = f"{config['model']} on {data.title} {data.variant} {args.split}: "
+        title += f"{result['accuracy']:.2%}"
+        plot_confusion(result["confusion"], figure, title=title, classes=data.classes)
     if args.json:
         report = {
             "checkpoint": str(ckpt),
@@ -304,7 +319,7 @@ def _test(args: argparse.Namespace) -> int:
             "eval_blur": model.eval_blur.sigma,
             "classes": list(data.classes),
             **result,
-            "figure": str(figure),
+            "figure": None if figure is None else str(figure),
         }
         if crisp is not None:
             report["crisp"] = crisp
@@ -329,7 +344,8 @@ def _test(args: argparse.Namespace) -> int:
             f"{_percent(crisp['crisp_0'])}, turned 90° {_percent(crisp['crisp_90'])}, "
             f"180° {_percent(crisp['crisp_180'])}, 270° {_percent(crisp['crisp_270'])}"
         )
-    print(f"wrote {figure}")
+    if figure is not None:
+        print(f"wrote {figure}")
     return 0
 
 
