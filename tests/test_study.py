@@ -307,3 +307,14 @@ def test_status_says_where_each_run_stands_and_estimates_what_is_left(
     out = capsys.readouterr().out
     assert f"| {partial.name} | partial | 2/{partial.epochs} |" in out
     assert "1 done, 1 partial, 2 not started" in out and "2 runs not estimated" in out
+
+
+def test_result_rows_round_the_test_error_that_training_computed_as_one_minus_accuracy():
+    from hnets.study import _result_row
+
+    run = plan_study(StudyConfig.quick_config(datasets=("rotmnist",)))[0]
+    summary = {"test_error": 1 - 0.95728, "valid_accuracy": 0.964, "wall_seconds": 12.34}
+    assert summary["test_error"] != 0.04272  # what float subtraction leaves
+    row = _result_row(run, summary)
+    assert row["test_error"] == 0.04272 and row["valid_error"] == 0.036
+    assert _result_row(run, {})["test_error"] is None  # a run without test figures

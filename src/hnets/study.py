@@ -465,7 +465,7 @@ def _rotated_variant(dataset: str) -> str:
 
 
 def _result_row(run: StudyRun, summary: dict[str, Any]) -> dict[str, Any]:
-    valid = summary.get("valid_accuracy")
+    valid, test = summary.get("valid_accuracy"), summary.get("test_error")
     return {
         "dataset": run.dataset,
         "variant": run.variant,
@@ -475,7 +475,7 @@ def _result_row(run: StudyRun, summary: dict[str, Any]) -> dict[str, Any]:
         "epochs": summary.get("epochs"),
         "params": summary.get("parameters"),
         "valid_error": None if valid is None else round(1.0 - valid, 6),
-        "test_error": summary.get("test_error"),
+        "test_error": None if test is None else round(float(test), 6),  # 1 - accuracy
         "wall_seconds": round(float(summary.get("wall_seconds") or 0.0), 1),
         "threads": summary.get("threads"),
     }
