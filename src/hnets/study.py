@@ -39,6 +39,7 @@ nothing at 1,000). The test split is read once per run, at its end.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import statistics
 from collections.abc import Sequence
@@ -51,6 +52,7 @@ from .data.cache import resolve_data_dir
 from .data.registry import DATASETS, get_dataset
 from .errors import HNetsError
 from .training.config import DEFAULT_EVAL_BLUR
+from .training.rundir import METRICS_FILE, SUMMARY_FILE
 
 __all__ = [
     "StudyConfig",
@@ -288,7 +290,7 @@ def run_study(
     trained = []
     plan = plan_study(config)
     for i, run in enumerate(plan, 1):
-        if (runs_dir / run.name / "summary.json").is_file():
+        if (runs_dir / run.name / SUMMARY_FILE).is_file():
             continue
         log(f"[{i}/{len(plan)}] {run.name}")
         status = main(run.argv(runs_dir, data_dir))
@@ -324,7 +326,7 @@ def collect_study(
     plan = plan_study(config)
     rows, missing = [], []
     for run in plan:
-        path = runs_dir / run.name / "summary.json"
+        path = runs_dir / run.name / SUMMARY_FILE
         if path.is_file():
             rows.append(_result_row(run, read_json(path)))
         else:
@@ -378,7 +380,7 @@ def study_status(config: StudyConfig, runs_dir: str | Path | None = None) -> dic
     logged: dict[str, list[dict[str, Any]]] = {}
     per_image: dict[str, list[float]] = {}
     for run in plan:
-        rows = _epoch_rows(runs_dir / run.name / "metrics.jsonl")
+        rows = _epoch_rows(runs_dir / run.name / METRICS_FILE)
         logged[run.name] = rows
         for row in rows:
             if row.get("train_n") and row.get("seconds"):
@@ -387,7 +389,7 @@ def study_status(config: StudyConfig, runs_dir: str | Path | None = None) -> dic
     out, hours, unestimated = [], 0.0, 0
     for run in plan:
         rows = logged[run.name]
-        done = (runs_dir / run.name / "summary.json").is_file()
+        done = (runs_dir / run.name / SUMMARY_FILE).is_file()
         epochs_done = run.epochs if done else len(rows)
         left = None
         if done:
@@ -443,8 +445,6 @@ def format_status(status: dict[str, Any]) -> str:
 
 def _epoch_rows(path: Path) -> list[dict[str, Any]]:
     """The epoch rows of a ``metrics.jsonl`` (none when missing; a torn last line skipped)."""
-    import json
-
     if not path.is_file():
         return []
     rows = []
@@ -630,7 +630,7 @@ def _upright_figures(
             for r in plan
             if r.variant == "upright"
             and r.dataset == dataset
-            and (runs_dir / r.name / "summary.json").is_file()
+            and (runs_dir / r.name / SUMMARY_FILE).is_file()
         ]
         if done:
             result = robustness_study(
@@ -658,7 +658,7 @@ def _crisp_rows(
     originals: dict[str, Any] = {}
     for run in plan:
         run_dir = runs_dir / run.name
-        if run.variant == "upright" or not (run_dir / "summary.json").is_file():
+        if run.variant == "upright" or not (run_dir / SUMMARY_FILE).is_file():
             continue
         cached = run_dir / "crisp.json"
         if not cached.is_file():
