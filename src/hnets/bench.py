@@ -14,6 +14,7 @@ about +-5% from run to run depending on which candidate ran before which.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import platform
@@ -346,6 +347,7 @@ def tune_model(
     batch_size: int = 64,
     eval_batch_size: int = 500,
     image_shape: tuple[int, int, int] = (1, 28, 28),
+    again: bool = False,
 ) -> list[dict[str, object]]:
     """Measure ``model``'s convolutions as training and inference will call them.
 
@@ -353,12 +355,16 @@ def tune_model(
     forward (at ``eval_batch_size``) with ``impl="auto"`` measuring
     (:mod:`hnets.nn.dispatch`; forced on for the call), so the decisions are in the
     cache before a run starts. Returns one row per ``HConv2d`` and mode: ``layer``,
-    ``mode``, ``signature``, ``choice`` and the candidates' ``seconds``.
+    ``mode``, ``signature``, ``choice``, the candidates' ``seconds``, the CPUs other
+    processes kept busy meanwhile (``busy_elsewhere``, ``None`` where the system does
+    not say) and whether that made the measurement ``contended``. ``again``: measure
+    every layer anew instead of reading decisions already cached.
     """
     from .nn import dispatch
 
     rows: list[dict[str, object]] = []
-    with dispatch.autotuning(True):
+    remeasure = dispatch.remeasuring() if again else contextlib.nullcontext()
+    with dispatch.autotuning(True), remeasure:
         for mode, batch in (("train", batch_size), ("infer", eval_batch_size)):
             x = torch.rand(batch, *image_shape)
             model.train(mode == "train")
@@ -372,14 +378,16 @@ def tune_model(
             for name, layer in model.named_modules():
                 if isinstance(layer, HConv2d) and layer.last_choice is not None:
                     key, choice = layer.last_choice
-                    seconds = known.get(key, {}).get("seconds", {})
+                    entry = known.get(key, {})
                     rows.append(
                         {
                             "layer": name,
                             "mode": mode,
                             "signature": key,
                             "choice": choice,
-                            "seconds": seconds,
+                            "seconds": entry.get("seconds", {}),
+                            "busy_elsewhere": entry.get("busy_elsewhere"),
+                            "contended": bool(entry.get("contended")),
                         }  # fmt: skip
                     )
                     layer.last_choice = None
@@ -394,7 +402,15 @@ def format_tuning(rows: list[dict[str, object]]) -> str:
         seconds = dict(row["seconds"])  # type: ignore[arg-type]
         order = sorted(seconds, key=lambda k: (k != row["choice"], seconds[k]))
         times = "  ".join(f"{k} {1e3 * seconds[k]:.2f}" for k in order)
-        lines.append(f"  {row['layer']:14s} {row['mode']:5s}  {times}")
+        flag = "  (contended)" if row.get("contended") else ""
+        lines.append(f"  {row['layer']:14s} {row['mode']:5s}  {times}{flag}")
+    contended = sum(bool(row.get("contended")) for row in rows)
+    if contended:
+        lines.append(
+            f"  {contended} of {len(rows)} measured while other processes kept the CPUs "
+            "busy: kept for now, measured again by the next run (or `hnets tune` on a "
+            "quiet machine)"
+        )
     return "\n".join(lines)
 
 

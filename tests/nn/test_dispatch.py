@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,8 +36,17 @@ def tuning(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
         return {name: times[name] for name in candidates}
 
     monkeypatch.setattr(dispatch, "_time", fake_time)
+    _busy(monkeypatch, 0.0)  # a quiet machine, whatever else runs beside the tests
     yield times, measured
     dispatch.clear_memory()
+
+
+_REAL_PROBE = dispatch._LoadProbe.busy_elsewhere
+
+
+def _busy(monkeypatch: pytest.MonkeyPatch, cpus: float | None) -> None:
+    """Pretend other processes kept ``cpus`` CPUs busy during every measurement."""
+    monkeypatch.setattr(dispatch._LoadProbe, "busy_elsewhere", lambda self: cpus)
 
 
 def _input(conv: HConv2d, batch: int = 3, size: int = 12) -> torch.Tensor:
@@ -192,3 +203,96 @@ def test_the_fixed_table_of_hnets_autotune_0(channels, size, expected):
         )
         != "karatsuba"
     )  # needs orders 0..1 on both sides
+
+
+def test_the_load_probe_sees_another_process_keep_a_cpu_busy() -> None:
+    quiet = dispatch._LoadProbe()
+    assert quiet.busy_elsewhere() is not None  # Linux: /proc/stat answers
+    spin = (
+        "import time\nprint('go', flush=True)\n"
+        "end = time.time() + 5\nwhile time.time() < end: pass\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "go"
+        probe = dispatch._LoadProbe()
+        time.sleep(0.6)  # this process idles; the child spins on one CPU
+        busy = probe.busy_elsewhere()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert busy is not None and 0.6 < busy < (os.cpu_count() or 1) + 0.5
+
+
+def test_a_contended_decision_is_measured_again_by_the_next_process_only(
+    tuning, monkeypatch
+) -> None:
+    times, measured = tuning
+    free = max((os.cpu_count() or 1) - torch.get_num_threads(), 0)
+    _busy(monkeypatch, free + dispatch.CONTENDED_CPUS + 0.1)
+    conv = HConv2d(4, 4, 5, max_order=1)
+    conv(_input(conv))
+    key = conv.last_choice[0]
+    entry = json.loads(dispatch.cache_path().read_text())["decisions"][key]
+    assert entry["contended"] is True and entry["busy_elsewhere"] > free
+    conv(_input(conv))
+    assert len(measured) == 4  # this process measured it: final here, busy or not
+    dispatch.clear_memory()  # the next process, on a quiet machine
+    _busy(monkeypatch, free + dispatch.CONTENDED_CPUS - 0.1)
+    times["gauss"] = 0.5
+    conv(_input(conv))
+    assert len(measured) == 8 and conv.last_choice[1] == "gauss"
+    entry = json.loads(dispatch.cache_path().read_text())["decisions"][key]
+    assert "contended" not in entry and entry["choice"] == "gauss"
+    dispatch.clear_memory()  # a clean decision stays
+    conv(_input(conv))
+    assert len(measured) == 8
+
+
+def test_without_proc_stat_decisions_are_kept_as_before(tuning, monkeypatch) -> None:
+    _, measured = tuning
+    monkeypatch.setattr(dispatch._LoadProbe, "busy_elsewhere", _REAL_PROBE)
+    monkeypatch.setattr(dispatch, "_system_busy_seconds", lambda: None)
+    conv = HConv2d(4, 4, 5, max_order=1)
+    conv(_input(conv))
+    entry = dispatch.decisions()[conv.last_choice[0]]
+    assert "busy_elsewhere" not in entry and "contended" not in entry
+    dispatch.clear_memory()
+    conv(_input(conv))
+    assert len(measured) == 4
+
+
+def test_remeasuring_replaces_cached_decisions_once(tuning) -> None:
+    times, measured = tuning
+    conv = HConv2d(4, 4, 5, max_order=1)
+    conv(_input(conv))
+    times["dense"] = 0.1
+    with dispatch.remeasuring():  # in the process that measured it first, too
+        conv(_input(conv))
+        conv(_input(conv))
+    assert len(measured) == 8 and conv.last_choice[1] == "dense"
+    conv(_input(conv))
+    assert len(measured) == 8
+
+
+def test_hnets_tune_again_and_the_report_flags_contended_layers(
+    tuning, monkeypatch, capsys
+) -> None:
+    from hnets.cli import main
+
+    _, measured = tuning
+    args = ["tune", "--width", "0.5", "--batch-size", "4", "--eval-batch-size", "8"]
+    _busy(monkeypatch, 99.0)
+    assert main(args) == 0
+    first = len(measured)
+    out = capsys.readouterr().out
+    layers = 2 * 6  # six harmonic layers after the first, training and inference
+    assert out.count("(contended)") == layers
+    assert f"{layers} of {layers} measured while other" in out
+    _busy(monkeypatch, 0.0)
+    assert main(args) == 0  # the same process measured them: kept
+    assert len(measured) == first and "(contended)" in capsys.readouterr().out
+    assert main([*args, "--again", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["layers"]
+    assert len(measured) == 2 * first and not any(r["contended"] for r in rows)
+    assert all(r["busy_elsewhere"] == 0.0 for r in rows)

@@ -56,7 +56,8 @@ def _register_tune(sub: argparse._SubParsersAction) -> None:
             "Time the eligible convolution schemes of a model's layers as training and "
             "inference call them, and store the fastest per layer signature in this "
             "machine's autotune cache (what impl='auto' reads; HNETS_AUTOTUNE=0 uses the "
-            "fixed table instead)."
+            "fixed table instead). Layers already in the cache keep their decision unless "
+            "it was measured while other processes kept the CPUs busy, or --again is given."
         ),
     )
     tune.add_argument("--model", default="hnet", help="hnet or cnn (default hnet)")
@@ -65,6 +66,11 @@ def _register_tune(sub: argparse._SubParsersAction) -> None:
     tune.add_argument("--batch-size", type=int, default=64, help="training batch (default 64)")
     tune.add_argument(
         "--eval-batch-size", type=int, default=500, help="inference batch (default 500)"
+    )
+    tune.add_argument(
+        "--again",
+        action="store_true",
+        help="measure every layer anew, replacing decisions already in the cache",
     )
     tune.add_argument("--json", action="store_true", help="print one JSON object")
     tune.set_defaults(handler=_tune)
@@ -172,7 +178,11 @@ def _tune(args: argparse.Namespace) -> int:
             options["width"] = args.width
         model = build_model(args.model, **options)
     rows = bench.tune_model(
-        model, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, image_shape=shape
+        model,
+        batch_size=args.batch_size,
+        eval_batch_size=args.eval_batch_size,
+        image_shape=shape,
+        again=args.again,
     )
     if args.json:
         print(json.dumps({"cache": str(dispatch.cache_path()), "layers": rows}, indent=2))
