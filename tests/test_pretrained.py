@@ -13,7 +13,7 @@ from hnets.cli import main
 from .conftest import FASHION_SOURCE as FASHION
 
 PRETRAINED = Path(__file__).resolve().parents[1] / "pretrained"
-NAMES = ["hnet-rotmnist", "cnn-rotmnist", "cnn-rotfashion"]
+NAMES = ["hnet-rotmnist", "cnn-rotmnist", "hnet-rotfashion", "cnn-rotfashion"]
 
 
 def _dataset_of(name: str) -> str:
