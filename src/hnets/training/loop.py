@@ -93,13 +93,20 @@ def train(
         raise ValueError("resume and overwrite exclude each other")
     world = World.start(config.device)
     try:
-        run = _set_up(
-            config, Path(out_dir), world, resume=resume, overwrite=overwrite, progress=progress
-        )
-        if run.finished is not None:  # nothing left to do: nothing read or written again
-            summary = run.finished if world.is_main else {}
+        finished = RunDir(Path(out_dir), config, world).finished_summary() if resume else None
+        if finished is not None:  # nothing left to do: nothing read or written again
+            summary = finished if world.is_main else {}
         else:
-            summary = _train(run)
+            summary = _train(
+                _set_up(
+                    config,
+                    Path(out_dir),
+                    world,
+                    resume=resume,
+                    overwrite=overwrite,
+                    progress=progress,
+                )
+            )
         world.barrier()
         return summary
     finally:
@@ -153,7 +160,6 @@ class _Run:
     steps_per_epoch: int
     progress: bool  # a line per epoch
     bars: bool  # progress bars (on a terminal, on rank 0)
-    finished: dict[str, Any] | None = None  # a resumed run with nothing left: its summary
 
 
 def _set_up(
@@ -178,11 +184,9 @@ def _set_up(
     dtype = amp_dtype(config, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     state = RunState()
-    finished = None
     if saved is not None:
         state = restore(saved, model, optimizer, scaler, rundir.checkpoint)
-        finished = rundir.finished_summary(state)
-        if world.is_main and finished is None:
+        if world.is_main:
             rundir.rewrite_outputs(data, state)
     net = _wrap(model, config, world)
     images, labels = data.train_tensors(device if config.num_workers == 0 else None)
@@ -204,7 +208,6 @@ def _set_up(
         steps_per_epoch=math.ceil(len(positions) / config.batch_size),
         progress=progress,
         bars=progress and world.is_main and sys.stderr.isatty(),
-        finished=finished,
     )
 
 

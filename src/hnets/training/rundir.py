@@ -175,16 +175,20 @@ class RunDir:
             save_model(model, self.path, extra=self._model_extra(data, run))
         append_line(self.path / METRICS_FILE, json.dumps(run.history[-1], sort_keys=True))
 
-    def finished_summary(self, run: RunState) -> dict[str, Any] | None:
-        """A resumed run with nothing left to do: its summary as written, else ``None``.
+    def finished_summary(self) -> dict[str, Any] | None:
+        """A run to resume with nothing left to do: its summary as written, else ``None``.
 
         So that rerunning a finished run's command (a job array retried, ``--plan``
-        lines run twice) neither reads the test split again nor rewrites anything. A
-        run whose test figures were left out (``test=False``) and are now asked for is
-        not finished.
+        lines run twice) reads no data and rewrites nothing: asked before anything is
+        loaded, from the checkpoint's settings (a run with other settings is refused
+        here, as :meth:`claim` would) and epoch count. A run whose test figures were
+        left out (``test=False``) and are now asked for is not finished.
         """
         path = self.path / SUMMARY_FILE
-        if run.epoch < self.config.epochs or not path.is_file():
+        if not path.is_file() or not self.checkpoint.is_file():
+            return None  # not finished, or not a run: claim() says what is wrong
+        saved = self._resumable([CHECKPOINT_FILE])
+        if int(saved["epoch"]) < self.config.epochs or saved.get("step_in_epoch"):
             return None
         summary = read_json(path)
         if self.config.test and summary.get("test_n") is None:
