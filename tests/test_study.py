@@ -226,6 +226,35 @@ def test_the_gap_is_cnn_minus_hnet_with_welchs_standard_error() -> None:
     assert "| rotmnist | 1,000 | 2.00% ± 0.20 | 3.50% ± 0.40 | +1.50 ± 0.26 | 3/3 |" in table
     assert "| rotmnist | 12,000 | 1.30% | 1.10% ± 0.10 | -0.20 | 1/2 |" in table
     assert "| rotfashion | 12,000 | — | 13.00% | — | 1 |" in table
+    assert "stand-in" not in table  # no run rows: nothing says which data they read
+    rows = [{"dataset": "rotmnist", "variant": "standin", "model": "cnn", "train_size": 1000,
+             "seed": 0, "epochs": 500, "params": 1, "valid_error": None, "test_error": 0.03,
+             "wall_seconds": 1.0, "threads": 1}]  # fmt: skip
+    assert "rotmnist: the stand-in, built from MNIST" in _markdown(rows, summary, [], (), gaps)
+
+
+def test_the_figure_ticks_every_size_of_a_panel_and_names_the_stand_in() -> None:
+    from hnets.study import StudyConfig, _error_vs_size_figure, _gaps
+
+    def entry(dataset, model, size, mean):
+        return {"dataset": dataset, "model": model, "train_size": size, "n_seeds": 1,
+                "mean_test_error": mean, "std_test_error": None}  # fmt: skip
+
+    summary = [
+        entry("rotmnist", "hnet", 1000, 0.045),
+        entry("rotmnist", "cnn", 1000, 0.045),
+        entry("rotmnist", "cnn", 2000, 0.037),  # no H-Net at 2,000 yet: no gap there
+        entry("rotmnist", "hnet", 12000, 0.013),
+        entry("rotmnist", "cnn", 12000, 0.021),
+        entry("rotfashion", "cnn", 12000, 0.13),
+    ]
+    config = StudyConfig(datasets=("rotmnist", "rotfashion"))
+    fig = _error_vs_size_figure(summary, _gaps(summary), config, standin={"rotmnist"})
+    (top_mnist, top_fashion), (bottom_mnist, bottom_fashion) = fig.axes[:2], fig.axes[2:]
+    assert top_mnist.get_title() == "Rot-MNIST (stand-in)"
+    assert "stand-in" not in top_fashion.get_title()
+    assert [t.get_text() for t in bottom_mnist.get_xticklabels()] == ["1,000", "2,000", "12,000"]
+    assert [t.get_text() for t in bottom_fashion.get_xticklabels()] == ["12,000"]
 
 
 def test_collect_with_nothing_finished_says_so(tmp_path: Path, capsys) -> None:

@@ -42,10 +42,10 @@ import csv
 import json
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._io import atomic_write, read_json, save_figure, write_json
 from .data.cache import resolve_data_dir
@@ -53,6 +53,9 @@ from .data.registry import DATASETS, get_dataset
 from .errors import HNetsError
 from .training.config import DEFAULT_EVAL_BLUR
 from .training.rundir import METRICS_FILE, SUMMARY_FILE
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "StudyConfig",
@@ -340,8 +343,9 @@ def collect_study(
         _write_csv(out_dir / "gap.csv", _GAP_FIELDS, gaps),
     ]
     if summary:
-        path = out_dir / "error_vs_size.png"
-        files.append(_plot_error_vs_size(summary, gaps, config, path))
+        standin = {r["dataset"] for r in rows if r["variant"] == "standin"}
+        figure = _error_vs_size_figure(summary, gaps, config, standin)
+        files.append(save_figure(figure, out_dir / "error_vs_size.png"))
     files += _upright_figures(plan, runs_dir, out_dir / "upright", data_dir, config.limit_eval)
     crisp = _crisp_rows(plan, runs_dir, data_dir, config.crisp_images, log)
     files.append(_write_csv(out_dir / "crisp.csv", _CRISP_FIELDS, crisp))
@@ -550,12 +554,14 @@ def _write_csv(path: Path, fields: Sequence[str], rows: Sequence[dict[str, Any]]
     return path
 
 
-def _plot_error_vs_size(
+def _error_vs_size_figure(
     summary: Sequence[dict[str, Any]],
     gaps: Sequence[dict[str, Any]],
     config: StudyConfig,
-    path: Path,
-) -> Path:
+    standin: Iterable[str] = (),
+) -> Figure:
+    """Test error vs training size per dataset (and the gap below); ``standin``: datasets
+    whose runs used a stand-in, which their panel titles say."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import NullLocator
 
@@ -585,12 +591,13 @@ def _plot_error_vs_size(
                 label=model,
             )
         ax.set_xscale("log")
-        sizes = {r["train_size"] for r in summary if r["dataset"] == dataset}
-        if len(sizes) == 1:  # one size (a quick study): a range around it, not a point
-            (size,) = sizes
+        panel_sizes = sorted({r["train_size"] for r in summary if r["dataset"] == dataset})
+        if len(panel_sizes) == 1:  # one size (a quick study): a range around it, not a point
+            (size,) = panel_sizes
             ax.set_xlim(size / 2, size * 2)
         ax.set_ylabel("test error (%), ± 1 sd")
-        ax.set_title(DATASETS[dataset].title)
+        title = DATASETS[dataset].title
+        ax.set_title(f"{title} (stand-in)" if dataset in standin else title)
         ax.grid(alpha=0.3, which="both")
         ax.legend()
         if rows == 2:
@@ -608,10 +615,10 @@ def _plot_error_vs_size(
             ax.set_ylabel("CNN − H-Net (points), ± 1 se")
             ax.grid(alpha=0.3, which="both")
         ax = axes[rows - 1][column]  # after every set_xscale (which resets the ticks)
-        ax.set_xticks(sorted(sizes), labels=[f"{n:,}" for n in sorted(sizes)])
+        ax.set_xticks(panel_sizes, labels=[f"{n:,}" for n in panel_sizes])
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlabel("training images")
-    return save_figure(fig, path)
+    return fig
 
 
 def _upright_figures(
@@ -754,6 +761,13 @@ def _markdown(
             "",
             "± after a test error: the standard deviation over seeds; after the gap: its "
             "standard error, sqrt(sd_h²/n_h + sd_c²/n_c).",
+        ]
+    standin = sorted({r["dataset"] for r in rows if r["variant"] == "standin"})
+    if standin:
+        lines += [
+            "",
+            f"{', '.join(standin)}: the stand-in, built from MNIST by the Rot-MNIST "
+            "protocol (not the published Rot-MNIST files).",
         ]
     lines += ["", _time_line(rows)]
     if missing:
