@@ -25,8 +25,8 @@ with fewer, larger calls): where the system says (Linux's ``/proc/stat``), the
 measurement also records how many CPUs other work kept busy meanwhile, and a decision
 made with fewer CPUs free than the process has threads is marked ``contended`` and
 measured again by the next process that needs it (once per process). A whole
-:class:`~hnets.models.HNetMNIST` (six layers, training and inference) tunes in a few
-seconds on two cores. ``HNETS_AUTOTUNE=0`` uses the fixed
+:class:`~hnets.models.HNetMNIST` (six layers, training and inference) tunes in about
+17 s on the developers' 2-core Xeon (``hnets tune``), once per machine. ``HNETS_AUTOTUNE=0`` uses the fixed
 table :func:`table_choice` instead (the test suite does, so that no result depends on
 timing); so do traced, compiled and exported graphs. Every scheme gives the same
 result up to float round-off (tested), so the choice changes speed only.
