@@ -15,21 +15,22 @@ and remembers it:
   atomically with what is on disk merged in: two processes tuning at once never
   leave a torn file, and a decision lost to their race is measured again next time.
 
-The candidates are timed interleaved (one untimed call each, then rounds A, B, C,
-A, B, C, ...: a slow moment of the machine then hits all of them alike), at least
+The candidates are timed interleaved (one untimed call each, then rounds A, B, C, A,
+B, C, ...: a slow moment of the machine then hits all of them alike), at least
 :data:`MIN_ROUNDS` rounds and more until :data:`BUDGET_S` seconds have passed or
-:data:`MAX_ROUNDS` rounds are done; each candidate's median counts. Interleaving
-evens out a machine that slows down for a moment, not one whose cores other
-processes keep busy (threads that wait for a descheduled sibling favour the schemes
-with fewer, larger calls): where the system says (Linux's ``/proc/stat``), the
-measurement also records how many CPUs other work kept busy meanwhile, and a decision
-made with fewer CPUs free than the process has threads is marked ``contended`` and
-measured again by the next process that needs it (once per process). A whole
+:data:`MAX_ROUNDS` rounds are done; each candidate's median counts. Interleaving evens
+out a machine that slows down for a moment, not one whose cores other processes keep
+busy (threads that wait for a descheduled sibling favour the schemes with fewer,
+larger calls): where the system says (Linux's ``/proc/stat``), the measurement also
+records how many CPUs other work kept busy meanwhile, and a decision made with fewer
+CPUs free than the process has threads is marked ``contended`` and measured again by
+the next process that needs it (once per process). A whole
 :class:`~hnets.models.HNetMNIST` (six layers, training and inference) tunes in about
-17 s on the developers' 2-core Xeon (``hnets tune``), once per machine. ``HNETS_AUTOTUNE=0`` uses the fixed
-table :func:`table_choice` instead (the test suite does, so that no result depends on
-timing); so do traced, compiled and exported graphs. Every scheme gives the same
-result up to float round-off (tested), so the choice changes speed only.
+17 s on the developers' 2-core Xeon (``hnets tune``), once per machine.
+``HNETS_AUTOTUNE=0`` uses the fixed table :func:`table_choice` instead (the test suite
+does, so that no result depends on timing); so do traced, compiled and exported
+graphs. Every scheme gives the same result up to float round-off (tested), so the
+choice changes speed only.
 """
 
 from __future__ import annotations
