@@ -343,8 +343,7 @@ def collect_study(
         _write_csv(out_dir / "gap.csv", _GAP_FIELDS, gaps),
     ]
     if summary:
-        standin = {r["dataset"] for r in rows if r["variant"] == "standin"}
-        figure = _error_vs_size_figure(summary, gaps, config, standin)
+        figure = _error_vs_size_figure(summary, gaps, config, _standin_datasets(rows))
         files.append(save_figure(figure, out_dir / "error_vs_size.png"))
     files += _upright_figures(plan, runs_dir, out_dir / "upright", data_dir, config.limit_eval)
     crisp = _crisp_rows(plan, runs_dir, data_dir, config.crisp_images, log)
@@ -552,6 +551,11 @@ def _write_csv(path: Path, fields: Sequence[str], rows: Sequence[dict[str, Any]]
         for row in rows:
             writer.writerow({k: "" if row[k] is None else row[k] for k in fields})
     return path
+
+
+def _standin_datasets(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The datasets whose runs read a stand-in (which figures and tables must say)."""
+    return sorted({r["dataset"] for r in rows if r["variant"] == "standin"})
 
 
 def _error_vs_size_figure(
@@ -762,7 +766,7 @@ def _markdown(
             "± after a test error: the standard deviation over seeds; after the gap: its "
             "standard error, sqrt(sd_h²/n_h + sd_c²/n_c).",
         ]
-    standin = sorted({r["dataset"] for r in rows if r["variant"] == "standin"})
+    standin = _standin_datasets(rows)
     if standin:
         lines += [
             "",
