@@ -296,3 +296,17 @@ def test_hnets_tune_again_and_the_report_flags_contended_layers(
     rows = json.loads(capsys.readouterr().out)["layers"]
     assert len(measured) == 2 * first and not any(r["contended"] for r in rows)
     assert all(r["busy_elsewhere"] == 0.0 for r in rows)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("training", [True, False])
+def test_a_timed_call_on_the_gpu_waits_for_the_gpu(monkeypatch, training) -> None:
+    # CUDA kernels run asynchronously: without a synchronize, a trial would time only
+    # the launches, and the dispatch would pick the scheme that launches fastest
+    conv = HConv2d(4, 4, 5, max_order=1).cuda().train(training)
+    images, _ = conv._prepare(_input(conv).cuda())
+    synced: list[torch.device] = []
+    real = torch.cuda.synchronize
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda d=None: (synced.append(d), real(d)))
+    conv._trial(images, "dense", training)
+    assert synced and synced[-1] == images.device

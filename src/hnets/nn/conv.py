@@ -384,13 +384,15 @@ class HConv2d(nn.Module):
                     NATIVE_SCHEMES[impl].products(x, weights, self.stride, self.padding)
                 else:
                     self._convolve(x, impl, weights)
-            return
-        with torch.enable_grad():
-            x.requires_grad_(images.requires_grad)
-            weights = [w.to(x.dtype) for w in self._synthesise(impl)]
-            out = self._convolve(x, impl, weights)
-            wrt = [t for t in (x, self.weight, self.phase) if t is not None and t.requires_grad]
-            torch.autograd.grad(out, wrt, torch.ones_like(out))
+        else:
+            with torch.enable_grad():
+                x.requires_grad_(images.requires_grad)
+                weights = [w.to(x.dtype) for w in self._synthesise(impl)]
+                out = self._convolve(x, impl, weights)
+                wrt = [t for t in (x, self.weight, self.phase) if t is not None and t.requires_grad]
+                torch.autograd.grad(out, wrt, torch.ones_like(out))
+        if x.is_cuda:  # the GPU runs asynchronously: the call is over when it is done
+            torch.cuda.synchronize(x.device)
 
     def _filters(self, impl: str) -> tuple[torch.Tensor, ...]:
         use_cache = (
