@@ -347,3 +347,46 @@ def test_result_rows_round_the_test_error_that_training_computed_as_one_minus_ac
     row = _result_row(run, summary)
     assert row["test_error"] == 0.04272 and row["valid_error"] == 0.036
     assert _result_row(run, {})["test_error"] is None  # a run without test figures
+
+
+def test_upright_figures_are_evaluated_again_only_when_their_runs_change(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import hnets.studies
+    from hnets.study import _upright_figures
+
+    plan = [r for r in plan_study(StudyConfig(datasets=("rotmnist",))) if r.variant == "upright"]
+    runs, out = tmp_path / "runs", tmp_path / "upright"
+    calls: list[list[str]] = []
+
+    def fake_study(done, *, out_dir, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        calls.append([Path(d).name for d in done])
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files = [out_dir / f"robustness.{ext}" for ext in ("json", "csv", "png")]
+        for f in files:
+            f.write_text(str(len(calls)))
+        return {"files": files}
+
+    monkeypatch.setattr(hnets.studies, "robustness_study", fake_study)
+    first, second = (runs / r.name for r in plan)
+    first.mkdir(parents=True)
+    (first / "summary.json").write_text('{"test_accuracy": 0.5}')
+
+    def collect(limit=None):  # noqa: ANN001, ANN202
+        return _upright_figures(plan, runs, out, None, limit)
+
+    files = collect()
+    assert calls == [[first.name]] and all(f.is_file() for f in files)
+    assert collect() == files and len(calls) == 1  # nothing changed: reused
+    second.mkdir()
+    (second / "summary.json").write_text('{"test_accuracy": 0.6}')
+    collect()
+    assert calls[-1] == [first.name, second.name]  # a run finished since
+    (first / "summary.json").write_text('{"test_accuracy": 0.7}')
+    collect()
+    assert len(calls) == 3  # a run was retrained
+    collect(limit=100)
+    assert len(calls) == 4  # other settings
+    (out / "rotmnist" / "robustness.png").unlink()
+    collect(limit=100)
+    assert len(calls) == 5  # an output went missing

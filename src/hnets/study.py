@@ -18,7 +18,9 @@ checkpoint), then :func:`collect_study` reads whatever runs have finished and wr
   one standard deviation, one panel per dataset, both models; below it the gap,
   error bars one standard error;
 * ``upright/``: the upright-train / rotated-test study's accuracy by the test
-  image's angle (:func:`hnets.studies.robustness_study` by stored angle);
+  image's angle (:func:`hnets.studies.robustness_study` by stored angle), with an
+  ``inputs.json`` saying what it was computed from: evaluated again only when an
+  upright run finished or changed since (or the settings did);
 * ``crisp.csv``: for every finished run on rotated data, accuracy on the first
   ``crisp_images`` test images as stored (rotated, bilinear) and on their unrotated
   originals turned by exact quarter turns (crisp inputs, as a user's own photo);
@@ -39,6 +41,7 @@ nothing at 1,000). The test split is read once per run, at its end.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import statistics
@@ -96,6 +99,9 @@ _CRISP_FIELDS = (
     "crisp_270",
 )
 _UPRIGHT_EPOCHS = 20  # as the README's upright Rot-MNIST runs
+_UPRIGHT_STEP = 30.0  # degrees per bin of the upright runs' accuracy-by-angle figures
+#: Beside each upright figure: what it was computed from (reused while that holds).
+UPRIGHT_INPUTS = "inputs.json"
 
 
 @dataclass(frozen=True)
@@ -643,17 +649,34 @@ def _upright_figures(
             and r.dataset == dataset
             and (runs_dir / r.name / SUMMARY_FILE).is_file()
         ]
-        if done:
-            result = robustness_study(
-                done,
-                step_degrees=30.0,
-                limit=limit,
-                data_dir=data_dir,
-                variant="upright",
-                out_dir=out_dir / dataset,
-                by_stored_angle=True,
-            )
-            files += result["files"]
+        if not done:
+            continue
+        target = out_dir / dataset
+        # evaluating each model on the whole rotated test set takes minutes: done again
+        # only when a run finished (or was retrained) since, or the settings changed
+        inputs = {
+            "runs": {d.name: hashlib.sha256((d / SUMMARY_FILE).read_bytes()).hexdigest()
+                     for d in done},
+            "step_degrees": _UPRIGHT_STEP,
+            "limit": limit,
+            "data_dir": None if data_dir is None else str(data_dir),
+        }  # fmt: skip
+        outputs = [target / f"robustness.{ext}" for ext in ("json", "csv", "png")]
+        stamp = target / UPRIGHT_INPUTS
+        if stamp.is_file() and read_json(stamp) == inputs and all(p.is_file() for p in outputs):
+            files += outputs
+            continue
+        result = robustness_study(
+            done,
+            step_degrees=_UPRIGHT_STEP,
+            limit=limit,
+            data_dir=data_dir,
+            variant="upright",
+            out_dir=target,
+            by_stored_angle=True,
+        )
+        write_json(stamp, inputs)
+        files += result["files"]
     return files
 
 
