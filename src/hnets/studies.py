@@ -213,6 +213,7 @@ def robustness_study(
     out_dir: Path = Path("robustness"),
     by_stored_angle: bool = False,
     dataset: str | None = None,
+    originals: bool = False,
 ) -> dict[str, Any]:
     """Run :func:`robustness_curve` for each checkpoint; write JSON, CSV and one figure.
 
@@ -221,10 +222,16 @@ def robustness_study(
     every checkpoint must predict the same classes. With ``by_stored_angle`` the
     test images are not rotated further: accuracy is binned by the rotation each
     image already has (:func:`accuracy_by_angle`; the variants built by hnets store
-    it), which is what a model trained on upright images should be judged by.
+    it), which is what a model trained on upright images should be judged by. With
+    ``originals`` the images rotated are the test images' unrotated originals
+    (:func:`protocol_originals_of`: crisp, as a photographed digit or garment would
+    be), so the curve starts from upright, un-resampled images.
     """
     if step_degrees <= 0 or step_degrees > 360:
         raise ValueError(f"--step must be in (0, 360] degrees; got {step_degrees}")
+    if originals and by_stored_angle:
+        raise ValueError("--originals rotates the unrotated originals, which have no stored "
+                         "angle: drop --by-stored-angle or --originals")  # fmt: skip
     models = [_load(checkpoint) for checkpoint in checkpoints]
     test = _test_images(models[0][0], dataset, variant, data_dir, limit)
     for (model, _), checkpoint in zip(models, checkpoints, strict=True):
@@ -234,6 +241,7 @@ def robustness_study(
         raise ValueError(
             f"the {test.variant} data stores no rotation angles: drop --by-stored-angle"
         )
+    images = protocol_originals_of(test) if originals else test.images
     curves: dict[str, list[float]] = {}
     counts: list[int] | None = None
     for checkpoint, (model, name) in zip(checkpoints, models, strict=True):
@@ -242,7 +250,7 @@ def robustness_study(
                 model, test.images, test.labels, test.angles, step_degrees
             )
         else:
-            accs = robustness_curve(model, test.images, test.labels, angles)
+            accs = robustness_curve(model, images, test.labels, angles)
         curves[_label(checkpoint, name)] = accs
     result = {
         "angles_degrees": angles,
@@ -250,7 +258,11 @@ def robustness_study(
         "data": str(test.root),
         "dataset": test.name,
         "variant": test.variant,
-        "mode": "by stored angle" if by_stored_angle else "extra rotation",
+        "mode": "by stored angle"
+        if by_stored_angle
+        else "rotation of the unrotated originals"
+        if originals
+        else "extra rotation",
         "images_per_angle": counts,
         "accuracy": curves,
     }
@@ -258,7 +270,7 @@ def robustness_study(
     files = [out_dir / "robustness.json", out_dir / "robustness.csv", out_dir / "robustness.png"]
     write_json(files[0], result)
     _write_robustness_csv(files[1], angles, curves)
-    _save_robustness_figure(files[2], angles, curves, test, by_stored_angle)
+    _save_robustness_figure(files[2], angles, curves, test, result["mode"])
     return {"result": result, "files": files, "table": _robustness_table(angles, curves)}
 
 
@@ -276,7 +288,7 @@ def _save_robustness_figure(
     angles: list[float],
     curves: dict[str, list[float]],
     test: Any,
-    by_stored_angle: bool,
+    mode: str,
 ) -> None:
     """Accuracy (%) against angle, one line per model, saved to ``path``."""
     from matplotlib.figure import Figure
@@ -286,9 +298,10 @@ def _save_robustness_figure(
     for label, accs in curves.items():
         ax.plot(angles, [100 * a for a in accs], "o-", label=label)
     ax.set_xlabel(
-        "rotation of the test image (degrees, bin centre)"
-        if by_stored_angle
-        else "extra rotation of every test image (degrees)"
+        {
+            "by stored angle": "rotation of the test image (degrees, bin centre)",
+            "extra rotation": "extra rotation of every test image (degrees)",
+        }.get(mode, "rotation of every unrotated test image (degrees)")
     )
     ax.set_ylabel("test accuracy (%)")
     ax.set_xticks(range(0, 361, 45))

@@ -123,3 +123,36 @@ def test_bench_refuses_counts_below_one(flag, capsys):
     assert main(["bench", "--only", "conv", flag, "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("hnets: error: ") and "at least 1" in err and err.count("\n") == 1
+
+
+def test_robustness_of_the_originals_rotates_the_crisp_upright_images(
+    checkpoints, data_env, tmp_path, monkeypatch, capsys
+):
+    from hnets import studies
+    from hnets.data import load_dataset
+
+    from ..conftest import MNIST_SOURCE
+
+    monkeypatch.setenv("HNETS_MNIST_DIR", str(MNIST_SOURCE.resolve()))
+    seen = []
+    real = studies.robustness_curve
+
+    def spy(model, images, labels, angles, **kwargs):
+        seen.append(images)
+        return real(model, images, labels, angles, **kwargs)
+
+    monkeypatch.setattr(studies, "robustness_curve", spy)
+    out_dir = tmp_path / "rob"
+    args = ["robustness", "--checkpoint", str(checkpoints["hnet"]), "--limit", "40"]
+    assert main([*args, "--step", "90", "--originals", "--out", str(out_dir)]) == 0
+    test = load_dataset("rotmnist", "test", limit=40)
+    originals = studies.protocol_originals_of(test)
+    assert torch.equal(seen[0], originals) and not torch.equal(originals, test.images)
+    result = json.loads((out_dir / "robustness.json").read_text())
+    assert result["mode"] == "rotation of the unrotated originals"
+    (curve,) = result["accuracy"].values()
+    assert len(set(curve)) == 1  # exact quarter turns of crisp images: the same predictions
+    capsys.readouterr()
+    assert main([*args, "--originals", "--by-stored-angle", "--out", str(out_dir)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "--originals" in err and len(err.splitlines()) == 1

@@ -115,6 +115,12 @@ def _register_robustness(sub: argparse._SubParsersAction) -> None:
         help="bin accuracy by each test image's own rotation (stand-in data) "
         "instead of rotating the images further",
     )
+    rob.add_argument(
+        "--originals",
+        action="store_true",
+        help="rotate the test images' unrotated originals (crisp, upright; datasets built "
+        "here by the rotation protocol, needs their idx files) instead of the stored images",
+    )
     rob.set_defaults(handler=_robustness)
 
 
@@ -221,6 +227,7 @@ def _robustness(args: argparse.Namespace) -> int:
         out_dir=Path(args.out),
         by_stored_angle=args.by_stored_angle,
         dataset=args.dataset,
+        originals=args.originals,
     )
     print(result["table"])
     print(f"wrote {', '.join(str(p) for p in result['files'])}", file=sys.stderr)
