@@ -307,7 +307,10 @@ def _save_robustness_figure(
     ax.set_xticks(range(0, 361, 45))
     ax.grid(alpha=0.3)
     ax.legend()
-    ax.set_title(f"{test.title} ({test.variant}), {len(test)} test images")
+    if mode == "rotation of the unrotated originals":
+        ax.set_title(f"{test.title}, the unrotated originals of {len(test)} test images")
+    else:
+        ax.set_title(f"{test.title} ({test.variant}), {len(test)} test images")
     save_figure(fig, path)
 
 
