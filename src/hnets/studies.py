@@ -203,6 +203,19 @@ def _label(checkpoint: str | Path, name: str) -> str:
     return f"{name} ({Path(checkpoint).name})"
 
 
+#: A robustness result's ``mode``: what was rotated, and how accuracy was binned.
+_EXTRA, _BY_STORED_ANGLE, _ORIGINALS = (
+    "extra rotation",
+    "by stored angle",
+    "rotation of the unrotated originals",
+)
+_X_LABELS = {
+    _EXTRA: "extra rotation of every test image (degrees)",
+    _BY_STORED_ANGLE: "rotation of the test image (degrees, bin centre)",
+    _ORIGINALS: "rotation of every unrotated test image (degrees)",
+}
+
+
 def robustness_study(
     checkpoints: Sequence[str | Path],
     *,
@@ -258,11 +271,7 @@ def robustness_study(
         "data": str(test.root),
         "dataset": test.name,
         "variant": test.variant,
-        "mode": "by stored angle"
-        if by_stored_angle
-        else "rotation of the unrotated originals"
-        if originals
-        else "extra rotation",
+        "mode": _BY_STORED_ANGLE if by_stored_angle else _ORIGINALS if originals else _EXTRA,
         "images_per_angle": counts,
         "accuracy": curves,
     }
@@ -297,17 +306,12 @@ def _save_robustness_figure(
     ax = fig.subplots()
     for label, accs in curves.items():
         ax.plot(angles, [100 * a for a in accs], "o-", label=label)
-    ax.set_xlabel(
-        {
-            "by stored angle": "rotation of the test image (degrees, bin centre)",
-            "extra rotation": "extra rotation of every test image (degrees)",
-        }.get(mode, "rotation of every unrotated test image (degrees)")
-    )
+    ax.set_xlabel(_X_LABELS[mode])
     ax.set_ylabel("test accuracy (%)")
     ax.set_xticks(range(0, 361, 45))
     ax.grid(alpha=0.3)
     ax.legend()
-    if mode == "rotation of the unrotated originals":
+    if mode == _ORIGINALS:
         ax.set_title(f"{test.title}, the unrotated originals of {len(test)} test images")
     else:
         ax.set_title(f"{test.title} ({test.variant}), {len(test)} test images")
