@@ -414,7 +414,7 @@ def equivariance_study(
     from matplotlib.figure import Figure
 
     if n_digits < 1:
-        raise ValueError(f"--digits must be >= 1; got {n_digits}")
+        raise ValueError(f"--images must be >= 1; got {n_digits}")
     model, name = _load(checkpoint)
     test = _test_images(model, dataset, variant, data_dir, n_digits)
     report = feature_equivariance(model, test.images, angles_degrees)
@@ -432,7 +432,7 @@ def equivariance_study(
     chosen = maps[1 + layer] if len(maps) > 1 else None
     fig = Figure(figsize=(8.0, 4.2), layout="constrained")
     axes = fig.subplots(2, 3)
-    titles = ["digit", f"layer {layer + 1} map", f"layer {layer + 1} map, turned back"]
+    titles = ["test image", f"layer {layer + 1} map", f"layer {layer + 1} map, turned back"]
     for row, (img, rot) in enumerate(((digit, 0.0), (turned, angle))):
         shown = img[0].permute(1, 2, 0).clamp(0, 1) if img.shape[1] == 3 else img[0, 0]
         axes[row, 0].imshow(shown.numpy(), cmap="gray")

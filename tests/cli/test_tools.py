@@ -78,7 +78,7 @@ def test_equivariance_report(checkpoints, data_env, tmp_path, capsys):
             "equivariance",
             "--checkpoint",
             str(checkpoints["hnet"]),
-            "--digits",
+            "--images",
             "2",
             "--angles",
             "90,30",
@@ -88,6 +88,7 @@ def test_equivariance_report(checkpoints, data_env, tmp_path, capsys):
     )
     assert code == 0
     report = json.loads((out_dir / "equivariance.json").read_text())
+    assert report["n_digits"] == 2
     assert report["logits"][0] < 1e-5 < report["logits"][1]
     assert (out_dir / "feature_maps.png").stat().st_size > 1000
 

@@ -128,7 +128,14 @@ def _register_equivariance(sub: argparse._SubParsersAction) -> None:
     """``hnets equivariance``: how logits and feature maps change under rotations."""
     eqv = sub.add_parser("equivariance", help="how logits and feature maps change under rotations")
     eqv.add_argument("--checkpoint", required=True)
-    eqv.add_argument("--digits", type=int, default=8, help="number of test digits")
+    eqv.add_argument(
+        "--images",
+        "--digits",
+        dest="images",
+        type=int,
+        default=8,
+        help="number of test images (--digits: the same)",
+    )
     eqv.add_argument("--angles", default="90,180,270,15,30,45", help="degrees, comma-separated")
     eqv.add_argument("--data-dir")
     eqv.add_argument("--dataset", help=_DATASET_HELP)
@@ -240,7 +247,7 @@ def _equivariance(args: argparse.Namespace) -> int:
     angles = [float(a) for a in args.angles.split(",") if a.strip()]
     result = equivariance_study(
         args.checkpoint,
-        n_digits=args.digits,
+        n_digits=args.images,
         angles_degrees=angles,
         data_dir=args.data_dir,
         variant=args.variant,
