@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -310,3 +311,31 @@ def test_a_timed_call_on_the_gpu_waits_for_the_gpu(monkeypatch, training) -> Non
     monkeypatch.setattr(torch.cuda, "synchronize", lambda d=None: (synced.append(d), real(d)))
     conv._trial(images, "dense", training)
     assert synced and synced[-1] == images.device
+
+
+def test_measuring_is_announced_once_per_process(tuning, caplog) -> None:
+    _, measured = tuning
+    caplog.set_level(logging.INFO, logger="hnets")
+    conv = HConv2d(4, 4, 5, max_order=1)
+    conv(_input(conv))
+    conv(_input(conv, batch=40))  # another signature: measured, not announced again
+    assert len(measured) == 8
+    notes = [r for r in caplog.records if r.levelno == logging.INFO]
+    assert len(notes) == 1 and "timing the convolution schemes" in notes[0].getMessage()
+    assert str(dispatch.cache_path()) in notes[0].getMessage()
+    caplog.clear()
+    conv(_input(conv))  # known: nothing measured, nothing said
+    assert not [r for r in caplog.records if r.levelno == logging.INFO]
+
+
+def test_the_command_line_shows_the_announcement_on_stderr(tuning, capsys) -> None:
+    from hnets.cli import main
+
+    args = ["tune", "--width", "0.5", "--batch-size", "4", "--eval-batch-size", "8"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert err.count("hnets: timing the convolution schemes") == 1
+    assert not logging.getLogger("hnets").handlers  # the command's handler is gone after it
+    dispatch.clear_memory()  # as a new process: the cache file answers, nothing to say
+    assert main(args) == 0
+    assert "timing the convolution" not in capsys.readouterr().err

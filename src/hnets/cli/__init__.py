@@ -10,9 +10,11 @@ non-zero exit; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from ..errors import HNetsError
 
@@ -43,7 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        result = args.handler(args)
+        with _library_messages():
+            result = args.handler(args)
     except KeyboardInterrupt:
         print("hnets: interrupted", file=sys.stderr)
         return 130
@@ -54,3 +57,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hnets: error: {message}", file=sys.stderr)
         return 2 if isinstance(exc, HNetsError) else 1
     return int(result or 0)
+
+
+@contextlib.contextmanager
+def _library_messages() -> Iterator[None]:
+    """Inside the block the library's INFO messages (``logging`` under ``hnets``) show
+    on stderr as ``hnets: ...``, written above any progress bar (tqdm's redirect).
+
+    A program that configured the ``hnets`` logger itself keeps its own handlers.
+    """
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    logger = logging.getLogger("hnets")
+    if logger.handlers:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("hnets: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with logging_redirect_tqdm(loggers=[logger]):
+            yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

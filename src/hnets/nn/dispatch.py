@@ -39,6 +39,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import math
 import os
 import platform
@@ -80,6 +81,8 @@ _memory: dict[str, dict[str, Any]] = {}
 _measured_here: set[str] = set()  # keys this process measured: final for it
 _remeasure_all = False  # inside remeasuring()
 _loaded_from: Path | None = None
+_announced = False  # the process said that it measures (once)
+_log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -193,6 +196,7 @@ def choose(key: str, candidates: Sequence[str], run: Callable[[str], Any]) -> st
         and (final or not (known.get("contended") or _remeasure_all))
     ):
         return str(known["choice"])
+    _announce()
     probe = _LoadProbe()
     times = _time(run, candidates)
     busy = probe.busy_elsewhere()
@@ -207,7 +211,20 @@ def choose(key: str, candidates: Sequence[str], run: Callable[[str], Any]) -> st
         _memory[key] = entry
         _measured_here.add(key)
         _save_disk({key: entry})
+    _log.debug("%s: %s (%s)", key, choice, ", ".join(f"{k} {v:.2e} s" for k, v in times.items()))
     return choice
+
+
+def _announce() -> None:
+    """Say once per process, at INFO, that the first calls are slower because they measure."""
+    global _announced
+    if not _announced:
+        _announced = True
+        _log.info(
+            "timing the convolution schemes on this machine (the first calls of each layer "
+            "shape are slower; once per machine, cached in %s; `hnets tune` does it ahead)",
+            cache_path(),
+        )
 
 
 def decisions() -> dict[str, dict[str, Any]]:
@@ -219,11 +236,12 @@ def decisions() -> dict[str, dict[str, Any]]:
 
 def clear_memory() -> None:
     """Forget the in-memory decisions (the file stays); the next lookup reads it again."""
-    global _loaded_from
+    global _loaded_from, _announced
     with _lock:
         _memory.clear()
         _measured_here.clear()
         _loaded_from = None
+        _announced = False
 
 
 def cache_path() -> Path:
