@@ -335,6 +335,7 @@ def test_the_command_line_shows_the_announcement_on_stderr(tuning, capsys) -> No
     assert main(args) == 0
     err = capsys.readouterr().err
     assert err.count("hnets: timing the convolution schemes") == 1
+    assert f"cache: {dispatch.cache_path()} (" in err and " s)" in err  # and how long it took
     assert not logging.getLogger("hnets").handlers  # the command's handler is gone after it
     dispatch.clear_memory()  # as a new process: the cache file answers, nothing to say
     assert main(args) == 0

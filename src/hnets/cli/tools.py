@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from ..errors import HNetsError
@@ -190,6 +191,7 @@ def _tune(args: argparse.Namespace) -> int:
         if args.width is not None:
             options["width"] = args.width
         model = build_model(args.model, **options)
+    start = time.perf_counter()
     rows = bench.tune_model(
         model,
         batch_size=args.batch_size,
@@ -201,7 +203,8 @@ def _tune(args: argparse.Namespace) -> int:
         print(json.dumps({"cache": str(dispatch.cache_path()), "layers": rows}, indent=2))
         return 0
     print(bench.format_tuning(rows) if rows else "no harmonic convolutions to tune")
-    print(f"cache: {dispatch.cache_path()}", file=sys.stderr)
+    took = time.perf_counter() - start
+    print(f"cache: {dispatch.cache_path()} ({took:.1f} s)", file=sys.stderr)
     return 0
 
 
