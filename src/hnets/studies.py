@@ -32,6 +32,7 @@ __all__ = [
     "robustness_curve",
     "accuracy_by_angle",
     "robustness_study",
+    "robustness_files",
     "feature_equivariance",
     "equivariance_study",
 ]
@@ -276,11 +277,16 @@ def robustness_study(
         "accuracy": curves,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = [out_dir / "robustness.json", out_dir / "robustness.csv", out_dir / "robustness.png"]
+    files = robustness_files(out_dir)
     write_json(files[0], result)
     _write_robustness_csv(files[1], angles, curves)
     _save_robustness_figure(files[2], angles, curves, test, result["mode"])
     return {"result": result, "files": files, "table": _robustness_table(angles, curves)}
+
+
+def robustness_files(out_dir: Path) -> list[Path]:
+    """What :func:`robustness_study` writes into ``out_dir``: its JSON, CSV and figure."""
+    return [out_dir / f"robustness.{ext}" for ext in ("json", "csv", "png")]
 
 
 def _write_robustness_csv(path: Path, angles: list[float], curves: dict[str, list[float]]) -> None:

@@ -41,7 +41,6 @@ nothing at 1,000). The test split is read once per run, at its end.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import statistics
@@ -50,7 +49,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._io import atomic_write, read_json, save_figure, write_json
+from ._io import atomic_write, file_digest, read_json, save_figure, write_json
 from .data.cache import resolve_data_dir
 from .data.registry import DATASETS, get_dataset
 from .errors import HNetsError
@@ -638,7 +637,7 @@ def _upright_figures(
     data_dir: str | Path | None,
     limit: int | None,
 ) -> list[Path]:
-    from .studies import robustness_study
+    from .studies import robustness_files, robustness_study
 
     files: list[Path] = []
     for dataset in dict.fromkeys(r.dataset for r in plan if r.variant == "upright"):
@@ -655,13 +654,12 @@ def _upright_figures(
         # evaluating each model on the whole rotated test set takes minutes: done again
         # only when a run finished (or was retrained) since, or the settings changed
         inputs = {
-            "runs": {d.name: hashlib.sha256((d / SUMMARY_FILE).read_bytes()).hexdigest()
-                     for d in done},
+            "runs": {d.name: file_digest(d / SUMMARY_FILE) for d in done},
             "step_degrees": _UPRIGHT_STEP,
             "limit": limit,
             "data_dir": None if data_dir is None else str(data_dir),
-        }  # fmt: skip
-        outputs = [target / f"robustness.{ext}" for ext in ("json", "csv", "png")]
+        }
+        outputs = robustness_files(target)
         stamp = target / UPRIGHT_INPUTS
         if stamp.is_file() and read_json(stamp) == inputs and all(p.is_file() for p in outputs):
             files += outputs
