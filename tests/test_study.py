@@ -362,7 +362,7 @@ def test_upright_figures_are_evaluated_again_only_when_their_runs_change(
     def fake_study(done, *, out_dir, **kwargs):  # noqa: ANN001, ANN003, ANN202
         calls.append([Path(d).name for d in done])
         out_dir.mkdir(parents=True, exist_ok=True)
-        files = [out_dir / f"robustness.{ext}" for ext in ("json", "csv", "png")]
+        files = hnets.studies.robustness_files(out_dir)
         for f in files:
             f.write_text(str(len(calls)))
         return {"files": files}
