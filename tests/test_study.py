@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import shlex
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +153,64 @@ def test_quick_study_end_to_end(tmp_path: Path, data_env: Path, monkeypatch, cap
     assert all(float(r["std_test_error"]) >= 0.0 for r in summary)
     gaps = list(csv.DictReader((out / "gap.csv").open()))
     assert all(float(g["gap_se_points"]) >= 0.0 for g in gaps)
+    # the run directories lost with a machine: the records under out/runs keep the study
+    records = sorted(p.name for p in (out / "runs").glob("*.json"))
+    assert records == sorted(f"{p.parent.name}.json" for p in runs.glob("*/summary.json"))
+    tables = {n: (out / n).read_text() for n in ("results.csv", "summary.csv", "crisp.csv")}
+    shutil.rmtree(runs)
+    again = [*args, "--seeds", "0,1", "--sizes", "100", "--no-upright"]
+    assert main([*again, "--collect"]) == 0
+    assert {n: (out / n).read_text() for n in tables} == tables
+    assert main([*args, "--seeds", "0", "--sizes", "100", "--collect"]) == 0  # upright too
+    assert "trained upright" in capsys.readouterr().out
+    assert (out / "upright" / "rotmnist" / "robustness.png").is_file()  # kept, not redrawn
+    assert main([*again, "--status"]) == 0
+    done = 2 * 2 * n_datasets  # seeds x models, the upright runs left out
+    assert f"{done} done, 0 partial, 0 not started" in capsys.readouterr().out
+    assert main(again) == 0  # trains nothing again
+    assert not runs.exists()
+    assert {n: (out / n).read_text() for n in tables} == tables
+
+
+def _write_record(out: Path, run, **changes) -> Path:  # noqa: ANN001
+    import json
+    from dataclasses import replace
+
+    path = out / "runs" / f"{run.name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result = {k: None for k in RESULT_FIELDS} | {
+        "dataset": run.dataset, "variant": run.variant, "model": run.model,
+        "train_size": run.train_size, "seed": run.seed, "test_error": 0.25, "wall_seconds": 1.0,
+    }  # fmt: skip
+    settings = replace(run, **changes).settings()
+    path.write_text(json.dumps({"settings": settings, "result": result, "crisp": None}))
+    return path
+
+
+def test_a_record_counts_only_for_the_run_it_was_made_with(tmp_path: Path) -> None:
+    from hnets.study import collect_study, read_records
+
+    config = StudyConfig.quick_config(datasets=("rotmnist",), seeds=(0,), sizes=(100,))
+    config = replace(config, upright=False)
+    hnet, cnn = plan_study(config)
+    _write_record(tmp_path, hnet)
+    _write_record(tmp_path, cnn, epochs=cnn.epochs + 1)  # another length rule's run
+    said: list[str] = []
+    assert list(read_records([hnet, cnn], tmp_path, said.append)) == [hnet.name]
+    assert len(said) == 1 and cnn.name in said[0] and "other settings" in said[0]
+    result = collect_study(config, tmp_path / "no-runs", tmp_path, log=said.append)
+    assert [r["model"] for r in result["rows"]] == ["hnet"] and result["missing"] == [cnn.name]
+    assert "| rotmnist | 100 | 25.00% | — |" in result["markdown"]
+
+
+def test_a_broken_record_is_one_error_naming_it(tmp_path: Path, capsys) -> None:
+    run = plan_study(StudyConfig.quick_config(datasets=("rotmnist",)))[0]
+    path = _write_record(tmp_path / "o", run)
+    path.write_text('{"settings": {}}')
+    args = ["study", "--quick", "--datasets", "rotmnist", "--runs", str(tmp_path / "r")]
+    assert main([*args, "--out", str(tmp_path / "o"), "--collect"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(path) in err[0] and "not a study record" in err[0]
 
 
 @pytest.mark.slow

@@ -25,7 +25,13 @@ checkpoint), then :func:`collect_study` reads whatever runs have finished and wr
   ``crisp_images`` test images as stored (rotated, bilinear) and on their unrotated
   originals turned by exact quarter turns (crisp inputs, as a user's own photo);
   computed once per run into its ``crisp.json``;
-* ``results.md``: the same tables in Markdown (also returned, for printing).
+* ``results.md``: the same tables in Markdown (also returned, for printing);
+* ``runs/<run name>.json``: each finished run's record (its row of ``results.csv``,
+  its crisp-input accuracies, and the run's settings). The run directories hold
+  checkpoints and live outside a work tree, so they can be lost with a machine; the
+  records sit beside the tables (in git, for ``docs/study``), and a run whose
+  directory is gone but whose record matches the plan counts as finished: collect
+  reads the record, and ``hnets study`` and ``--status`` do not train it again.
 
 Training length: the full size (train+valid, 12,000 images) uses the recipe's
 epochs (no validation: the last epoch is kept). A smaller size trains on a seeded,
@@ -45,7 +51,7 @@ import json
 import math
 import statistics
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,11 +69,13 @@ __all__ = [
     "StudyConfig",
     "StudyRun",
     "RESULT_FIELDS",
+    "RECORDS_DIR",
     "plan_study",
     "run_study",
     "collect_study",
     "study_status",
     "format_status",
+    "read_records",
 ]
 
 RESULT_FIELDS = (
@@ -101,6 +109,8 @@ _UPRIGHT_EPOCHS = 20  # as the README's upright Rot-MNIST runs
 _UPRIGHT_STEP = 30.0  # degrees per bin of the upright runs' accuracy-by-angle figures
 #: Beside each upright figure: what it was computed from (reused while that holds).
 UPRIGHT_INPUTS = "inputs.json"
+#: Under the study's output directory: one JSON record per finished run.
+RECORDS_DIR = "runs"
 
 
 @dataclass(frozen=True)
@@ -124,6 +134,10 @@ class StudyRun:
     def name(self) -> str:
         """The run directory's name."""
         return f"{self.dataset}-{self.variant}-{self.model}-n{self.train_size}-s{self.seed}"
+
+    def settings(self) -> dict[str, Any]:
+        """Every field, as a record stores it (a record is this run's only when they match)."""
+        return asdict(self)
 
     def argv(self, runs_dir: Path, data_dir: str | Path | None = None) -> list[str]:
         """The ``hnets`` arguments that train this run (``--resume``: idempotent)."""
@@ -284,11 +298,13 @@ def run_study(
     runs_dir: str | Path | None = None,
     *,
     data_dir: str | Path | None = None,
+    out_dir: str | Path | None = None,
     log: Any = print,
 ) -> list[StudyRun]:
     """Train every run of the plan that has not finished; return the runs trained now.
 
-    Finished runs (``summary.json`` present) are skipped; an interrupted one resumes.
+    Finished runs (``summary.json`` present, or a matching record under ``out_dir``:
+    see :func:`read_records`) are skipped; an interrupted one resumes.
     Each goes through ``hnets train`` itself (:func:`hnets.cli.main`), so it is the run
     :meth:`StudyRun.argv` describes.
     """
@@ -297,8 +313,9 @@ def run_study(
     runs_dir = default_runs_dir(config, data_dir) if runs_dir is None else Path(runs_dir)
     trained = []
     plan = plan_study(config)
+    recorded = read_records(plan, out_dir) if out_dir is not None else {}
     for i, run in enumerate(plan, 1):
-        if (runs_dir / run.name / SUMMARY_FILE).is_file():
+        if (runs_dir / run.name / SUMMARY_FILE).is_file() or run.name in recorded:
             continue
         log(f"[{i}/{len(plan)}] {run.name}")
         status = main(run.argv(runs_dir, data_dir))
@@ -332,11 +349,14 @@ def collect_study(
     runs_dir = default_runs_dir(config, data_dir) if runs_dir is None else Path(runs_dir)
     out_dir = Path(out_dir)
     plan = plan_study(config)
+    recorded = read_records(plan, out_dir, log)
     rows, missing = [], []
     for run in plan:
         path = runs_dir / run.name / SUMMARY_FILE
         if path.is_file():
             rows.append(_result_row(run, read_json(path)))
+        elif run.name in recorded:
+            rows.append(recorded[run.name]["result"])
         else:
             missing.append(run.name)
     summary = _summarise([r for r in rows if r["variant"] != "upright"])
@@ -351,8 +371,9 @@ def collect_study(
         figure = _error_vs_size_figure(summary, gaps, config, _standin_datasets(rows))
         files.append(save_figure(figure, out_dir / "error_vs_size.png"))
     files += _upright_figures(plan, runs_dir, out_dir / "upright", data_dir, config.limit_eval)
-    crisp = _crisp_rows(plan, runs_dir, data_dir, config.crisp_images, log)
+    crisp = _crisp_rows(plan, runs_dir, data_dir, config.crisp_images, log, recorded)
     files.append(_write_csv(out_dir / "crisp.csv", _CRISP_FIELDS, crisp))
+    files += _write_records(plan, runs_dir, out_dir)
     markdown = _markdown(rows, summary, missing, crisp, gaps)
     with atomic_write(out_dir / "results.md", "w") as fh:
         fh.write(markdown)
@@ -367,12 +388,17 @@ def collect_study(
     }
 
 
-def study_status(config: StudyConfig, runs_dir: str | Path | None = None) -> dict[str, Any]:
+def study_status(
+    config: StudyConfig,
+    runs_dir: str | Path | None = None,
+    out_dir: str | Path | None = None,
+) -> dict[str, Any]:
     """Where each planned run stands, and about how much compute is left.
 
-    Reads only the run directories' ``summary.json`` and ``metrics.jsonl`` (no data, no
-    model). A run is ``done`` (a summary), ``partial`` (epochs logged, no summary) or
-    ``not started``. The time left is an estimate at the speeds measured so far: per
+    Reads only the run directories' ``summary.json`` and ``metrics.jsonl`` and the
+    records under ``out_dir`` (no data, no model). A run is ``done`` (a summary, or a
+    matching record: see :func:`read_records`), ``partial`` (epochs logged, no summary)
+    or ``not started``. The time left is an estimate at the speeds measured so far: per
     model, the median wall seconds per training image over every epoch logged by any
     run of the plan (validation included where that epoch validated), times the
     images each run still has to train on. Runs of a model with no epoch logged yet
@@ -385,6 +411,7 @@ def study_status(config: StudyConfig, runs_dir: str | Path | None = None) -> dic
     """
     runs_dir = default_runs_dir(config) if runs_dir is None else Path(runs_dir)
     plan = plan_study(config)
+    recorded = read_records(plan, out_dir) if out_dir is not None else {}
     logged: dict[str, list[dict[str, Any]]] = {}
     per_image: dict[str, list[float]] = {}
     for run in plan:
@@ -397,7 +424,7 @@ def study_status(config: StudyConfig, runs_dir: str | Path | None = None) -> dic
     out, hours, unestimated = [], 0.0, 0
     for run in plan:
         rows = logged[run.name]
-        done = (runs_dir / run.name / SUMMARY_FILE).is_file()
+        done = (runs_dir / run.name / SUMMARY_FILE).is_file() or run.name in recorded
         epochs_done = run.epochs if done else len(rows)
         left = None
         if done:
@@ -648,9 +675,10 @@ def _upright_figures(
             and r.dataset == dataset
             and (runs_dir / r.name / SUMMARY_FILE).is_file()
         ]
-        if not done:
-            continue
         target = out_dir / dataset
+        if not done:  # their run directories are gone (records only): keep what was drawn
+            files += [p for p in robustness_files(target) if p.is_file()]
+            continue
         # evaluating each model on the whole rotated test set takes minutes: done again
         # only when a run finished (or was retrained) since, or the settings changed
         inputs = {
@@ -684,13 +712,20 @@ def _crisp_rows(
     data_dir: str | Path | None,
     n_images: int,
     log: Any = print,
+    recorded: dict[str, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Crisp-input accuracies of every finished rotated-data run (cached in ``crisp.json``)."""
+    """Crisp-input accuracies of every finished rotated-data run (cached in ``crisp.json``;
+    a run known only by its record: the record's)."""
     rows = []
     originals: dict[str, Any] = {}
     for run in plan:
         run_dir = runs_dir / run.name
-        if run.variant == "upright" or not (run_dir / SUMMARY_FILE).is_file():
+        if run.variant == "upright":
+            continue
+        if not (run_dir / SUMMARY_FILE).is_file():
+            record = (recorded or {}).get(run.name)
+            if record is not None and record.get("crisp") is not None:
+                rows.append(_crisp_row(run, record["crisp"]))
             continue
         cached = run_dir / "crisp.json"
         if not cached.is_file():
@@ -703,10 +738,58 @@ def _crisp_rows(
                 log(f"crisp-input check skipped for {run.name}: {originals[run.dataset]}")
                 continue
             write_json(cached, _crisp_of(run_dir, *originals[run.dataset]))
-        result = read_json(cached)
-        rows.append({"dataset": run.dataset, "model": run.model, "train_size": run.train_size,
-                     "seed": run.seed, **result})  # fmt: skip
+        rows.append(_crisp_row(run, read_json(cached)))
     return rows
+
+
+def _crisp_row(run: StudyRun, result: dict[str, Any]) -> dict[str, Any]:
+    return {"dataset": run.dataset, "model": run.model, "train_size": run.train_size,
+            "seed": run.seed, **result}  # fmt: skip
+
+
+def read_records(
+    plan: Sequence[StudyRun], out_dir: str | Path, log: Any = None
+) -> dict[str, dict[str, Any]]:
+    """The records under ``out_dir/runs`` that belong to runs of ``plan``, by run name.
+
+    A record counts only when its ``settings`` equal the planned run's (the same
+    dataset, size, seed, epochs, ...): one left by another plan is ignored, and ``log``
+    (when given) says so in one line. An unreadable record is an error naming it.
+    """
+    records_dir = Path(out_dir) / RECORDS_DIR
+    found = {}
+    for run in plan:
+        path = records_dir / f"{run.name}.json"
+        if not path.is_file():
+            continue
+        record = read_json(path)
+        if not isinstance(record, dict) or not isinstance(record.get("result"), dict):
+            raise HNetsError(f"{path}: not a study record (no 'result' table)")
+        if record.get("settings") != run.settings():
+            if log is not None:
+                log(f"{path}: recorded with other settings than this plan's; not used")
+            continue
+        found[run.name] = record
+    return found
+
+
+def _write_records(plan: Sequence[StudyRun], runs_dir: Path, out_dir: Path) -> list[Path]:
+    """A record for each run whose directory has finished (others keep theirs)."""
+    paths = []
+    for run in plan:
+        run_dir = runs_dir / run.name
+        if not (run_dir / SUMMARY_FILE).is_file():
+            continue
+        crisp = run_dir / "crisp.json"
+        record = {
+            "settings": run.settings(),
+            "result": _result_row(run, read_json(run_dir / SUMMARY_FILE)),
+            "crisp": read_json(crisp) if crisp.is_file() else None,
+        }
+        path = out_dir / RECORDS_DIR / f"{run.name}.json"
+        write_json(path, record)
+        paths.append(path)
+    return paths
 
 
 def _crisp_images(run: StudyRun, data_dir: str | Path | None, n: int) -> tuple[Any, Any, Any]:

@@ -22,7 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "interrupted one resumes), then writes results.csv, summary.csv, figures and "
             "results.md into --out. --plan prints the runs as command lines instead (for a "
             "job array or GNU parallel); --collect only builds the tables from the runs "
-            "that have finished; --status says where each run stands."
+            "that have finished; --status says where each run stands. A run recorded in "
+            "--out/runs/ (written by every collect) counts as finished even when its "
+            "directory is gone."
         ),
     )
     p.add_argument("--out", default="docs/study", help="tables and figures (default docs/study)")
@@ -57,13 +59,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--status",
         action="store_true",
         help="where each run stands and about how many process-hours are left (reads "
-        "the run directories only)",
+        "the run directories and --out's records only)",
     )
     p.set_defaults(handler=_study)
 
 
 def _study(args: argparse.Namespace) -> int:
     from ..study import (
+        RECORDS_DIR,
         StudyConfig,
         collect_study,
         default_runs_dir,
@@ -89,15 +92,26 @@ def _study(args: argparse.Namespace) -> int:
             print(shlex.join(["hnets", *run.argv(runs, args.data_dir)]))
         return 0
     if args.status:
-        print(format_status(study_status(config, runs)), end="")
+        print(format_status(study_status(config, runs, args.out)), end="")
         return 0
     if not args.collect:
-        run_study(config, runs, data_dir=args.data_dir, log=lambda m: print(m, file=sys.stderr))
+        run_study(
+            config,
+            runs,
+            data_dir=args.data_dir,
+            out_dir=args.out,
+            log=lambda m: print(m, file=sys.stderr),
+        )
     result = collect_study(
         config, runs, args.out, data_dir=args.data_dir, log=lambda m: print(m, file=sys.stderr)
     )
     print(result["markdown"], end="")
-    print(f"wrote {', '.join(str(p) for p in result['files'])}", file=sys.stderr)
+    records = Path(args.out) / RECORDS_DIR
+    files = [str(p) for p in result["files"] if p.parent != records]
+    n_records = len(result["files"]) - len(files)
+    if n_records:
+        files.append(f"{n_records} run records in {records}")
+    print(f"wrote {', '.join(files)}", file=sys.stderr)
     return 0
 
 
