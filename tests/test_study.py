@@ -450,3 +450,25 @@ def test_upright_figures_are_evaluated_again_only_when_their_runs_change(
     (out / "rotmnist" / "robustness.png").unlink()
     collect(limit=100)
     assert len(calls) == 5  # an output went missing
+
+
+def test_plan_pending_leaves_out_runs_finished_or_recorded(tmp_path: Path, capsys) -> None:
+    config = StudyConfig.quick_config(datasets=("rotmnist",), seeds=(0,), sizes=(100,))
+    hnet, cnn = plan_study(replace(config, upright=False))
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    args = ["study", "--quick", "--datasets", "rotmnist", "--seeds", "0", "--sizes", "100"]
+    args += ["--no-upright", "--runs", str(runs), "--out", str(out), "--plan"]
+
+    def planned() -> list[str]:
+        assert main([*args, "--pending"]) == 0
+        return [line.split("--out ")[1].split()[0] for line in capsys.readouterr().out.splitlines()]
+
+    assert planned() == [str(runs / hnet.name), str(runs / cnn.name)]
+    _write_record(out, hnet)
+    assert planned() == [str(runs / cnn.name)]
+    (runs / cnn.name).mkdir(parents=True)
+    (runs / cnn.name / "summary.json").write_text("{}")
+    assert planned() == []
+    assert main(args) == 0 and len(capsys.readouterr().out.splitlines()) == 2  # the whole plan
+    assert main([*args[:-1], "--pending"]) == 1
+    assert capsys.readouterr().err.strip() == "hnets: error: --pending goes with --plan"

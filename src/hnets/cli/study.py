@@ -61,6 +61,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="where each run stands and about how many process-hours are left (reads "
         "the run directories and --out's records only)",
     )
+    p.add_argument(
+        "--pending",
+        action="store_true",
+        help="with --plan: only the runs not finished yet (no summary in --runs, no record "
+        "in --out/runs/)",
+    )
     p.set_defaults(handler=_study)
 
 
@@ -72,9 +78,11 @@ def _study(args: argparse.Namespace) -> int:
         default_runs_dir,
         format_status,
         plan_study,
+        read_records,
         run_study,
         study_status,
     )
+    from ..training.rundir import SUMMARY_FILE
 
     config = StudyConfig.quick_config() if args.quick else StudyConfig()
     overrides = {
@@ -87,8 +95,18 @@ def _study(args: argparse.Namespace) -> int:
     }
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None}).check()
     runs = Path(args.runs) if args.runs else default_runs_dir(config, args.data_dir)
+    if args.pending and not args.plan:
+        raise ValueError("--pending goes with --plan")
     if args.plan:
-        for run in plan_study(config):
+        plan = plan_study(config)
+        if args.pending:
+            recorded = read_records(plan, args.out)
+            plan = [
+                r
+                for r in plan
+                if r.name not in recorded and not (runs / r.name / SUMMARY_FILE).is_file()
+            ]
+        for run in plan:
             print(shlex.join(["hnets", *run.argv(runs, args.data_dir)]))
         return 0
     if args.status:
