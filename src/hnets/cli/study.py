@@ -128,7 +128,7 @@ def _study(args: argparse.Namespace) -> int:
     files = [str(p) for p in result["files"] if p.parent != records]
     n_records = len(result["files"]) - len(files)
     if n_records:
-        files.append(f"{n_records} run records in {records}")
+        files.append(f"{n_records} run record{'s' * (n_records != 1)} in {records}")
     print(f"wrote {', '.join(files)}", file=sys.stderr)
     return 0
 
