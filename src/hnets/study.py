@@ -76,6 +76,7 @@ __all__ = [
     "study_status",
     "format_status",
     "read_records",
+    "pending_runs",
 ]
 
 RESULT_FIELDS = (
@@ -313,9 +314,9 @@ def run_study(
     runs_dir = default_runs_dir(config, data_dir) if runs_dir is None else Path(runs_dir)
     trained = []
     plan = plan_study(config)
-    recorded = read_records(plan, out_dir) if out_dir is not None else {}
+    pending = {r.name for r in pending_runs(plan, runs_dir, out_dir)}
     for i, run in enumerate(plan, 1):
-        if (runs_dir / run.name / SUMMARY_FILE).is_file() or run.name in recorded:
+        if run.name not in pending:
             continue
         log(f"[{i}/{len(plan)}] {run.name}")
         status = main(run.argv(runs_dir, data_dir))
@@ -325,6 +326,19 @@ def run_study(
             raise HNetsError(f"run {run.name} failed (exit {status}); rerun to resume it")
         trained.append(run)
     return trained
+
+
+def pending_runs(
+    plan: Sequence[StudyRun], runs_dir: Path, out_dir: str | Path | None = None
+) -> list[StudyRun]:
+    """The runs of ``plan`` not finished: no ``summary.json`` under ``runs_dir`` and no
+    matching record under ``out_dir`` (when given)."""
+    recorded = read_records(plan, out_dir) if out_dir is not None else {}
+    return [
+        r
+        for r in plan
+        if r.name not in recorded and not (runs_dir / r.name / SUMMARY_FILE).is_file()
+    ]
 
 
 def default_runs_dir(config: StudyConfig, data_dir: str | Path | None = None) -> Path:

@@ -77,12 +77,11 @@ def _study(args: argparse.Namespace) -> int:
         collect_study,
         default_runs_dir,
         format_status,
+        pending_runs,
         plan_study,
-        read_records,
         run_study,
         study_status,
     )
-    from ..training.rundir import SUMMARY_FILE
 
     config = StudyConfig.quick_config() if args.quick else StudyConfig()
     overrides = {
@@ -99,14 +98,7 @@ def _study(args: argparse.Namespace) -> int:
         raise ValueError("--pending goes with --plan")
     if args.plan:
         plan = plan_study(config)
-        if args.pending:
-            recorded = read_records(plan, args.out)
-            plan = [
-                r
-                for r in plan
-                if r.name not in recorded and not (runs / r.name / SUMMARY_FILE).is_file()
-            ]
-        for run in plan:
+        for run in pending_runs(plan, runs, args.out) if args.pending else plan:
             print(shlex.join(["hnets", *run.argv(runs, args.data_dir)]))
         return 0
     if args.status:
