@@ -433,7 +433,8 @@ def test_upright_figures_are_evaluated_again_only_when_their_runs_change(
     (first / "summary.json").write_text('{"test_accuracy": 0.5}')
 
     def collect(limit=None):  # noqa: ANN001, ANN202
-        return _upright_figures(plan, runs, out, None, limit)
+        finished = {r.name for r in plan if (runs / r.name / "summary.json").is_file()}
+        return _upright_figures(plan, runs, out, None, limit, finished)
 
     files = collect()
     assert calls == [[first.name]] and all(f.is_file() for f in files)
@@ -472,3 +473,43 @@ def test_plan_pending_leaves_out_runs_finished_or_recorded(tmp_path: Path, capsy
     assert main(args) == 0 and len(capsys.readouterr().out.splitlines()) == 2  # the whole plan
     assert main([*args[:-1], "--pending"]) == 1
     assert capsys.readouterr().err.strip() == "hnets: error: --pending goes with --plan"
+
+
+def test_a_run_that_finishes_while_collect_works_waits_for_the_next_collect(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Every table and record of one collect sees the same set of finished runs."""
+    import json
+
+    import hnets.study
+    from hnets.study import collect_study
+
+    config = replace(
+        StudyConfig.quick_config(datasets=("rotmnist",), seeds=(0,), sizes=(100,)), upright=False
+    )
+    hnet, cnn = plan_study(config)
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    crisp = {"n": 10, "rotated": 0.9, "crisp_0": 0.9, "crisp_90": 0.9, "crisp_180": 0.9,
+             "crisp_270": 0.9}  # fmt: skip
+    for run in (hnet, cnn):  # crisp.json present: collect evaluates no model
+        (runs / run.name).mkdir(parents=True)
+        (runs / run.name / "crisp.json").write_text(json.dumps(crisp))
+    summary = json.dumps({"test_error": 0.1, "wall_seconds": 1.0})
+    (runs / hnet.name / "summary.json").write_text(summary)
+    summarise = hnets.study._summarise
+
+    def cnn_finishes_meanwhile(rows):  # noqa: ANN001, ANN202
+        (runs / cnn.name / "summary.json").write_text(summary)
+        return summarise(rows)
+
+    monkeypatch.setattr(hnets.study, "_summarise", cnn_finishes_meanwhile)
+    result = collect_study(config, runs, out, log=lambda line: None)
+    assert [r["model"] for r in result["rows"]] == ["hnet"] and result["missing"] == [cnn.name]
+    crisp_rows = list(csv.DictReader((out / "crisp.csv").open()))
+    assert [r["model"] for r in crisp_rows] == ["hnet"]
+    assert [p.stem for p in (out / "runs").glob("*.json")] == [hnet.name]
+    monkeypatch.setattr(hnets.study, "_summarise", summarise)
+    result = collect_study(config, runs, out, log=lambda line: None)  # the next collect
+    assert [r["model"] for r in result["rows"]] == ["hnet", "cnn"] and result["missing"] == []
+    assert len(list(csv.DictReader((out / "crisp.csv").open()))) == 2
+    assert len(list((out / "runs").glob("*.json"))) == 2

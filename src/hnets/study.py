@@ -50,7 +50,7 @@ import csv
 import json
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -364,11 +364,16 @@ def collect_study(
     out_dir = Path(out_dir)
     plan = plan_study(config)
     recorded = read_records(plan, out_dir, log)
+    # which runs have finished is read once, here: a run that finishes while collect
+    # works (its crisp check takes minutes) waits for the next collect, instead of
+    # showing up in some tables and records but not in others
+    finished: dict[str, dict[str, Any]] = {}  # run name -> its results row
     rows, missing = [], []
     for run in plan:
         path = runs_dir / run.name / SUMMARY_FILE
         if path.is_file():
-            rows.append(_result_row(run, read_json(path)))
+            finished[run.name] = _result_row(run, read_json(path))
+            rows.append(finished[run.name])
         elif run.name in recorded:
             rows.append(recorded[run.name]["result"])
         else:
@@ -384,10 +389,12 @@ def collect_study(
     if summary:
         figure = _error_vs_size_figure(summary, gaps, config, _standin_datasets(rows))
         files.append(save_figure(figure, out_dir / "error_vs_size.png"))
-    files += _upright_figures(plan, runs_dir, out_dir / "upright", data_dir, config.limit_eval)
-    crisp = _crisp_rows(plan, runs_dir, data_dir, config.crisp_images, log, recorded)
+    files += _upright_figures(
+        plan, runs_dir, out_dir / "upright", data_dir, config.limit_eval, finished
+    )
+    crisp = _crisp_rows(plan, runs_dir, finished, data_dir, config.crisp_images, log, recorded)
     files.append(_write_csv(out_dir / "crisp.csv", _CRISP_FIELDS, crisp))
-    files += _write_records(plan, runs_dir, out_dir)
+    files += _write_records(plan, runs_dir, finished, out_dir)
     markdown = _markdown(rows, summary, missing, crisp, gaps)
     with atomic_write(out_dir / "results.md", "w") as fh:
         fh.write(markdown)
@@ -677,6 +684,7 @@ def _upright_figures(
     out_dir: Path,
     data_dir: str | Path | None,
     limit: int | None,
+    finished: Container[str],
 ) -> list[Path]:
     from .studies import robustness_files, robustness_study
 
@@ -685,9 +693,7 @@ def _upright_figures(
         done = [
             runs_dir / r.name
             for r in plan
-            if r.variant == "upright"
-            and r.dataset == dataset
-            and (runs_dir / r.name / SUMMARY_FILE).is_file()
+            if r.variant == "upright" and r.dataset == dataset and r.name in finished
         ]
         target = out_dir / dataset
         if not done:  # their run directories are gone (records only): keep what was drawn
@@ -723,6 +729,7 @@ def _upright_figures(
 def _crisp_rows(
     plan: Sequence[StudyRun],
     runs_dir: Path,
+    finished: Container[str],
     data_dir: str | Path | None,
     n_images: int,
     log: Any = print,
@@ -736,7 +743,7 @@ def _crisp_rows(
         run_dir = runs_dir / run.name
         if run.variant == "upright":
             continue
-        if not (run_dir / SUMMARY_FILE).is_file():
+        if run.name not in finished:
             record = (recorded or {}).get(run.name)
             if record is not None and record.get("crisp") is not None:
                 rows.append(_crisp_row(run, record["crisp"]))
@@ -787,17 +794,18 @@ def read_records(
     return found
 
 
-def _write_records(plan: Sequence[StudyRun], runs_dir: Path, out_dir: Path) -> list[Path]:
-    """A record for each run whose directory has finished (others keep theirs)."""
+def _write_records(
+    plan: Sequence[StudyRun], runs_dir: Path, finished: dict[str, dict[str, Any]], out_dir: Path
+) -> list[Path]:
+    """A record for each run of ``finished`` (run name -> results row); others keep theirs."""
     paths = []
     for run in plan:
-        run_dir = runs_dir / run.name
-        if not (run_dir / SUMMARY_FILE).is_file():
+        if run.name not in finished:
             continue
-        crisp = run_dir / "crisp.json"
+        crisp = runs_dir / run.name / "crisp.json"
         record = {
             "settings": run.settings(),
-            "result": _result_row(run, read_json(run_dir / SUMMARY_FILE)),
+            "result": finished[run.name],
             "crisp": read_json(crisp) if crisp.is_file() else None,
         }
         path = out_dir / RECORDS_DIR / f"{run.name}.json"
