@@ -432,7 +432,7 @@ def study_status(
     """
     runs_dir = default_runs_dir(config) if runs_dir is None else Path(runs_dir)
     plan = plan_study(config)
-    recorded = read_records(plan, out_dir) if out_dir is not None else {}
+    pending = {r.name for r in pending_runs(plan, runs_dir, out_dir)}
     logged: dict[str, list[dict[str, Any]]] = {}
     per_image: dict[str, list[float]] = {}
     for run in plan:
@@ -445,7 +445,7 @@ def study_status(
     out, hours, unestimated = [], 0.0, 0
     for run in plan:
         rows = logged[run.name]
-        done = (runs_dir / run.name / SUMMARY_FILE).is_file() or run.name in recorded
+        done = run.name not in pending
         epochs_done = run.epochs if done else len(rows)
         left = None
         if done:
