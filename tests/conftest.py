@@ -109,3 +109,12 @@ def malicious_pickles(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
     payloads = {"pickle": pickle.dumps(_Planted(marker)), "torch-zip": buffer.getvalue()}
     assert not marker.exists()
     return marker, payloads
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    """The one ``hnets: error: ...`` line a bad input printed (asserted: one line, no traceback)."""
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith("hnets: error: ") and "\n" not in err, err
+    assert "Traceback" not in captured.err
+    return err

@@ -74,11 +74,16 @@ def test_bad_study_settings_are_one_line(capsys) -> None:
         ["study", "--datasets", "nope", "--plan"],
         ["study", "--models", "mlp", "--plan"],
         ["study", "--sizes", "20000", "--plan"],
-        ["study", "--seeds", "a,b", "--plan"],
     ):
         assert main(args) in (1, 2), args
         err = capsys.readouterr().err.strip()
         assert err.startswith("hnets: error:") and "\n" not in err
+    for args in (["study", "--seeds", "a,b", "--plan"], ["study", "--sizes", "1000,", "--plan"]):
+        with pytest.raises(SystemExit) as info:  # argparse's type check, in the same format
+            main(args)
+        assert info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("hnets: error: argument --s") and "\n" not in err, err
 
 
 def test_stratified_subsets_keep_class_shares_and_follow_the_seed() -> None:

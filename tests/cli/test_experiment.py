@@ -17,7 +17,7 @@ from hnets.data import RotMNIST
 from hnets.errors import HNetsError
 from hnets.training import TrainConfig
 
-from ..conftest import MNIST_SOURCE
+from ..conftest import MNIST_SOURCE, one_error_line
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,14 +34,6 @@ QUICK = [
     "cpu",
     "--no-progress",
 ]
-
-
-def one_error_line(capsys) -> str:
-    captured = capsys.readouterr()
-    err = captured.err.strip()
-    assert err.startswith("hnets: error: ") and "\n" not in err, err
-    assert "Traceback" not in captured.err
-    return err
 
 
 def digit_png(path, index: int) -> str:
@@ -164,13 +156,12 @@ def test_bad_training_options_are_one_line(tmp_path, data_env, capsys, args, mes
     assert not out.exists()
 
 
-def test_model_channels_that_are_not_integers_are_an_argparse_error(capsys):
+def test_model_channels_that_are_not_integers_are_one_line(capsys):
     with pytest.raises(SystemExit) as info:
         main(["train", "--model-channels", "8,x,32"])
     assert info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.endswith("argument --model-channels: expected integers separated by commas, "
-                        "got '8,x,32'")  # fmt: skip
+    err = one_error_line(capsys)
+    assert "argument --model-channels: expected integers separated by commas, got '8,x,32'" in err
 
 
 def test_model_channels_place_the_width_and_are_saved_with_the_run(tmp_path, data_env, capsys):

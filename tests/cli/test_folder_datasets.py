@@ -25,6 +25,8 @@ from hnets.data import ImageDataset, RotMNIST
 from hnets.data.registry import FASHION_CLASSES
 from hnets.evaluation import evaluate
 
+from ..conftest import one_error_line
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 PRETRAINED = Path(__file__).resolve().parents[2] / "pretrained"
@@ -112,14 +114,6 @@ def data_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HNETS_DATA", str(home))
     monkeypatch.delenv("HNETS_MNIST_DIR", raising=False)
     return home
-
-
-def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
-    captured = capsys.readouterr()
-    err = captured.err.strip()
-    assert err.startswith("hnets: error: ") and "\n" not in err, err
-    assert "Traceback" not in captured.err
-    return err
 
 
 def folder_dirs(data_home: Path) -> list[Path]:

@@ -15,17 +15,18 @@ import importlib
 import logging
 import sys
 from collections.abc import Iterator, Sequence
+from typing import NoReturn
 
 from ..errors import HNetsError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "int_list"]
 
 _SUBCOMMAND_MODULES = ("data", "experiment", "study", "tools")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser, with every subcommand registered."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hnets",
         description="Harmonic Networks for PyTorch: data, training, evaluation and export.",
     )
@@ -37,6 +38,28 @@ def build_parser() -> argparse.ArgumentParser:
     for name in _SUBCOMMAND_MODULES:
         importlib.import_module(f"{__name__}.{name}").register(sub)
     return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the house format for a bad command line: one line, exit status 2.
+
+    argparse's own ``error`` prints the whole usage block above the message (dozens of
+    lines for ``hnets train``); here the message names the problem and where the flags
+    are listed. Subcommand parsers are of this class too (``add_subparsers`` uses the
+    parent's class).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"hnets: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
+def int_list(text: str) -> list[int]:
+    """``"8,20,40"`` -> ``[8, 20, 40]``: the argparse type of every comma-separated count."""
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        msg = f"expected integers separated by commas, got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

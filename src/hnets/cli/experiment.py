@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..training import DEFAULT_EVAL_BLUR, DEFAULT_MODEL_OPTIONS, DEVICES, TrainConfig
+from . import int_list
 
 __all__ = ["register"]
 
@@ -105,16 +106,6 @@ def _flag_help(f: dataclasses.Field) -> str:
     return text.replace("%", "%%")  # argparse formats help texts with %
 
 
-def _int_list(text: str) -> list[int]:
-    """``"8,20,40"`` -> ``[8, 20, 40]`` (an argparse type)."""
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        msg = f"expected integers separated by commas, got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
-    return values
-
-
 def _add_model_option_flags(p: argparse.ArgumentParser) -> None:
     """``--width``, ``--model-channels``, ``--max-order``, ``--eval-blur``: model options."""
     s = argparse.SUPPRESS
@@ -129,7 +120,7 @@ def _add_model_option_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model-channels",
         dest="model_channels",  # --channels is a folder dataset's image channels
-        type=_int_list,
+        type=int_list,
         default=s,
         metavar="C1,C2,...",
         help="channels per stage, times --width (pass --width 1 for exactly these): three "

@@ -8,6 +8,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from . import int_list
+
 __all__ = ["register"]
 
 
@@ -35,8 +37,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--datasets", help="comma-separated (default rotmnist,rotfashion)")
     p.add_argument("--models", help="comma-separated (default hnet,cnn)")
-    p.add_argument("--sizes", help="training sizes, comma-separated (default 1000,2000,5000,12000)")
-    p.add_argument("--seeds", help="comma-separated (default 0,1,2)")
+    p.add_argument(
+        "--sizes",
+        type=int_list,
+        help="training sizes, comma-separated (default 1000,2000,5000,12000)",
+    )
+    p.add_argument("--seeds", type=int_list, help="comma-separated (default 0,1,2)")
     p.add_argument(
         "--small-steps",
         type=int,
@@ -87,8 +93,8 @@ def _study(args: argparse.Namespace) -> int:
     overrides = {
         "datasets": _names(args.datasets),
         "models": _names(args.models),
-        "sizes": _numbers(args.sizes, "--sizes"),
-        "seeds": _numbers(args.seeds, "--seeds"),
+        "sizes": None if args.sizes is None else tuple(args.sizes),
+        "seeds": None if args.seeds is None else tuple(args.seeds),
         "small_steps": args.small_steps,
         "upright": args.upright,
     }
@@ -127,12 +133,3 @@ def _study(args: argparse.Namespace) -> int:
 
 def _names(text: str | None) -> tuple[str, ...] | None:
     return None if text is None else tuple(t.strip() for t in text.split(",") if t.strip())
-
-
-def _numbers(text: str | None, flag: str) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise ValueError(f"{flag}: expected comma-separated integers, got {text!r}") from None
