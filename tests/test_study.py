@@ -18,6 +18,7 @@ from hnets.errors import DataError, HNetsError
 from hnets.study import RESULT_FIELDS, StudyConfig, plan_study
 
 from .conftest import FASHION_SOURCE as FASHION
+from .conftest import one_error_line
 
 
 def test_the_plan_covers_the_grid_and_names_every_run() -> None:
@@ -76,14 +77,12 @@ def test_bad_study_settings_are_one_line(capsys) -> None:
         ["study", "--sizes", "20000", "--plan"],
     ):
         assert main(args) in (1, 2), args
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("hnets: error:") and "\n" not in err
+        one_error_line(capsys)
     for args in (["study", "--seeds", "a,b", "--plan"], ["study", "--sizes", "1000,", "--plan"]):
         with pytest.raises(SystemExit) as info:  # argparse's type check, in the same format
             main(args)
         assert info.value.code == 2
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("hnets: error: argument --s") and "\n" not in err, err
+        assert one_error_line(capsys).startswith("hnets: error: argument --s")
 
 
 def test_stratified_subsets_keep_class_shares_and_follow_the_seed() -> None:
