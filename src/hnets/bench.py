@@ -187,6 +187,12 @@ def compare_models(
     """
     x = torch.rand(batch, 1, 28, 28)
     y = torch.randint(0, 10, (batch,))
+    from .nn import dispatch
+
+    if dispatch.enabled():  # measure the dispatch first: the timed calls run its choices
+        for model in models.values():
+            if any(isinstance(m, HConv2d) for m in model.modules()):
+                tune_model(model, batch_size=batch, eval_batch_size=batch)
     optimisers = {
         k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in models.items()
     }
@@ -351,10 +357,12 @@ def tune_model(
 ) -> list[dict[str, object]]:
     """Measure ``model``'s convolutions as training and inference will call them.
 
-    One training step (forward and backward at ``batch_size``) and one inference
-    forward (at ``eval_batch_size``) with ``impl="auto"`` measuring
-    (:mod:`hnets.nn.dispatch`; forced on for the call), so the decisions are in the
-    cache before a run starts. Returns one row per ``HConv2d`` and mode: ``layer``,
+    Training steps (forward and backward at ``batch_size``), then inference forwards
+    (at ``eval_batch_size``), each until every layer's on-the-job trial has decided,
+    with ``impl="auto"`` measuring (:mod:`hnets.nn.dispatch`; forced on for the call),
+    so the decisions are in the cache before a run starts. The model's parameters and
+    buffers are as before (the steps update no parameter; the batch-norm statistics
+    they change are put back). Returns one row per ``HConv2d`` and mode: ``layer``,
     ``mode``, ``signature``, ``choice``, the candidates' ``seconds``, the CPUs other
     processes kept busy meanwhile (``busy_elsewhere``, ``None`` where the system does
     not say) and whether that made the measurement ``contended``. ``again``: measure
@@ -364,16 +372,22 @@ def tune_model(
 
     rows: list[dict[str, object]] = []
     remeasure = dispatch.remeasuring() if again else contextlib.nullcontext()
+    state = copy.deepcopy(model.state_dict())  # batch-norm statistics of random images
     with dispatch.autotuning(True), remeasure:
         for mode, batch in (("train", batch_size), ("infer", eval_batch_size)):
             x = torch.rand(batch, *image_shape)
             model.train(mode == "train")
-            if mode == "train":
-                model(x).sum().backward()
-                model.zero_grad(set_to_none=True)
-            else:
-                with torch.inference_mode():
-                    model(x)
+            # the layers measure on the job: call until every one has decided (at most
+            # every candidate's untimed call and MAX_ROUNDS timed ones)
+            for _ in range(len(SCHEMES) * (dispatch.MAX_ROUNDS + 1)):
+                if mode == "train":
+                    model(x).sum().backward()
+                    model.zero_grad(set_to_none=True)
+                else:
+                    with torch.inference_mode():
+                        model(x)
+                if not dispatch.open_trials():
+                    break
             known = dispatch.decisions()
             for name, layer in model.named_modules():
                 if isinstance(layer, HConv2d) and layer.last_choice is not None:
@@ -384,13 +398,14 @@ def tune_model(
                             "layer": name,
                             "mode": mode,
                             "signature": key,
-                            "choice": choice,
+                            "choice": entry.get("choice", choice),
                             "seconds": entry.get("seconds", {}),
                             "busy_elsewhere": entry.get("busy_elsewhere"),
                             "contended": bool(entry.get("contended")),
                         }  # fmt: skip
                     )
                     layer.last_choice = None
+    model.load_state_dict(state)
     model.eval()
     return rows
 

@@ -23,7 +23,11 @@ needs_compiler = pytest.mark.skipif(build._compiler() is None, reason="needs a C
 
 @pytest.fixture
 def tuning(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    """Autotune on, a private cache, and a fake clock: ``times[name]`` seconds per scheme."""
+    """Autotune on, a private cache, and a fake clock: ``times[name]`` seconds per scheme.
+
+    ``measured`` lists the candidates timed: once per decision in training (separate
+    calls), once per real call in inference (on the job).
+    """
     monkeypatch.setenv("HNETS_AUTOTUNE", "1")
     monkeypatch.setenv("HNETS_CACHE_DIR", str(tmp_path / "cache"))
     dispatch.clear_memory()
@@ -36,13 +40,19 @@ def tuning(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
             measured.append(name)
         return {name: times[name] for name in candidates}
 
+    def fake_elapsed(ticket):  # noqa: ANN001, ANN202 - an inference call timed on the job
+        measured.append(ticket.name)
+        return times[ticket.name]
+
     monkeypatch.setattr(dispatch, "_time", fake_time)
+    monkeypatch.setattr(dispatch, "_elapsed", fake_elapsed)
     _busy(monkeypatch, 0.0)  # a quiet machine, whatever else runs beside the tests
     yield times, measured
     dispatch.clear_memory()
 
 
 _REAL_PROBE = dispatch._LoadProbe.busy_elsewhere
+_REAL_ELAPSED = dispatch._elapsed
 
 
 def _busy(monkeypatch: pytest.MonkeyPatch, cpus: float | None) -> None:
@@ -71,23 +81,139 @@ def test_the_fastest_candidate_wins_and_is_remembered(tuning) -> None:
     assert len(measured) == 4 and conv.last_choice[1] == "karatsuba"
 
 
+def _infer_until_decided(module: torch.nn.Module, z: torch.Tensor) -> int:
+    """Inference calls of ``module`` on ``z`` until no trial is open; how many it took."""
+    with torch.no_grad():
+        for calls in range(1, 100):
+            module(z)
+            if not dispatch.open_trials():
+                return calls
+    raise AssertionError("the on-the-job trial never decided")
+
+
 def test_signatures_separate_training_inference_and_batch_buckets(tuning) -> None:
     times, measured = tuning
     conv = HConv2d(4, 4, 5, max_order=2)  # orders 0..2: no Karatsuba
     conv(_input(conv, batch=3))
     assert sorted(measured) == ["dense", "dense-nchw", "gauss"]
+    calls = _infer_until_decided(conv, _input(conv, batch=3))
+    assert "infer" in conv.last_choice[0] and len(dispatch.decisions()) == 2
+    assert calls == 3 * (1 + dispatch.MIN_ROUNDS)  # fake times of seconds: over budget
+    before = len(measured)
+    assert _infer_until_decided(conv, _input(conv, batch=4)) == 1  # same bucket as 3
+    assert len(measured) == before
+    _infer_until_decided(conv, _input(conv, batch=5))  # bucket 8
+    assert len(measured) > before and len(dispatch.decisions()) == 3
+
+
+def test_inference_measures_on_the_job_in_interleaved_rounds(tuning) -> None:
+    times, measured = tuning
+    conv = HConv2d(4, 4, 5, max_order=1)
+    torch.manual_seed(0)
+    z = _input(conv)
+    ref = HConv2d(4, 4, 5, max_order=1, impl="dense")
+    ref.load_state_dict(conv.state_dict())
+    expected = ref(z)
+    run: list[str] = []
     with torch.no_grad():
-        conv(_input(conv, batch=3))
-    assert "infer" in conv.last_choice[0] and len(measured) == 6
-    conv(_input(conv, batch=4))  # same bucket as 3
-    assert len(measured) == 6
-    conv(_input(conv, batch=5))  # bucket 8
-    assert len(measured) == 9 and len(dispatch.decisions()) == 3
+        while True:
+            out = conv(z)  # every call of the trial is a real one: its output counts
+            run.append(conv.last_choice[1])
+            torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+            if not dispatch.open_trials():
+                break
+    candidates = ["dense", "dense-nchw", "gauss", "karatsuba"]
+    assert run == candidates * (1 + dispatch.MIN_ROUNDS)  # round robin, first calls untimed
+    assert measured[: len(candidates)] == candidates  # the untimed calls ended too
+    key = conv.last_choice[0]
+    entry = json.loads(dispatch.cache_path().read_text())["decisions"][key]
+    assert entry["choice"] == "karatsuba" and entry["seconds"] == times
+    assert entry["busy_elsewhere"] == 0.0 and "contended" not in entry
+    with torch.no_grad():
+        conv(z)
+    assert conv.last_choice[1] == "karatsuba" and len(run) == len(measured)
+
+
+def test_fast_calls_are_timed_until_the_budget_or_max_rounds(tuning) -> None:
+    times, _ = tuning
+    times.update({k: dispatch.BUDGET_S / 100 for k in times})  # far below the budget
+    conv = HConv2d(4, 4, 5, max_order=1)
+    calls = _infer_until_decided(conv, _input(conv))
+    assert calls == 4 * (1 + dispatch.MAX_ROUNDS)
+    times.update({k: dispatch.BUDGET_S / 18 for k in times})  # 5 rounds of 4 reach it
+    conv = HConv2d(4, 4, 5, max_order=1)
+    calls = _infer_until_decided(conv, _input(conv, batch=9))
+    assert calls == 4 * (1 + 5)
+
+
+def test_a_call_that_fails_goes_untimed_and_its_candidate_runs_again(tuning, monkeypatch) -> None:
+    from hnets.nn import HBatchNorm, HBlock, HNonLinearity
+    from hnets.nn import block as block_module
+
+    times, measured = tuning
+    conv = HConv2d(4, 4, 5, max_order=1)
+    block = HBlock(conv, HNonLinearity(4, 1), HBatchNorm(4, 1)).eval()
+    z = _input(conv)
+    with torch.no_grad():
+        block(z)  # dense: its untimed call
+    real = block_module.HF.batch_norm_magnitude_relu
+
+    def fail(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - after the scheme was chosen
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(block_module.HF, "batch_norm_magnitude_relu", fail)
+    with pytest.raises(RuntimeError, match="out of memory"), torch.no_grad():
+        block(z)  # dense-nchw (not native: convolution, then the fused PyTorch path)
+    assert conv.last_choice[1] == "dense-nchw" and conv._ticket is None
+    assert measured == ["dense"]  # the failed call recorded nothing
+    monkeypatch.setattr(block_module.HF, "batch_norm_magnitude_relu", real)
+    with torch.no_grad():
+        block(z)
+    assert conv.last_choice[1] == "dense-nchw"  # made again
+    calls = _infer_until_decided(block, z)
+    assert 2 + calls == 4 * (1 + dispatch.MIN_ROUNDS)
+    assert dispatch.decisions()[conv.last_choice[0]]["choice"] == "karatsuba"
+
+
+def test_a_block_times_the_fused_work_its_scheme_leads_to(tuning, monkeypatch) -> None:
+    """In a fused block the convolution's trial spans the nonlinearity and pooling that
+    read its products: one timed call per block call, ended after the block's output."""
+    from hnets.nn import HBlock, HNonLinearity
+    from hnets.nn import block as block_module
+
+    times, measured = tuning
+    events: list[str] = []
+    real_elapsed = dispatch._elapsed
+    monkeypatch.setattr(
+        dispatch, "_elapsed", lambda t: (events.append("end " + t.name), real_elapsed(t))[1]
+    )
+    for fn in ("relu_of_products",):
+        real = getattr(block_module, fn)
+        monkeypatch.setattr(
+            block_module, fn, lambda *a, _r=real, _n=fn, **k: (events.append(_n), _r(*a, **k))[1]
+        )
+    real_relu = block_module.HF.magnitude_relu
+    monkeypatch.setattr(
+        block_module.HF,
+        "magnitude_relu",
+        lambda *a, **k: (events.append("magnitude_relu"), real_relu(*a, **k))[1],
+    )
+    block = HBlock(HConv2d(4, 4, 5, max_order=1), HNonLinearity(4, 1), pool=2).eval()
+    calls = _infer_until_decided(block, _input(block.conv))
+    ends = [e for e in events if e.startswith("end ")]
+    assert len(ends) == calls  # one timed call per block call
+    assert "unmerged" in block.conv.last_choice[0]
+    for i, event in enumerate(events):
+        if event.startswith("end "):
+            assert i > 0 and not events[i - 1].startswith("end ")  # after the nonlinearity
+    assert len(measured) == calls
 
 
 @pytest.mark.parametrize("winner", ["dense", "dense-nchw", "gauss", "karatsuba"])
 def test_every_choice_gives_the_same_outputs_and_gradients(tuning, winner) -> None:
-    times, _ = tuning
+    """Training measures on the job: every call of the trial, whichever candidate it
+    runs, gives the reference's output and gradients; then the winner runs."""
+    times, measured = tuning
     for name in times:
         times[name] = 0.0 if name == winner else 1.0
     torch.manual_seed(0)
@@ -95,15 +221,72 @@ def test_every_choice_gives_the_same_outputs_and_gradients(tuning, winner) -> No
     ref = HConv2d(4, 6, 5, max_order=1, impl="dense")
     ref.load_state_dict(auto.state_dict())
     z = _input(auto).requires_grad_()
-    out = auto(z)
-    assert auto.last_choice[1] == winner
-    grads = torch.autograd.grad(out.square().sum(), [z, auto.weight])
     expected = ref(z)
     ref_grads = torch.autograd.grad(expected.square().sum(), [z, ref.weight])
-    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
-    for a, b in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
-    assert auto.weight.grad is None  # timing the candidates left no gradient behind
+    ran: list[str] = []
+    for _ in range(2 * 4 * (1 + dispatch.MIN_ROUNDS)):
+        out = auto(z)
+        ran.append(auto.last_choice[1])
+        grads = torch.autograd.grad(out.square().sum(), [z, auto.weight])
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
+        for a, b in zip(grads, ref_grads, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+    assert not dispatch.open_trials() and "train" in auto.last_choice[0]
+    assert set(ran) == set(times) and ran[-4:] == [winner] * 4
+    assert len(measured) == 4 * (1 + dispatch.MIN_ROUNDS)  # one timed backward per call
+    assert auto.weight.grad is None  # nothing left behind
+
+
+def _ticking(clock: list[float], seconds: float):  # noqa: ANN202
+    """An identity that advances the fake ``clock`` by ``seconds`` in forward and backward."""
+
+    class Tick(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):  # noqa: ANN001, ANN205
+            clock[0] += seconds
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):  # noqa: ANN001, ANN205
+            clock[0] += seconds
+            return grad
+
+    return Tick.apply
+
+
+def test_a_training_call_is_timed_through_its_backward(tuning, monkeypatch) -> None:
+    """A training call's trial spans its forward and its backward from the output's
+    gradient to the input's, the filter synthesis's backward included, nothing else
+    (autograd runs the synthesis's backward before the input's producer)."""
+    clock = [0.0]
+    monkeypatch.setattr(dispatch, "_elapsed", _REAL_ELAPSED)
+    monkeypatch.setattr(dispatch, "_now", lambda: clock[0])
+    conv = HConv2d(4, 4, 5, max_order=1)
+    real = conv._synthesise
+    monkeypatch.setattr(
+        conv, "_synthesise", lambda impl: tuple(_ticking(clock, 1.0)(w) for w in real(impl))
+    )
+    z = _ticking(clock, 100.0)(_input(conv).requires_grad_())  # before the layer
+    for _ in range(4 + 3):  # the untimed calls, then dense, dense-nchw and gauss timed
+        out = conv(z)
+        _ticking(clock, 1000.0)(out).sum().backward()  # after the layer
+    trial = dispatch._trials[conv.last_choice[0]]
+    assert conv.last_choice[1] == "gauss" and len(trial.warm) == 4
+    # the synthesis of 1 (dense) or 3 (Gauss) banks, forward and backward; the
+    # convolution itself takes no time on this clock
+    assert trial.samples == {"dense": [2.0], "dense-nchw": [2.0], "gauss": [6.0], "karatsuba": []}
+
+
+def test_training_calls_whose_backward_never_runs_fall_back_to_separate_calls(tuning) -> None:
+    times, measured = tuning
+    conv = HConv2d(4, 4, 5, max_order=1)
+    z = _input(conv).requires_grad_()
+    for _ in range(dispatch.STALLED_ROUNDS * 4):
+        conv(z)  # a forward with autograd recording, never a backward
+    assert dispatch.open_trials() and not measured
+    conv(z)
+    assert not dispatch.open_trials() and sorted(measured) == sorted(times)
+    assert conv.last_choice[1] == "karatsuba"
 
 
 def test_the_fixed_table_is_used_without_measuring(monkeypatch, tmp_path) -> None:
@@ -301,16 +484,22 @@ def test_hnets_tune_again_and_the_report_flags_contended_layers(
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("training", [True, False])
-def test_a_timed_call_on_the_gpu_waits_for_the_gpu(monkeypatch, training) -> None:
+def test_a_timed_call_on_the_gpu_waits_for_the_gpu(tuning, monkeypatch, training) -> None:
     # CUDA kernels run asynchronously: without a synchronize, a trial would time only
     # the launches, and the dispatch would pick the scheme that launches fastest
-    conv = HConv2d(4, 4, 5, max_order=1).cuda().train(training)
-    images, _ = conv._prepare(_input(conv).cuda())
+    conv = HConv2d(4, 4, 5, max_order=1).cuda()
     synced: list[torch.device] = []
     real = torch.cuda.synchronize
     monkeypatch.setattr(torch.cuda, "synchronize", lambda d=None: (synced.append(d), real(d)))
-    conv._trial(images, "dense", training)
-    assert synced and synced[-1] == images.device
+    z = _input(conv).cuda()
+    if training:
+        images, _ = conv._prepare(z)
+        conv._trial(images, "dense")
+    else:  # on the job: before the timed call (earlier work is not its) and after it
+        with torch.no_grad():
+            conv(z)
+        assert len(synced) == 2
+    assert synced and all(d == z.device for d in synced)
 
 
 def test_measuring_is_announced_once_per_process(tuning, caplog) -> None:

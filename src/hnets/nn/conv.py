@@ -8,7 +8,10 @@ helpers in :mod:`hnets.nn.synthesis`.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -173,7 +176,11 @@ class HConv2d(nn.Module):
         #: Set by a module that, in inference, reads :meth:`unmerged_products` instead of
         #: the output (the merge is then fused into what follows): measured that way.
         self.reads_unmerged = False
-        self._cache: tuple[tuple, tuple[torch.Tensor, ...]] | None = None
+        # inference filters per scheme: key (scheme, versions, ...) -> banks (see _filters)
+        self._cache: dict[str, tuple[tuple, tuple[torch.Tensor, ...]]] = {}
+        self._ticket: dispatch.Ticket | None = None  # an inference call being timed
+        self._held = False  # inside timed_as_one(): the caller ends the timed call
+        self._train_ticket: dispatch.Ticket | None = None  # handed from _choose_impl to forward
         self._layouts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # see _layout
         self.reset_parameters()
 
@@ -209,15 +216,15 @@ class HConv2d(nn.Module):
                 self.phase.uniform_(0.0, 2.0 * math.pi)
             if self.bias is not None:
                 self.bias.zero_()
-        self._cache = None
+        self._cache = {}
 
     def train(self, mode: bool = True) -> HConv2d:
         if mode != self.training:  # model.eval() on an eval model keeps the cached filter
-            self._cache = None
+            self._cache = {}
         return super().train(mode)
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001 - torch's own signature
-        self._cache = None
+        self._cache = {}
         self._layouts = {}
         return super()._apply(fn, recurse)
 
@@ -364,33 +371,53 @@ class HConv2d(nn.Module):
             training=training,
         ) + (" unmerged" if self.reads_unmerged and not training else "")
         candidates = [s for s in SCHEMES if s != "karatsuba" or self.karatsuba_map is not None]
-        choice = dispatch.choose(key, candidates, lambda impl: self._trial(images, impl, training))
+        run = functools.partial(self._trial, images)
+        if training and images.requires_grad:  # this call is the trial, backward included
+            choice, self._train_ticket = dispatch.begin(key, candidates, images.device, run)
+        elif training:  # no input gradient to mark where the backward ends: separate calls
+            choice = dispatch.choose(key, candidates, run)
+        elif self._held and self._ticket is not None and self._ticket.key == key:
+            choice = self._ticket.name  # the same timed call (unmerged_products, then forward)
+        else:  # inference: this real call is the trial (its output is as good as any)
+            choice, self._ticket = dispatch.begin(key, candidates, images.device)
         self.last_choice = (key, choice)
         return choice
 
-    def _trial(self, images: torch.Tensor, impl: str, training: bool) -> None:
-        """One call of scheme ``impl`` as this layer is being used, for timing it.
+    @contextlib.contextmanager
+    def timed_as_one(self) -> Iterator[None]:
+        """Inside the block the caller's whole computation is what an inference trial times.
 
-        Training: filter synthesis, convolution and the gradients of the input and the
-        parameters (``autograd.grad``: nothing accumulates into ``.grad``). Inference:
-        the convolution with the filters synthesised once (they are cached then).
+        For a module that reads this layer's :meth:`unmerged_products` (or its output)
+        and fuses what follows: the scheme's cost includes the fused work. The timed
+        call ends when the block exits normally; after an exception it goes untimed.
         """
+        self._ticket, self._held = None, True
+        try:
+            yield
+        except BaseException:
+            self._ticket = None
+            raise
+        finally:
+            self._held = False
+        self.finish_trial()
+
+    def finish_trial(self) -> None:
+        """End the inference call being timed, if any (:func:`hnets.nn.dispatch.end`)."""
+        ticket, self._ticket = self._ticket, None
+        if ticket is not None:
+            dispatch.end(ticket)
+
+    def _trial(self, images: torch.Tensor, impl: str) -> None:
+        """One training call of scheme ``impl``, for timing it: filter synthesis,
+        convolution and the gradients of the input and the parameters
+        (``autograd.grad``: nothing accumulates into ``.grad``)."""
         x = images.detach()
-        if not training:
-            with torch.no_grad():
-                weights = [w.to(x.dtype) for w in self._filters(impl)]
-                native = _native.usable(x, memory_format=torch.channels_last)
-                if self.reads_unmerged and impl in NATIVE_SCHEMES and native and self.bias is None:
-                    NATIVE_SCHEMES[impl].products(x, weights, self.stride, self.padding)
-                else:
-                    self._convolve(x, impl, weights)
-        else:
-            with torch.enable_grad():
-                x.requires_grad_(images.requires_grad)
-                weights = [w.to(x.dtype) for w in self._synthesise(impl)]
-                out = self._convolve(x, impl, weights)
-                wrt = [t for t in (x, self.weight, self.phase) if t is not None and t.requires_grad]
-                torch.autograd.grad(out, wrt, torch.ones_like(out))
+        with torch.enable_grad():
+            x.requires_grad_(images.requires_grad)
+            weights = [w.to(x.dtype) for w in self._synthesise(impl)]
+            out = self._convolve(x, impl, weights)
+            wrt = [t for t in (x, self.weight, self.phase) if t is not None and t.requires_grad]
+            torch.autograd.grad(out, wrt, torch.ones_like(out))
         if x.is_cuda:  # the GPU runs asynchronously: the call is over when it is done
             torch.cuda.synchronize(x.device)
 
@@ -407,9 +434,11 @@ class HConv2d(nn.Module):
             self.weight.data_ptr(),
             torch.is_inference_mode_enabled(),
         )
-        if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self._synthesise(impl))
-        return self._cache[1]
+        cached = self._cache.get(impl)
+        if cached is None or cached[0] != key:
+            # one entry per scheme: a measurement on the job alternates between them
+            cached = self._cache[impl] = (key, self._synthesise(impl))
+        return cached[1]
 
     # -- forward ------------------------------------------------------------------------
     def _prepare(self, z: torch.Tensor) -> tuple[torch.Tensor, str]:
@@ -428,14 +457,22 @@ class HConv2d(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         images, impl = self._prepare(z)
+        ticket, self._train_ticket = self._train_ticket, None
+        if ticket is not None:  # a training call timed on the job: its backward ends when
+            images.register_hook(functools.partial(_input_gradient_ready, ticket))
         weights = [w.to(images.dtype) for w in self._filters(impl)]
         out = self._convolve(images, impl, weights)
+        if ticket is not None:  # ... and starts when the output's gradient arrives
+            ticket.pause()
+            out.register_hook(functools.partial(_output_gradient_arrived, ticket))
         result = as_harmonic(out, self.out_channels, self.max_order + 1)
         if self.bias is not None:  # order 0 only: a constant commutes with rotations there
             onehot = torch.zeros(self.max_order + 1, 1, dtype=result.dtype, device=result.device)
             onehot[0] = 1.0
             bias = self.bias.to(result.dtype)[:, None, :] * onehot  # (out, Mo, 2)
             result = result + bias.view(1, self.out_channels, self.max_order + 1, 2, 1, 1)
+        if not self._held:
+            self.finish_trial()
         return result
 
     def _convolve(
@@ -469,3 +506,13 @@ class HConv2d(nn.Module):
             f"n_rings={self.n_rings}, phase={self.phase is not None}, stride={self.stride}, "
             f"padding={self._padding_arg!r}, bias={self.bias is not None}"
         )
+
+
+def _output_gradient_arrived(ticket: dispatch.Ticket, grad: torch.Tensor) -> None:
+    ticket.resume()
+
+
+def _input_gradient_ready(ticket: dispatch.Ticket, grad: torch.Tensor) -> None:
+    # autograd runs the ready node created last first: the filter synthesis's backward
+    # (created after the input) has run by the time the input's producer is next
+    dispatch.end(ticket)

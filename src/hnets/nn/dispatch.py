@@ -18,15 +18,19 @@ and remembers it:
 The candidates are timed interleaved (one untimed call each, then rounds A, B, C, A,
 B, C, ...: a slow moment of the machine then hits all of them alike), at least
 :data:`MIN_ROUNDS` rounds and more until :data:`BUDGET_S` seconds have passed or
-:data:`MAX_ROUNDS` rounds are done; each candidate's median counts. Interleaving evens
+:data:`MAX_ROUNDS` rounds are done; each candidate's median counts. In training
+(:func:`choose`) each layer times its candidates in separate calls (forward and
+backward) on its first call. In inference (:func:`begin`, :func:`end`) the real calls
+are the trials: the first calls of a signature go round the candidates, each giving
+the true output, so measuring costs only what the slower candidates take beyond the
+fastest; a fused :class:`~hnets.nn.HBlock` times the whole block, the nonlinearity
+and pooling that read the convolution's products included. Interleaving evens
 out a machine that slows down for a moment, not one whose cores other processes keep
 busy (threads that wait for a descheduled sibling favour the schemes with fewer,
 larger calls): where the system says (Linux's ``/proc/stat``), the measurement also
 records how many CPUs other work kept busy meanwhile, and a decision made with fewer
 CPUs free than the process has threads is marked ``contended`` and measured again by
-the next process that needs it (once per process). A whole
-:class:`~hnets.models.HNetMNIST` (six layers, training and inference) tunes in about
-17 s on the developers' 2-core Xeon (``hnets tune``), once per machine.
+the next process that needs it (once per process).
 ``HNETS_AUTOTUNE=0`` uses the fixed table :func:`table_choice` instead (the test suite
 does, so that no result depends on timing); so do traced, compiled and exported
 graphs. Every scheme gives the same result up to float round-off (tested), so the
@@ -56,12 +60,17 @@ __all__ = [
     "BUDGET_S",
     "MIN_ROUNDS",
     "MAX_ROUNDS",
+    "STALLED_ROUNDS",
     "CONTENDED_CPUS",
     "autotuning",
     "remeasuring",
     "enabled",
     "signature",
     "choose",
+    "begin",
+    "end",
+    "open_trials",
+    "Ticket",
     "table_choice",
     "cache_path",
     "decisions",
@@ -72,12 +81,15 @@ __all__ = [
 BUDGET_S = 0.25
 #: Timed rounds (one call of every candidate each): at least, and at most.
 MIN_ROUNDS, MAX_ROUNDS = 3, 9
+#: Rounds of calls that never end (see :func:`begin`) before a trial measures apart.
+STALLED_ROUNDS = 2 * (MAX_ROUNDS + 1)
 _FORMAT = 1
 _lock = threading.Lock()
 #: A decision is *contended* when other processes kept more CPUs busy during its
 #: measurement than this process's threads left free, by more than this many CPUs.
 CONTENDED_CPUS = 0.5
 _memory: dict[str, dict[str, Any]] = {}
+_trials: dict[str, _Trial] = {}  # on-the-job measurements not decided yet (see begin)
 _measured_here: set[str] = set()  # keys this process measured: final for it
 _remeasure_all = False  # inside remeasuring()
 _loaded_from: Path | None = None
@@ -180,8 +192,154 @@ def choose(key: str, candidates: Sequence[str], run: Callable[[str], Any]) -> st
     """The fastest of ``candidates`` for ``key``: remembered, else measured with ``run``.
 
     ``run(candidate)`` performs one call the way the layer will be used (forward, and
-    backward when training); its time is what is compared.
+    backward when training); its time is what is compared. What training calls: a
+    trial's backward cannot be told apart from the rest of a real backward pass.
     """
+    known = _known(key, candidates)
+    if known is not None:
+        return known
+    _announce()
+    probe = _LoadProbe()
+    times = _time(run, candidates)
+    _decide(key, times, probe.busy_elsewhere())
+    return min(times, key=times.__getitem__)
+
+
+class Ticket:
+    """One real call being timed as a trial of scheme ``name`` for ``key`` (see :func:`begin`).
+
+    An inference call runs from its creation to :func:`end`. A training call has two
+    parts: its forward (creation to :meth:`pause`) and its backward (:meth:`resume`,
+    when the output's gradient arrives, to :func:`end`, when the input's is ready).
+    """
+
+    __slots__ = ("key", "name", "device", "probe", "start", "forward_s", "resumed", "ended")
+
+    def __init__(self, key: str, name: str, device: torch.device) -> None:
+        self.key, self.name, self.device = key, name, device
+        _sync(device)  # what was queued before is not this call's
+        self.probe = _LoadProbe()
+        self.forward_s: float | None = None
+        self.resumed: float | None = None
+        self.ended = False
+        self.start = _now()
+
+    def pause(self) -> None:
+        """The forward is over; the backward is timed from :meth:`resume` on."""
+        _sync(self.device)
+        self.forward_s = _now() - self.start
+
+    def resume(self) -> None:
+        """The backward of the call starts (its output's gradient has arrived)."""
+        _sync(self.device)
+        self.resumed = _now()
+
+
+def begin(
+    key: str,
+    candidates: Sequence[str],
+    device: torch.device,
+    fallback: Callable[[str], Any] | None = None,
+) -> tuple[str, Ticket | None]:
+    """Which scheme this call runs, measuring on the job.
+
+    A remembered decision, with no ticket; else the next candidate of ``key``'s trial,
+    with a :class:`Ticket` to hand to :func:`end` once the call is over (inference:
+    its output exists; training: its backward has produced the input's gradient).
+    The calls are the real ones, so a trial costs only what its slower candidates
+    take beyond the fastest: round robin over the candidates (the first call of each
+    untimed; a call that never ends is made again), at least :data:`MIN_ROUNDS` timed
+    calls each and more until their calls took :data:`BUDGET_S` seconds or
+    :data:`MAX_ROUNDS` are done; then decided as :func:`choose` decides. Where calls
+    keep not ending (a training forward whose backward never runs), after
+    :data:`STALLED_ROUNDS` rounds of them the trial is dropped for :func:`choose` with
+    ``fallback`` (separate calls), if given.
+    """
+    known = _known(key, candidates)
+    if known is not None:
+        return known, None
+    with _lock:
+        trial = _trials.get(key)
+        if trial is None or trial.candidates != tuple(candidates):
+            trial = _trials[key] = _Trial(candidates)
+        trial.begun += 1
+        stalled = fallback is not None and trial.begun > STALLED_ROUNDS * len(candidates)
+        if stalled:
+            del _trials[key]
+        name = trial.next()
+    if stalled:
+        assert fallback is not None
+        choice = choose(key, candidates, fallback)
+        return choice, None
+    _announce()
+    return name, Ticket(key, name, device)
+
+
+def end(ticket: Ticket) -> None:
+    """Record the call that ``ticket`` timed; decide ``ticket.key`` once its trial is done."""
+    if ticket.ended:
+        return  # a second backward through the same graph
+    ticket.ended = True
+    _sync(ticket.device)
+    seconds = _elapsed(ticket)
+    busy = ticket.probe.busy_elsewhere()
+    with _lock:
+        trial = _trials.get(ticket.key)
+        if trial is None or ticket.name not in trial.samples:
+            return  # decided meanwhile, or forgotten (clear_memory)
+        trial.record(ticket.name, seconds, busy)
+        if not trial.done():
+            return
+        del _trials[ticket.key]
+    _decide(ticket.key, trial.medians(), trial.busy_cpus())
+
+
+def open_trials() -> set[str]:
+    """The keys whose on-the-job trial (:func:`begin`) has not decided yet."""
+    with _lock:
+        return set(_trials)
+
+
+class _Trial:
+    """The calls of one key's on-the-job measurement so far."""
+
+    def __init__(self, candidates: Sequence[str]) -> None:
+        self.candidates = tuple(candidates)
+        self.begun = 0  # calls handed out, ended or not
+        self.warm: set[str] = set()
+        self.samples: dict[str, list[float]] = {name: [] for name in candidates}
+        self.timed = 0.0  # seconds of the timed calls
+        self.busy: float | None = 0.0  # CPU-seconds other work used meanwhile
+
+    def next(self) -> str:
+        """The candidate with the fewest recorded calls (the first of them): round robin,
+        in which a call that went unrecorded is made again."""
+        return min(self.candidates, key=lambda n: (n in self.warm) + len(self.samples[n]))
+
+    def record(self, name: str, seconds: float, busy: float | None) -> None:
+        if name not in self.warm:
+            self.warm.add(name)  # its first call: allocations, first-touch, filter synthesis
+            return
+        self.samples[name].append(seconds)
+        self.timed += seconds
+        self.busy = None if busy is None or self.busy is None else self.busy + busy * seconds
+
+    def done(self) -> bool:
+        counts = [len(v) for v in self.samples.values()]
+        rounds = min(counts)
+        if rounds != max(counts):
+            return False  # on whole rounds only
+        return rounds >= MAX_ROUNDS or (rounds >= MIN_ROUNDS and self.timed >= BUDGET_S)
+
+    def medians(self) -> dict[str, float]:
+        return {name: statistics.median(v) for name, v in self.samples.items()}
+
+    def busy_cpus(self) -> float | None:
+        return None if self.busy is None else self.busy / max(self.timed, 1e-12)
+
+
+def _known(key: str, candidates: Sequence[str]) -> str | None:
+    """The decision for ``key`` that still holds for ``candidates``, else ``None``."""
     with _lock:
         _load_disk()
         known = _memory.get(key)
@@ -196,10 +354,11 @@ def choose(key: str, candidates: Sequence[str], run: Callable[[str], Any]) -> st
         and (final or not (known.get("contended") or _remeasure_all))
     ):
         return str(known["choice"])
-    _announce()
-    probe = _LoadProbe()
-    times = _time(run, candidates)
-    busy = probe.busy_elsewhere()
+    return None
+
+
+def _decide(key: str, times: dict[str, float], busy: float | None) -> None:
+    """Keep the fastest of ``times`` for ``key``, in memory and in the cache file."""
     choice = min(times, key=times.__getitem__)
     seconds = {k: round(v, 7) for k, v in times.items()}
     entry: dict[str, Any] = {"choice": choice, "seconds": seconds}
@@ -212,7 +371,25 @@ def choose(key: str, candidates: Sequence[str], run: Callable[[str], Any]) -> st
         _measured_here.add(key)
         _save_disk({key: entry})
     _log.debug("%s: %s (%s)", key, choice, ", ".join(f"{k} {v:.2e} s" for k, v in times.items()))
-    return choice
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for the GPU: its kernels run asynchronously, a call is over when they are."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+_now = time.perf_counter  # the clock of on-the-job trials
+
+
+def _elapsed(ticket: Ticket) -> float:
+    """Seconds of the call: forward and backward for training (see :class:`Ticket`)."""
+    now = _now()
+    if ticket.forward_s is None:
+        return now - ticket.start
+    if ticket.resumed is None:  # a backward that started nowhere we saw: forward only
+        return ticket.forward_s
+    return ticket.forward_s + now - ticket.resumed
 
 
 def _announce() -> None:
@@ -240,6 +417,7 @@ def clear_memory() -> None:
     with _lock:
         _memory.clear()
         _measured_here.clear()
+        _trials.clear()
         _loaded_from = None
         _announced = False
 
