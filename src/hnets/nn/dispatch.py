@@ -18,13 +18,15 @@ and remembers it:
 The candidates are timed interleaved (one untimed call each, then rounds A, B, C, A,
 B, C, ...: a slow moment of the machine then hits all of them alike), at least
 :data:`MIN_ROUNDS` rounds and more until :data:`BUDGET_S` seconds have passed or
-:data:`MAX_ROUNDS` rounds are done; each candidate's median counts. In training
-(:func:`choose`) each layer times its candidates in separate calls (forward and
-backward) on its first call. In inference (:func:`begin`, :func:`end`) the real calls
-are the trials: the first calls of a signature go round the candidates, each giving
-the true output, so measuring costs only what the slower candidates take beyond the
-fastest; a fused :class:`~hnets.nn.HBlock` times the whole block, the nonlinearity
-and pooling that read the convolution's products included. Interleaving evens
+:data:`MAX_ROUNDS` rounds are done; each candidate's median counts. The timed
+calls are the real ones (:func:`begin`, :func:`end`): the first calls of a signature
+go round the candidates, each giving the true output and gradients, so measuring
+costs only what the slower candidates take beyond the fastest. A training call is
+timed through its forward and its backward (see :class:`Ticket`); a fused
+:class:`~hnets.nn.HBlock` times an inference call with the nonlinearity and pooling
+that read the convolution's products. Where a call cannot be timed that way (a
+training input that needs no gradient, a backward that never runs), :func:`choose`
+times the candidates in separate calls. Interleaving evens
 out a machine that slows down for a moment, not one whose cores other processes keep
 busy (threads that wait for a descheduled sibling favour the schemes with fewer,
 larger calls): where the system says (Linux's ``/proc/stat``), the measurement also
