@@ -9,6 +9,8 @@ import hnets
 from hnets.checkpoint import save_model
 from hnets.cli import main
 
+from ..conftest import one_error_line
+
 
 @pytest.fixture
 def checkpoints(tmp_path):
@@ -115,15 +117,13 @@ def test_bench_conv_prints_json_with_ratios(capsys):
 )
 def test_bad_input_is_one_line(args, message, data_env, capsys):
     assert main(args) != 0
-    err = capsys.readouterr().err
-    assert err.startswith("hnets: error:") and message in err and len(err.strip().splitlines()) == 1
+    assert message in one_error_line(capsys)
 
 
 @pytest.mark.parametrize("flag", ["--repeats", "--calls", "--batch-size"])
 def test_bench_refuses_counts_below_one(flag, capsys):
     assert main(["bench", "--only", "conv", flag, "0"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("hnets: error: ") and "at least 1" in err and err.count("\n") == 1
+    assert "at least 1" in one_error_line(capsys)
 
 
 def test_robustness_of_the_originals_rotates_the_crisp_upright_images(
@@ -155,5 +155,4 @@ def test_robustness_of_the_originals_rotates_the_crisp_upright_images(
     assert len(set(curve)) == 1  # exact quarter turns of crisp images: the same predictions
     capsys.readouterr()
     assert main([*args, "--originals", "--by-stored-angle", "--out", str(out_dir)]) != 0
-    err = capsys.readouterr().err.strip()
-    assert "--originals" in err and len(err.splitlines()) == 1
+    assert "--originals" in one_error_line(capsys)

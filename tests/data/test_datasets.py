@@ -27,6 +27,7 @@ from hnets.data import mnist as mnist_module
 from hnets.data.cache import SplitArrays, read_manifest, staging_dir, write_variant
 from hnets.data.registry import FASHION_CLASSES
 from hnets.errors import DataError
+from tests.conftest import one_error_line
 
 FASHION_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "fashion-mnist"
 STEMS = tuple(DATASETS["rotfashion"].source.files)
@@ -196,8 +197,7 @@ def test_the_cli_downloads_and_checks_the_content(
     root = tmp_path / "data"
     args = ["data", "prepare", "--dataset", "rotfashion", "--url", url, "--no-progress"]
     assert main([*args, "--data-dir", str(root)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("hnets: error:") and "\n" not in err
+    err = one_error_line(capsys)
     assert "md5 of the content" in err and STEMS[3] in err
     assert not (root / "rotfashion-rotated").exists()
     url = _serve_fashion(http_server, fashion_dir)
@@ -249,8 +249,7 @@ def test_unknown_names_get_one_line(capsys, tmp_path: Path) -> None:
         ["data", "stats", "--dataset", "rotfashion", "--variant", "standin"],
     ):
         assert main(args) == 2, args
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("hnets: error:") and "\n" not in err
+        err = one_error_line(capsys)
         assert "rotmnist, rotfashion, folder:PATH" in err or "rotated, upright" in err
     assert not (tmp_path / "r").exists()
 

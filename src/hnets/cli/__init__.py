@@ -50,7 +50,12 @@ class _Parser(argparse.ArgumentParser):
     """
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"hnets: error: {message} (`{self.prog} --help` lists the options)\n")
+        self.exit(2, _error_line(f"{message} (`{self.prog} --help` lists the options)") + "\n")
+
+
+def _error_line(message: str) -> str:
+    """The one line every bad input ends with (the parser's and the handlers')."""
+    return f"hnets: error: {message}"
 
 
 def int_list(text: str) -> list[int]:
@@ -77,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"hnets: error: {message}", file=sys.stderr)
+        print(_error_line(message), file=sys.stderr)
         return 2 if isinstance(exc, HNetsError) else 1
     return int(result or 0)
 
