@@ -374,6 +374,7 @@ def tune_model(
     remeasure = dispatch.remeasuring() if again else contextlib.nullcontext()
     state = copy.deepcopy(model.state_dict())  # batch-norm statistics of random images
     with dispatch.autotuning(True), remeasure:
+        convs = [m for m in model.modules() if isinstance(m, HConv2d)]
         for mode, batch in (("train", batch_size), ("infer", eval_batch_size)):
             x = torch.rand(batch, *image_shape)
             model.train(mode == "train")
@@ -386,7 +387,8 @@ def tune_model(
                 else:
                     with torch.inference_mode():
                         model(x)
-                if not dispatch.open_trials():
+                keys = {m.last_choice[0] for m in convs if m.last_choice is not None}
+                if not keys & dispatch.open_trials():  # this model's, not others' trials
                     break
             known = dispatch.decisions()
             for name, layer in model.named_modules():

@@ -529,3 +529,25 @@ def test_the_command_line_shows_the_announcement_on_stderr(tuning, capsys) -> No
     dispatch.clear_memory()  # as a new process: the cache file answers, nothing to say
     assert main(args) == 0
     assert "timing the convolution" not in capsys.readouterr().err
+
+
+def test_tuning_a_model_stops_when_its_own_layers_have_decided(tuning) -> None:
+    from hnets.bench import tune_model
+
+    other = HConv2d(4, 4, 5, max_order=1)
+    with torch.no_grad():
+        other(_input(other))  # another module's trial, left open
+    assert dispatch.open_trials()
+    model = HNetMNIST(width=0.5)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calls = {True: 0, False: 0}  # model calls in training and inference
+    model.register_forward_hook(
+        lambda m, i, o: calls.__setitem__(m.training, calls[m.training] + 1)
+    )
+    tune_model(model, batch_size=4, eval_batch_size=8)
+    # fake times of seconds (over budget): every layer decides after 4 x (1 + MIN_ROUNDS)
+    # calls (the head, orders 0 only, has no Karatsuba: 3 x 4), one per model call
+    assert calls == {True: 4 * (1 + dispatch.MIN_ROUNDS), False: 4 * (1 + dispatch.MIN_ROUNDS)}
+    assert len(dispatch.open_trials()) == 1  # the other module's, still open
+    for name, value in model.state_dict().items():  # batch-norm statistics put back
+        assert torch.equal(value, before[name]), name
