@@ -134,6 +134,20 @@ def test_inference_measures_on_the_job_in_interleaved_rounds(tuning) -> None:
     assert conv.last_choice[1] == "karatsuba" and len(run) == len(measured)
 
 
+def test_a_trial_keeps_each_schemes_filters_and_the_decision_only_the_winners(tuning) -> None:
+    conv = HConv2d(4, 4, 5, max_order=1).eval()
+    z = _input(conv)
+    with torch.no_grad():
+        for _ in range(4):  # every scheme's untimed call: its filters synthesised once
+            conv(z)
+        assert sorted(conv._cache) == ["dense", "dense-nchw", "gauss", "karatsuba"]
+        cached = conv._cache["gauss"][1]
+        _infer_until_decided(conv, z)
+        assert conv._cache["gauss"][1] is cached  # reused, not synthesised per call
+        conv(z)  # decided: the other schemes' filters are dropped
+    assert list(conv._cache) == ["karatsuba"]
+
+
 def test_fast_calls_are_timed_until_the_budget_or_max_rounds(tuning) -> None:
     times, _ = tuning
     times.update({k: dispatch.BUDGET_S / 100 for k in times})  # far below the budget

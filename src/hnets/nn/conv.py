@@ -380,6 +380,8 @@ class HConv2d(nn.Module):
             choice = self._ticket.name  # the same timed call (unmerged_products, then forward)
         else:  # inference: this real call is the trial (its output is as good as any)
             choice, self._ticket = dispatch.begin(key, candidates, images.device)
+            if self._ticket is None and len(self._cache) > 1:  # decided: the trial's other
+                self._cache = {k: v for k, v in self._cache.items() if k == choice}  # banks go
         self.last_choice = (key, choice)
         return choice
 
