@@ -191,8 +191,7 @@ def compare_models(
 
     if dispatch.enabled():  # measure the dispatch first: the timed calls run its choices
         for model in models.values():
-            if any(isinstance(m, HConv2d) for m in model.modules()):
-                tune_model(model, batch_size=batch, eval_batch_size=batch)
+            tune_model(model, batch_size=batch, eval_batch_size=batch)
     optimisers = {
         k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in models.items()
     }
@@ -371,10 +370,12 @@ def tune_model(
     from .nn import dispatch
 
     rows: list[dict[str, object]] = []
+    convs = [m for m in model.modules() if isinstance(m, HConv2d)]
+    if not convs:
+        return rows  # nothing to measure (a plain CNN)
     remeasure = dispatch.remeasuring() if again else contextlib.nullcontext()
     state = copy.deepcopy(model.state_dict())  # batch-norm statistics of random images
     with dispatch.autotuning(True), remeasure:
-        convs = [m for m in model.modules() if isinstance(m, HConv2d)]
         for mode, batch in (("train", batch_size), ("infer", eval_batch_size)):
             x = torch.rand(batch, *image_shape)
             model.train(mode == "train")

@@ -371,11 +371,11 @@ class HConv2d(nn.Module):
             training=training,
         ) + (" unmerged" if self.reads_unmerged and not training else "")
         candidates = [s for s in SCHEMES if s != "karatsuba" or self.karatsuba_map is not None]
-        run = functools.partial(self._trial, images)
         if training and images.requires_grad:  # this call is the trial, backward included
+            run = functools.partial(self._trial, images)
             choice, self._train_ticket = dispatch.begin(key, candidates, images.device, run)
         elif training:  # no input gradient to mark where the backward ends: separate calls
-            choice = dispatch.choose(key, candidates, run)
+            choice = dispatch.choose(key, candidates, functools.partial(self._trial, images))
         elif self._held and self._ticket is not None and self._ticket.key == key:
             choice = self._ticket.name  # the same timed call (unmerged_products, then forward)
         else:  # inference: this real call is the trial (its output is as good as any)
@@ -420,8 +420,7 @@ class HConv2d(nn.Module):
             out = self._convolve(x, impl, weights)
             wrt = [t for t in (x, self.weight, self.phase) if t is not None and t.requires_grad]
             torch.autograd.grad(out, wrt, torch.ones_like(out))
-        if x.is_cuda:  # the GPU runs asynchronously: the call is over when it is done
-            torch.cuda.synchronize(x.device)
+        dispatch.synchronize(x.device)
 
     def _filters(self, impl: str) -> tuple[torch.Tensor, ...]:
         use_cache = (

@@ -72,6 +72,7 @@ __all__ = [
     "begin",
     "end",
     "open_trials",
+    "synchronize",
     "Ticket",
     "table_choice",
     "cache_path",
@@ -194,8 +195,8 @@ def choose(key: str, candidates: Sequence[str], run: Callable[[str], Any]) -> st
     """The fastest of ``candidates`` for ``key``: remembered, else measured with ``run``.
 
     ``run(candidate)`` performs one call the way the layer will be used (forward, and
-    backward when training); its time is what is compared. What training calls: a
-    trial's backward cannot be told apart from the rest of a real backward pass.
+    backward when training); its time is what is compared. Used where a real call
+    cannot be the trial (see :func:`begin`).
     """
     known = _known(key, candidates)
     if known is not None:
@@ -203,8 +204,7 @@ def choose(key: str, candidates: Sequence[str], run: Callable[[str], Any]) -> st
     _announce()
     probe = _LoadProbe()
     times = _time(run, candidates)
-    _decide(key, times, probe.busy_elsewhere())
-    return min(times, key=times.__getitem__)
+    return _decide(key, times, probe.busy_elsewhere())
 
 
 class Ticket:
@@ -219,7 +219,7 @@ class Ticket:
 
     def __init__(self, key: str, name: str, device: torch.device) -> None:
         self.key, self.name, self.device = key, name, device
-        _sync(device)  # what was queued before is not this call's
+        synchronize(device)  # what was queued before is not this call's
         self.probe = _LoadProbe()
         self.forward_s: float | None = None
         self.resumed: float | None = None
@@ -228,12 +228,12 @@ class Ticket:
 
     def pause(self) -> None:
         """The forward is over; the backward is timed from :meth:`resume` on."""
-        _sync(self.device)
+        synchronize(self.device)
         self.forward_s = _now() - self.start
 
     def resume(self) -> None:
         """The backward of the call starts (its output's gradient has arrived)."""
-        _sync(self.device)
+        synchronize(self.device)
         self.resumed = _now()
 
 
@@ -268,11 +268,10 @@ def begin(
         stalled = fallback is not None and trial.begun > STALLED_ROUNDS * len(candidates)
         if stalled:
             del _trials[key]
-        name = trial.next()
-    if stalled:
-        assert fallback is not None
-        choice = choose(key, candidates, fallback)
-        return choice, None
+        name = None if stalled else trial.next()
+    if name is None:
+        assert fallback is not None  # only a trial with a fallback stalls
+        return choose(key, candidates, fallback), None
     _announce()
     return name, Ticket(key, name, device)
 
@@ -282,7 +281,7 @@ def end(ticket: Ticket) -> None:
     if ticket.ended:
         return  # a second backward through the same graph
     ticket.ended = True
-    _sync(ticket.device)
+    synchronize(ticket.device)
     seconds = _elapsed(ticket)
     busy = ticket.probe.busy_elsewhere()
     with _lock:
@@ -359,8 +358,8 @@ def _known(key: str, candidates: Sequence[str]) -> str | None:
     return None
 
 
-def _decide(key: str, times: dict[str, float], busy: float | None) -> None:
-    """Keep the fastest of ``times`` for ``key``, in memory and in the cache file."""
+def _decide(key: str, times: dict[str, float], busy: float | None) -> str:
+    """Keep the fastest of ``times`` for ``key``, in memory and in the cache file; return it."""
     choice = min(times, key=times.__getitem__)
     seconds = {k: round(v, 7) for k, v in times.items()}
     entry: dict[str, Any] = {"choice": choice, "seconds": seconds}
@@ -373,10 +372,11 @@ def _decide(key: str, times: dict[str, float], busy: float | None) -> None:
         _measured_here.add(key)
         _save_disk({key: entry})
     _log.debug("%s: %s (%s)", key, choice, ", ".join(f"{k} {v:.2e} s" for k, v in times.items()))
+    return choice
 
 
-def _sync(device: torch.device) -> None:
-    """Wait for the GPU: its kernels run asynchronously, a call is over when they are."""
+def synchronize(device: torch.device) -> None:
+    """Wait for the GPU: its kernels run asynchronously, a timed call is over when they are."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
