@@ -362,7 +362,8 @@ def tune_model(
     so the decisions are in the cache before a run starts. The model's parameters and
     buffers are as before (the steps update no parameter; the batch-norm statistics
     they change are put back). Returns one row per ``HConv2d`` and mode: ``layer``,
-    ``mode``, ``signature``, ``choice``, the candidates' ``seconds``, the CPUs other
+    ``mode``, ``signature``, ``choice``, the candidates' ``seconds``, those that dropped
+    out of the trial early with their number of timed calls (``dropped``), the CPUs other
     processes kept busy meanwhile (``busy_elsewhere``, ``None`` where the system does
     not say) and whether that made the measurement ``contended``. ``again``: measure
     every layer anew instead of reading decisions already cached.
@@ -403,6 +404,7 @@ def tune_model(
                             "signature": key,
                             "choice": entry.get("choice", choice),
                             "seconds": entry.get("seconds", {}),
+                            "dropped": entry.get("dropped", {}),
                             "busy_elsewhere": entry.get("busy_elsewhere"),
                             "contended": bool(entry.get("contended")),
                         }  # fmt: skip
@@ -415,13 +417,21 @@ def tune_model(
 
 def format_tuning(rows: list[dict[str, object]]) -> str:
     """Per layer and mode: the scheme chosen and every candidate's time."""
+    from .nn import dispatch
+
     lines = ["per-layer dispatch (measured on this machine; ms per call, chosen first):"]
     for row in rows:
         seconds = dict(row["seconds"])  # type: ignore[arg-type]
         order = sorted(seconds, key=lambda k: (k != row["choice"], seconds[k]))
-        times = "  ".join(f"{k} {1e3 * seconds[k]:.2f}" for k in order)
+        dropped = dict(row.get("dropped") or {})  # type: ignore[call-overload]
+        times = "  ".join(f"{k} {1e3 * seconds[k]:.2f}{'*' * (k in dropped)}" for k in order)
         flag = "  (contended)" if row.get("contended") else ""
         lines.append(f"  {row['layer']:14s} {row['mode']:5s}  {times}{flag}")
+    if any(row.get("dropped") for row in rows):
+        lines.append(
+            f"  * dropped out after a round: its fastest call over {dispatch.DROP_RATIO:g}x the "
+            "leader's slowest (median of the calls it had)"
+        )
     contended = sum(bool(row.get("contended")) for row in rows)
     if contended:
         lines.append(

@@ -32,13 +32,18 @@ def tuning(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setenv("HNETS_CACHE_DIR", str(tmp_path / "cache"))
     dispatch.clear_memory()
     measured: list[str] = []
-    times = {"dense": 3.0, "dense-nchw": 3.5, "gauss": 2.0, "karatsuba": 1.0}
+    # within dispatch.DROP_RATIO of each other: no candidate drops out early
+    times = {"dense": 1.2, "dense-nchw": 1.22, "gauss": 1.1, "karatsuba": 1.0}
 
     def fake_time(run, candidates):  # noqa: ANN001, ANN202
+        trial = dispatch._Trial(candidates)
         for name in candidates:
             run(name)  # the candidate really runs (it must work), its time is ours
             measured.append(name)
-        return {name: times[name] for name in candidates}
+            trial.record(name, 0.0)  # its untimed call
+        for name in candidates:
+            trial.record(name, times[name])
+        return trial
 
     def fake_elapsed(ticket):  # noqa: ANN001, ANN202 - an inference call timed on the job
         measured.append(ticket.name)
@@ -74,7 +79,7 @@ def test_the_fastest_candidate_wins_and_is_remembered(tuning) -> None:
     conv(_input(conv))
     assert len(measured) == 4  # remembered in memory: not measured again
     entry = json.loads(dispatch.cache_path().read_text())["decisions"][key]
-    assert entry["choice"] == "karatsuba" and entry["seconds"]["dense"] == 3.0
+    assert entry["choice"] == "karatsuba" and entry["seconds"]["dense"] == 1.2
     dispatch.clear_memory()  # a new process: the file answers
     times["dense"] = 0.5
     conv(_input(conv))
@@ -229,7 +234,7 @@ def test_every_choice_gives_the_same_outputs_and_gradients(tuning, winner) -> No
     runs, gives the reference's output and gradients; then the winner runs."""
     times, measured = tuning
     for name in times:
-        times[name] = 0.0 if name == winner else 1.0
+        times[name] = 1.0 if name == winner else 1.2
     torch.manual_seed(0)
     auto = HConv2d(4, 6, 5, max_order=1)
     ref = HConv2d(4, 6, 5, max_order=1, impl="dense")
@@ -353,7 +358,12 @@ def test_two_processes_tuning_at_once_leave_a_valid_file(tmp_path: Path) -> None
     script = (
         "import sys\n"
         "from hnets.nn import dispatch\n"
-        "dispatch._time = lambda run, names: {'a': 1.0, 'b': 2.0}\n"
+        "def fake_time(run, names):\n"
+        "    trial = dispatch._Trial(names)\n"
+        "    for name in names + names:\n"
+        "        trial.record(name, {'a': 1.0, 'b': 2.0}[name])\n"
+        "    return trial\n"
+        "dispatch._time = fake_time\n"
         "for i in range(40):\n"
         "    dispatch.choose(f'{sys.argv[1]}-{i}', ['a', 'b'], lambda name: None)\n"
     )
@@ -367,17 +377,71 @@ def test_two_processes_tuning_at_once_leave_a_valid_file(tmp_path: Path) -> None
     assert not list(tmp_path.glob("*.tmp*"))  # no temporary file left behind
 
 
-def test_candidates_are_timed_interleaved_for_a_bounded_number_of_rounds(monkeypatch) -> None:
+def _clocked(monkeypatch: pytest.MonkeyPatch, seconds: dict[str, float]):
+    """A fake trial clock that ``seconds[name]`` advances per call; returns ``(run, calls)``."""
+    clock = [0.0]
+    monkeypatch.setattr(dispatch, "_now", lambda: clock[0])
     calls: list[str] = []
-    dispatch._time(calls.append, ["a", "b"])  # fast candidates: the budget runs every round
+
+    def run(name: str) -> None:
+        calls.append(name)
+        clock[0] += seconds[name]
+
+    return run, calls
+
+
+def test_candidates_are_timed_interleaved_for_a_bounded_number_of_rounds(monkeypatch) -> None:
+    seconds = {"a": 1e-4, "b": 1.1e-4}  # fast candidates: the budget runs every round
+    run, calls = _clocked(monkeypatch, seconds)
+    trial = dispatch._time(run, ["a", "b"])
     assert calls[:2] == ["a", "b"]  # the untimed calls
     rounds = calls[2:]
-    assert rounds == ["a", "b"] * (len(rounds) // 2)  # A, B, A, B, ...
-    assert dispatch.MIN_ROUNDS <= len(rounds) // 2 <= dispatch.MAX_ROUNDS
-    monkeypatch.setattr(dispatch, "BUDGET_S", 0.0)  # no time left: only the minimum
+    assert rounds == ["a", "b"] * dispatch.MAX_ROUNDS  # A, B, A, B, ...
+    assert trial.leader() == "a" and trial.medians() == pytest.approx(seconds)
+    seconds.update(a=1.0, b=1.1, c=1.2)  # over the budget: only the minimum
     calls.clear()
-    dispatch._time(calls.append, ["a", "b", "c"])
-    assert len(calls) == 3 * (1 + dispatch.MIN_ROUNDS)
+    dispatch._time(run, ["a", "b", "c"])
+    assert calls == ["a", "b", "c"] * (1 + dispatch.MIN_ROUNDS)
+
+
+def test_a_candidate_far_behind_the_leader_drops_out_after_a_round(monkeypatch) -> None:
+    seconds = {"a": 1.0, "b": 1.2, "c": 1.0 * dispatch.DROP_RATIO + 0.01}
+    run, calls = _clocked(monkeypatch, seconds)
+    trial = dispatch._time(run, ["a", "b", "c"])
+    # c: its untimed call and one timed; a and b go on for the minimum of rounds
+    assert calls == ["a", "b", "c"] * 2 + ["a", "b"] * (dispatch.MIN_ROUNDS - 1)
+    assert trial.active == ["a", "b"] and trial.leader() == "a"
+    assert trial.medians() == pytest.approx(seconds)  # the dropped one's still reported
+    seconds["b"] = 2.0  # every other candidate far behind: decided after one round
+    calls.clear()
+    trial = dispatch._time(run, ["b", "a", "c"])
+    assert calls == ["b", "a", "c"] * 2 and trial.active == ["a"]
+    # the leader's slowest call is the yardstick: a candidate behind its median but
+    # within DROP_RATIO of its slowest call stays in
+    trial = dispatch._Trial(["a", "b"])
+    for name, took in [("a", 0), ("b", 0), ("a", 2.0), ("b", 2.0), ("a", 1.0), ("b", 2.1)]:
+        trial.record(name, took)  # a: median 1.5, slowest 2.0; b: fastest 2.0
+    assert trial.active == ["a", "b"]
+    trial.record("a", 1.0)
+    trial.record("b", 2.6)  # a's slowest is still 2.0, b's fastest 2.0: in
+    assert trial.active == ["a", "b"] and trial.leader() == "a"
+    assert trial.done()  # 3 rounds, over the budget
+
+
+def test_a_trial_on_the_job_records_what_dropped_out(tuning) -> None:
+    times, measured = tuning
+    times.update({"dense": 3.0, "dense-nchw": 1.1, "gauss": 2.0, "karatsuba": 1.0})
+    conv = HConv2d(4, 4, 5, max_order=1)
+    assert _infer_until_decided(conv, _input(conv)) == 4 * 2 + 2 * (dispatch.MIN_ROUNDS - 1)
+    entry = dispatch.decisions()[conv.last_choice[0]]
+    assert entry["choice"] == "karatsuba" and entry["dropped"] == {"dense": 1, "gauss": 1}
+    assert entry["seconds"] == times
+    from hnets.bench import format_tuning
+
+    row = {"layer": "conv", "mode": "infer", "choice": "karatsuba", **entry}
+    report = format_tuning([row])
+    assert "gauss 2000.00*" in report and "dense-nchw 1100.00 " in report
+    assert "* dropped out after a round" in report
 
 
 @needs_compiler

@@ -18,7 +18,10 @@ and remembers it:
 The candidates are timed interleaved (one untimed call each, then rounds A, B, C, A,
 B, C, ...: a slow moment of the machine then hits all of them alike), at least
 :data:`MIN_ROUNDS` rounds and more until :data:`BUDGET_S` seconds have passed or
-:data:`MAX_ROUNDS` rounds are done; each candidate's median counts. The timed
+:data:`MAX_ROUNDS` rounds are done; each candidate's median counts. After every round,
+a candidate whose fastest call so far took over :data:`DROP_RATIO` times the slowest
+call of the leader (the lowest median) is out: it is not called again, and a trial
+whose other candidates are all out is decided at once. The timed
 calls are the real ones (:func:`begin`, :func:`end`): the first calls of a signature
 go round the candidates, each giving the true output and gradients, so measuring
 costs only what the slower candidates take beyond the fastest. A training call is
@@ -60,6 +63,7 @@ import torch
 
 __all__ = [
     "BUDGET_S",
+    "DROP_RATIO",
     "MIN_ROUNDS",
     "MAX_ROUNDS",
     "STALLED_ROUNDS",
@@ -84,6 +88,11 @@ __all__ = [
 BUDGET_S = 0.25
 #: Timed rounds (one call of every candidate each): at least, and at most.
 MIN_ROUNDS, MAX_ROUNDS = 3, 9
+#: After a round, a candidate whose fastest call took over this many times the leader's
+#: slowest is dropped from the trial (never the leader). Measured on HNetMNIST's
+#: trials (``benchmarks/tuning_cost.py``): it halves what tuning costs a run and
+#: changed no choice; the candidates it drops are 1.3-2x behind.
+DROP_RATIO = 1.25
 #: Rounds of calls that never end (see :func:`begin`) before a trial measures apart.
 STALLED_ROUNDS = 2 * (MAX_ROUNDS + 1)
 _FORMAT = 1
@@ -203,8 +212,8 @@ def choose(key: str, candidates: Sequence[str], run: Callable[[str], Any]) -> st
         return known
     _announce()
     probe = _LoadProbe()
-    times = _time(run, candidates)
-    return _decide(key, times, probe.busy_elsewhere())
+    trial = _time(run, candidates)
+    return _decide(key, trial, probe.busy_elsewhere())
 
 
 class Ticket:
@@ -252,7 +261,8 @@ def begin(
     take beyond the fastest: round robin over the candidates (the first call of each
     untimed; a call that never ends is made again), at least :data:`MIN_ROUNDS` timed
     calls each and more until their calls took :data:`BUDGET_S` seconds or
-    :data:`MAX_ROUNDS` are done; then decided as :func:`choose` decides. Where calls
+    :data:`MAX_ROUNDS` are done, a candidate far behind the leader dropping out after
+    any round (:data:`DROP_RATIO`); then decided as :func:`choose` decides. Where calls
     keep not ending (a training forward whose backward never runs), after
     :data:`STALLED_ROUNDS` rounds of them the trial is dropped for :func:`choose` with
     ``fallback`` (separate calls), if given.
@@ -292,7 +302,7 @@ def end(ticket: Ticket) -> None:
         if not trial.done():
             return
         del _trials[ticket.key]
-    _decide(ticket.key, trial.medians(), trial.busy_cpus())
+    _decide(ticket.key, trial, trial.busy_cpus())
 
 
 def open_trials() -> set[str]:
@@ -302,10 +312,11 @@ def open_trials() -> set[str]:
 
 
 class _Trial:
-    """The calls of one key's on-the-job measurement so far."""
+    """The calls of one key's measurement so far (on the job, or in separate calls)."""
 
     def __init__(self, candidates: Sequence[str]) -> None:
         self.candidates = tuple(candidates)
+        self.active = list(candidates)  # not dropped (see DROP_RATIO)
         self.begun = 0  # calls handed out, ended or not
         self.warm: set[str] = set()
         self.samples: dict[str, list[float]] = {name: [] for name in candidates}
@@ -313,26 +324,46 @@ class _Trial:
         self.busy: float | None = 0.0  # CPU-seconds other work used meanwhile
 
     def next(self) -> str:
-        """The candidate with the fewest recorded calls (the first of them): round robin,
-        in which a call that went unrecorded is made again."""
-        return min(self.candidates, key=lambda n: (n in self.warm) + len(self.samples[n]))
+        """The candidate still in with the fewest recorded calls (the first of them):
+        round robin, in which a call that went unrecorded is made again."""
+        return min(self.active, key=lambda n: (n in self.warm) + len(self.samples[n]))
 
-    def record(self, name: str, seconds: float, busy: float | None) -> None:
+    def record(self, name: str, seconds: float, busy: float | None = None) -> None:
         if name not in self.warm:
             self.warm.add(name)  # its first call: allocations, first-touch, filter synthesis
             return
         self.samples[name].append(seconds)
         self.timed += seconds
         self.busy = None if busy is None or self.busy is None else self.busy + busy * seconds
+        rounds = self._rounds()
+        if rounds:  # a whole round is over: drop who is far behind the leader
+            leader = self.leader()
+            slowest = max(self.samples[leader])
+            self.active = [
+                n
+                for n in self.active
+                if n == leader or min(self.samples[n]) <= DROP_RATIO * slowest
+            ]
+
+    def _rounds(self) -> int:
+        """Timed calls of every candidate still in, when they are equal (whole rounds), else 0."""
+        counts = {len(self.samples[n]) for n in self.active}
+        return counts.pop() if len(counts) == 1 else 0
+
+    def leader(self) -> str:
+        """The candidate still in with the lowest median (what the trial would choose now)."""
+        return min(self.active, key=lambda n: statistics.median(self.samples[n]))
 
     def done(self) -> bool:
-        counts = [len(v) for v in self.samples.values()]
-        rounds = min(counts)
-        if rounds != max(counts):
-            return False  # on whole rounds only
+        rounds = self._rounds()  # on whole rounds only
+        if not rounds:
+            return False
+        if len(self.active) == 1:
+            return True
         return rounds >= MAX_ROUNDS or (rounds >= MIN_ROUNDS and self.timed >= BUDGET_S)
 
     def medians(self) -> dict[str, float]:
+        """Every candidate's median, the dropped ones' over the calls they had."""
         return {name: statistics.median(v) for name, v in self.samples.items()}
 
     def busy_cpus(self) -> float | None:
@@ -358,11 +389,18 @@ def _known(key: str, candidates: Sequence[str]) -> str | None:
     return None
 
 
-def _decide(key: str, times: dict[str, float], busy: float | None) -> str:
-    """Keep the fastest of ``times`` for ``key``, in memory and in the cache file; return it."""
-    choice = min(times, key=times.__getitem__)
-    seconds = {k: round(v, 7) for k, v in times.items()}
+def _decide(key: str, trial: _Trial, busy: float | None) -> str:
+    """Keep ``trial``'s leader for ``key``, in memory and in the cache file; return it.
+
+    The entry records every candidate's median ``seconds`` and, for those dropped
+    before the end, how many timed ``calls`` they had.
+    """
+    choice = trial.leader()
+    seconds = {k: round(v, 7) for k, v in trial.medians().items()}
     entry: dict[str, Any] = {"choice": choice, "seconds": seconds}
+    dropped = {n: len(trial.samples[n]) for n in trial.candidates if n not in trial.active}
+    if dropped:
+        entry["dropped"] = dropped
     if busy is not None:
         entry["busy_elsewhere"] = round(busy, 2)
         if busy > max((os.cpu_count() or 1) - torch.get_num_threads(), 0) + CONTENDED_CPUS:
@@ -371,7 +409,7 @@ def _decide(key: str, times: dict[str, float], busy: float | None) -> str:
         _memory[key] = entry
         _measured_here.add(key)
         _save_disk({key: entry})
-    _log.debug("%s: %s (%s)", key, choice, ", ".join(f"{k} {v:.2e} s" for k, v in times.items()))
+    _log.debug("%s: %s (%s)", key, choice, ", ".join(f"{k} {v:.2e} s" for k, v in seconds.items()))
     return choice
 
 
@@ -381,7 +419,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-_now = time.perf_counter  # the clock of on-the-job trials
+_now = time.perf_counter  # the clock of the trials
 
 
 def _elapsed(ticket: Ticket) -> float:
@@ -471,20 +509,16 @@ def _system_busy_seconds() -> float | None:
     return (sum(ticks[:8]) - ticks[3] - ticks[4]) / hz
 
 
-def _time(run: Callable[[str], Any], candidates: Sequence[str]) -> dict[str, float]:
-    """Median seconds per call of each candidate, timed in interleaved rounds."""
-    for name in candidates:
-        run(name)  # untimed: allocations, first-touch, lazy initialisation
-    samples: dict[str, list[float]] = {name: [] for name in candidates}
-    deadline = time.perf_counter() + BUDGET_S
-    for done in range(MAX_ROUNDS):
-        if done >= MIN_ROUNDS and time.perf_counter() > deadline:
-            break
-        for name in candidates:
-            start = time.perf_counter()
-            run(name)
-            samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(v) for name, v in samples.items()}
+def _time(run: Callable[[str], Any], candidates: Sequence[str]) -> _Trial:
+    """The candidates timed in separate calls of ``run``, by the rules of an on-the-job
+    trial (:func:`begin`): interleaved rounds after an untimed call each."""
+    trial = _Trial(candidates)
+    while not trial.done():
+        name = trial.next()
+        start = _now()
+        run(name)
+        trial.record(name, _now() - start)
+    return trial
 
 
 def _machine_key() -> str:
