@@ -37,11 +37,20 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="training batch (default 64)")
     parser.add_argument("--eval-batch", type=int, default=500, help="(default 500)")
     parser.add_argument("--steps", type=int, default=5, help="decided steps timed, at least")
+    parser.add_argument(
+        "--drop-ratio",
+        type=float,
+        help="dispatch.DROP_RATIO for the run (default: the library's; inf: never drop)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as cache:
         os.environ["HNETS_CACHE_DIR"] = cache  # a machine that has never tuned
         os.environ["HNETS_AUTOTUNE"] = "1"
+        if args.drop_ratio is not None:
+            from hnets.nn import dispatch
+
+            dispatch.DROP_RATIO = args.drop_ratio
         result = measure(args)
     if args.json:
         print(json.dumps(result))
