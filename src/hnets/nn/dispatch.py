@@ -393,8 +393,8 @@ def _known(key: str, candidates: Sequence[str]) -> str | None:
 def _decide(key: str, trial: _Trial, busy: float | None) -> str:
     """Keep ``trial``'s leader for ``key``, in memory and in the cache file; return it.
 
-    The entry records every candidate's median ``seconds`` and, for those dropped
-    before the end, how many timed ``calls`` they had.
+    The entry records every candidate's median ``seconds`` and, under ``dropped``,
+    those that dropped out before the end with the number of timed calls they had.
     """
     choice = trial.leader()
     seconds = {k: round(v, 7) for k, v in trial.medians().items()}
