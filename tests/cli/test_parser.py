@@ -21,7 +21,8 @@ from ..conftest import one_error_line
             "argument --epochs: invalid int value: 'many'",
             "hnets train",
         ),
-        (["train", "--no-such-flag"], "unrecognized arguments: --no-such-flag", "hnets"),
+        (["train", "--no-such-flag"], "unrecognized arguments: --no-such-flag", "hnets train"),
+        (["data", "prepare", "--zz", "x"], "unrecognized arguments: --zz x", "hnets data prepare"),
         (
             ["train", "--model-channels", "8,,32"],
             "expected integers separated by commas",

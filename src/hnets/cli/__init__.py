@@ -53,6 +53,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, _error_line(f"{message} (`{self.prog} --help` lists the options)") + "\n")
 
 
+def _innermost(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> argparse.ArgumentParser:
+    """The parser of the deepest subcommand that ``args`` chose (``parser`` if none)."""
+    while True:
+        actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        chosen = getattr(args, actions[0].dest, None) if actions else None
+        if chosen is None:
+            return parser
+        parser = actions[0].choices[chosen]
+
+
 def _error_line(message: str) -> str:
     """The one line every bad input ends with (the parser's and the handlers')."""
     return f"hnets: error: {message}"
@@ -71,7 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hnets`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the subcommand that was given them (its --help lists its flags)
+        _innermost(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         with _library_messages():
             result = args.handler(args)
