@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .models import HNetMNIST
-from .nn import HConv2d
+from .nn import HBlock, HConv2d
 from .nn.schemes import SCHEMES
 
 __all__ = [
@@ -356,10 +356,14 @@ def tune_model(
 ) -> list[dict[str, object]]:
     """Measure ``model``'s convolutions as training and inference will call them.
 
-    Training steps (forward and backward at ``batch_size``), then inference forwards
-    (at ``eval_batch_size``), each until every layer's on-the-job trial has decided,
-    with ``impl="auto"`` measuring (:mod:`hnets.nn.dispatch`; forced on for the call),
-    so the decisions are in the cache before a run starts. The model's parameters and
+    In training (forward and backward at ``batch_size``), then in inference (at
+    ``eval_batch_size``): one call of the whole model, which records what each
+    convolution receives, then each convolution alone on that input (its
+    :class:`~hnets.nn.HBlock` if it is in one: an inference trial times the block)
+    until its on-the-job trial has decided, with ``impl="auto"`` measuring
+    (:mod:`hnets.nn.dispatch`; forced on for the call), so the decisions are in the
+    cache before a run starts. Alone, a layer makes only its own trial's calls,
+    instead of the whole model's until its slowest layer has decided. The model's parameters and
     buffers are as before (the steps update no parameter; the batch-norm statistics
     they change are put back). Returns one row per ``HConv2d`` and mode: ``layer``,
     ``mode``, ``signature``, ``choice``, the candidates' ``seconds``, those that dropped
@@ -374,24 +378,24 @@ def tune_model(
     convs = [m for m in model.modules() if isinstance(m, HConv2d)]
     if not convs:
         return rows  # nothing to measure (a plain CNN)
+    block_of = {id(m.conv): m for m in model.modules() if isinstance(m, HBlock)}
+    units = [block_of.get(id(conv), conv) for conv in convs]  # what a trial call runs
     remeasure = dispatch.remeasuring() if again else contextlib.nullcontext()
     state = copy.deepcopy(model.state_dict())  # batch-norm statistics of random images
     with dispatch.autotuning(True), remeasure:
         for mode, batch in (("train", batch_size), ("infer", eval_batch_size)):
-            x = torch.rand(batch, *image_shape)
             model.train(mode == "train")
-            # the layers measure on the job: call until every one has decided (at most
-            # every candidate's untimed call and MAX_ROUNDS timed ones)
-            for _ in range(len(SCHEMES) * (dispatch.MAX_ROUNDS + 1)):
-                if mode == "train":
-                    model(x).sum().backward()
-                    model.zero_grad(set_to_none=True)
-                else:
-                    with torch.inference_mode():
-                        model(x)
-                keys = {m.last_choice[0] for m in convs if m.last_choice is not None}
-                if not keys & dispatch.open_trials():  # this model's, not others' trials
-                    break
+            inputs = _inputs_of(model, units, torch.rand(batch, *image_shape), mode)
+            for conv, unit in zip(convs, units, strict=True):
+                # on the job: call until it has decided (at most every candidate's
+                # untimed call and MAX_ROUNDS timed ones)
+                for _ in range(len(SCHEMES) * (dispatch.MAX_ROUNDS + 1)):
+                    if (
+                        conv.last_choice is None
+                        or conv.last_choice[0] not in dispatch.open_trials()
+                    ):
+                        break  # decided (or nothing to decide: one scheme, e.g. real images)
+                    _call(unit, inputs[id(unit)], mode)
             known = dispatch.decisions()
             for name, layer in model.named_modules():
                 if isinstance(layer, HConv2d) and layer.last_choice is not None:
@@ -413,6 +417,34 @@ def tune_model(
     model.load_state_dict(state)
     model.eval()
     return rows
+
+
+def _call(module: nn.Module, x: torch.Tensor, mode: str) -> None:
+    """One training (forward and backward) or inference call of ``module`` on ``x``."""
+    if mode == "train":
+        module(x.detach().requires_grad_(True)).sum().backward()
+        module.zero_grad(set_to_none=True)
+    else:
+        with torch.inference_mode():
+            module(x)
+
+
+def _inputs_of(
+    model: nn.Module, units: list[nn.Module], x: torch.Tensor, mode: str
+) -> dict[int, torch.Tensor]:
+    """One call of ``model`` on ``x``; what each of ``units`` received (by ``id``)."""
+    seen: dict[int, torch.Tensor] = {}
+
+    def record(module: nn.Module, args: tuple) -> None:  # returns None: the input stays
+        seen.setdefault(id(module), args[0].detach())
+
+    hooks = [unit.register_forward_pre_hook(record) for unit in units]
+    try:
+        _call(model, x, mode)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
 
 
 def format_tuning(rows: list[dict[str, object]]) -> str:

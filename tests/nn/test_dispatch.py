@@ -618,14 +618,29 @@ def test_tuning_a_model_stops_when_its_own_layers_have_decided(tuning) -> None:
     assert dispatch.open_trials()
     model = HNetMNIST(width=0.5)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    calls = {True: 0, False: 0}  # model calls in training and inference
-    model.register_forward_hook(
-        lambda m, i, o: calls.__setitem__(m.training, calls[m.training] + 1)
-    )
+    calls: dict[tuple[str, bool], int] = {}  # (module, training) -> calls
+
+    def count(name: str):  # noqa: ANN202
+        def hook(m, i, o) -> None:  # noqa: ANN001
+            calls[name, m.training] = calls.get((name, m.training), 0) + 1
+
+        return hook
+
+    for name, module in model.named_modules():
+        if name in ("", "head") or (name.startswith("features.") and name.count(".") == 1):
+            module.register_forward_hook(count(name))
     tune_model(model, batch_size=4, eval_batch_size=8)
-    # fake times of seconds (over budget): every layer decides after 4 x (1 + MIN_ROUNDS)
-    # calls (the head, orders 0 only, has no Karatsuba: 3 x 4), one per model call
-    assert calls == {True: 4 * (1 + dispatch.MIN_ROUNDS), False: 4 * (1 + dispatch.MIN_ROUNDS)}
+    # the whole model once per mode, then each layer alone (its block) until decided:
+    # fake times of seconds (over budget), so after 4 x (1 + MIN_ROUNDS) calls, the
+    # first of them the model's (the head, orders 0 only, has no Karatsuba: 3 x 4); the
+    # first block reads real images (one scheme): the model's call only
+    assert len(model.features) == 6
+    for training in (True, False):
+        assert calls["", training] == 1
+        assert calls["head", training] == 3 * (1 + dispatch.MIN_ROUNDS)
+        assert calls["features.0", training] == 1
+        for i in range(1, 6):
+            assert calls[f"features.{i}", training] == 4 * (1 + dispatch.MIN_ROUNDS)
     assert len(dispatch.open_trials()) == 1  # the other module's, still open
     for name, value in model.state_dict().items():  # batch-norm statistics put back
         assert torch.equal(value, before[name]), name
