@@ -393,6 +393,7 @@ def tune_model(
                     if (
                         conv.last_choice is None
                         or conv.last_choice[0] not in dispatch.open_trials()
+                        or id(unit) not in inputs  # called by other means than its block
                     ):
                         break  # decided (or nothing to decide: one scheme, e.g. real images)
                     _call(unit, inputs[id(unit)], mode)
