@@ -462,8 +462,8 @@ def format_tuning(rows: list[dict[str, object]]) -> str:
         lines.append(f"  {row['layer']:14s} {row['mode']:5s}  {times}{flag}")
     if any(row.get("dropped") for row in rows):
         lines.append(
-            f"  * dropped out after a round: its fastest call over {dispatch.DROP_RATIO:g}x the "
-            "leader's slowest (median of the calls it had)"
+            f"  * dropped out after a round: its fastest call (untimed one included) over "
+            f"{dispatch.DROP_RATIO:g}x the leader's slowest (median of the calls it had)"
         )
     contended = sum(bool(row.get("contended")) for row in rows)
     if contended:

@@ -419,13 +419,22 @@ def test_a_candidate_far_behind_the_leader_drops_out_after_a_round(monkeypatch) 
     # the leader's slowest call is the yardstick: a candidate behind its median but
     # within DROP_RATIO of its slowest call stays in
     trial = dispatch._Trial(["a", "b"])
-    for name, took in [("a", 0), ("b", 0), ("a", 2.0), ("b", 2.0), ("a", 1.0), ("b", 2.1)]:
+    for name, took in [("a", 9), ("b", 9), ("a", 2.0), ("b", 2.0), ("a", 1.0), ("b", 2.1)]:
         trial.record(name, took)  # a: median 1.5, slowest 2.0; b: fastest 2.0
     assert trial.active == ["a", "b"]
     trial.record("a", 1.0)
     trial.record("b", 2.6)  # a's slowest is still 2.0, b's fastest 2.0: in
     assert trial.active == ["a", "b"] and trial.leader() == "a"
     assert trial.done()  # 3 rounds, over the budget
+    # one slow timed call does not drop a candidate whose untimed call was fast
+    trial = dispatch._Trial(["a", "b"])
+    for name, took in [("a", 1.1), ("b", 1.0), ("a", 1.0), ("b", 2.0)]:
+        trial.record(name, took)
+    assert trial.active == ["a", "b"]
+    trial = dispatch._Trial(["a", "b"])
+    for name, took in [("a", 1.1), ("b", 1.3), ("a", 1.0), ("b", 2.0)]:
+        trial.record(name, took)  # both of b's calls over 1.25 x 1.0
+    assert trial.active == ["a"] and trial.done()
 
 
 def test_a_trial_on_the_job_records_what_dropped_out(tuning) -> None:
