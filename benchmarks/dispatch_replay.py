@@ -38,11 +38,10 @@ from pathlib import Path
 def collect(path: str, width: float) -> None:
     """One run: every trial to MAX_ROUNDS, no candidate dropped; every call recorded."""
     os.environ["HNETS_AUTOTUNE"] = "1"
-    import torch
-    import torch.nn.functional as F
-
-    from hnets.models import HNetMNIST
     from hnets.nn import dispatch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # a sibling benchmark
+    from tuning_cost import until_decided, workload
 
     dispatch.MIN_ROUNDS = dispatch.MAX_ROUNDS
     dispatch.DROP_RATIO = math.inf
@@ -54,31 +53,10 @@ def collect(path: str, width: float) -> None:
             calls.setdefault(ticket.key, []).append((ticket.name, dispatch._elapsed(ticket)))
         real_end(ticket)
 
+    step, forward = workload(width, 64, 500)  # the fixed table: no trial recorded yet
     dispatch.end = end  # conv.py calls dispatch.end through the module
-    torch.manual_seed(0)
-    model = HNetMNIST(width=width)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
-    images = torch.rand(500, 1, 28, 28)
-
-    def step() -> None:
-        model.train()
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-
-    def forward() -> None:
-        model.eval()
-        with torch.inference_mode():
-            model(images)
-
-    with dispatch.autotuning(False):  # one-time costs that are not tuning's
-        step()
-        forward()
-    for call in (step, forward):
-        call()
-        while dispatch.open_trials():
-            call()
+    until_decided(step)
+    until_decided(forward)
     Path(path).write_text(json.dumps(calls))
 
 
@@ -87,12 +65,9 @@ def replay(samples: dict[str, list[float]], ratio: float) -> tuple[str, dict[str
     from hnets.nn import dispatch
 
     dispatch.DROP_RATIO = ratio
-    trial = dispatch._Trial(list(samples))
-    made = dict.fromkeys(samples, 0)
-    while not trial.done():
-        name = trial.next()
-        trial.record(name, samples[name][made[name]])
-        made[name] += 1
+    calls = {name: iter(seconds) for name, seconds in samples.items()}
+    trial = dispatch._Trial(list(samples)).run(lambda name: next(calls[name]))
+    made = {name: (name in trial.warm) + len(trial.samples[name]) for name in samples}
     return trial.leader(), made
 
 
@@ -122,22 +97,35 @@ def main() -> None:
 
     print(machine_description())
     print(f"{args.runs} runs of HNetMNIST(width={args.width}), full trials replayed:")
+    # per run and signature, once: each scheme's time on the other runs' calls, and
+    # the choice that dropping nothing makes
+    graded = []
+    for i, run in enumerate(runs):
+        others = [r for j, r in enumerate(runs) if j != i] or [run]
+        graded.append(
+            {
+                key: (
+                    {
+                        name: statistics.median(t for r in others for t in r[key][name][1:])
+                        for name in samples
+                    },
+                    replay(samples, math.inf)[0],
+                )
+                for key, samples in run.items()
+            }
+        )
     for ratio in ratios:
         excess, loss, changed = [], [], 0
-        for i, run in enumerate(runs):
-            others = [r for j, r in enumerate(runs) if j != i] or [run]
+        for run, truths in zip(runs, graded, strict=True):
             spent = best_total = lost = 0.0
             for key, samples in run.items():
-                truth = {
-                    name: statistics.median(t for r in others for t in r[key][name][1:])
-                    for name in samples
-                }
+                truth, undropped = truths[key]
                 best = min(truth.values())
                 choice, made = replay(samples, ratio)
                 spent += sum(n * (truth[name] - best) for name, n in made.items())
                 lost += truth[choice] - best
                 best_total += best
-                changed += choice != replay(samples, math.inf)[0]
+                changed += choice != undropped
             excess.append(spent)
             loss.append(lost / best_total)
         rule = "never drop" if math.isinf(ratio) else f"drop at {ratio:g}x"

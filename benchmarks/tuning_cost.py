@@ -26,6 +26,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -71,16 +72,21 @@ def main() -> None:
     print(f"together: {result['train_cost_s'] + result['infer_cost_s']:.2f} s")
 
 
-def measure(args: argparse.Namespace) -> dict[str, float | int]:
+def workload(
+    width: float, batch: int, eval_batch: int
+) -> tuple[Callable[[], float], Callable[[], float]]:
+    """``HNetMNIST``'s training step and inference forward, as ``hnets train`` calls
+    them, each returning its seconds; the one-time costs that are not tuning's (the
+    native kernels' loading, first allocations) paid already, with the fixed table."""
     from hnets.models import HNetMNIST
     from hnets.nn import dispatch
 
     dispatch.clear_memory()
     torch.manual_seed(0)
-    model = HNetMNIST(width=args.width)
+    model = HNetMNIST(width=width)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x = torch.rand(args.batch, 1, 28, 28)
-    y = torch.randint(0, 10, (args.batch,))
+    x = torch.rand(batch, 1, 28, 28)
+    y = torch.randint(0, 10, (batch,))
 
     def step() -> float:
         model.train()
@@ -90,17 +96,12 @@ def measure(args: argparse.Namespace) -> dict[str, float | int]:
         opt.step()
         return time.perf_counter() - start
 
-    with dispatch.autotuning(False):  # one-time costs that are not tuning's: the
-        step()  # native kernels' loading, first allocations (with the fixed table)
+    with dispatch.autotuning(False):
+        step()
         model.eval()
         with torch.inference_mode():
-            model(torch.rand(args.eval_batch, 1, 28, 28))
-    tuning_steps: list[float] = []
-    while not tuning_steps or dispatch.open_trials():
-        tuning_steps.append(step())
-    decided = statistics.median(step() for _ in range(max(args.steps, len(tuning_steps))))
-
-    images = torch.rand(args.eval_batch, 1, 28, 28)
+            model(torch.rand(eval_batch, 1, 28, 28))
+    images = torch.rand(eval_batch, 1, 28, 28)
 
     def forward() -> float:
         model.eval()
@@ -109,9 +110,24 @@ def measure(args: argparse.Namespace) -> dict[str, float | int]:
             model(images)
         return time.perf_counter() - start
 
-    tuning: list[float] = []
-    while not tuning or dispatch.open_trials():
-        tuning.append(forward())
+    return step, forward
+
+
+def until_decided(call: Callable[[], float]) -> list[float]:
+    """``call()`` until no on-the-job trial is open (at least once); the calls' seconds."""
+    from hnets.nn import dispatch
+
+    seconds: list[float] = []
+    while not seconds or dispatch.open_trials():
+        seconds.append(call())
+    return seconds
+
+
+def measure(args: argparse.Namespace) -> dict[str, float | int]:
+    step, forward = workload(args.width, args.batch, args.eval_batch)
+    tuning_steps = until_decided(step)
+    decided = statistics.median(step() for _ in range(max(args.steps, len(tuning_steps))))
+    tuning = until_decided(forward)
     after = [forward() for _ in tuning]
     return {
         "train_steps": len(tuning_steps),

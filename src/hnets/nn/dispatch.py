@@ -368,6 +368,14 @@ class _Trial:
             return True
         return rounds >= MAX_ROUNDS or (rounds >= MIN_ROUNDS and self.timed >= BUDGET_S)
 
+    def run(self, call: Callable[[str], float]) -> _Trial:
+        """Make the trial's calls with ``call(name)``, which returns the call's seconds,
+        until it is done; returns ``self``."""
+        while not self.done():
+            name = self.next()
+            self.record(name, call(name))
+        return self
+
     def medians(self) -> dict[str, float]:
         """Every candidate's median, the dropped ones' over the calls they had."""
         return {name: statistics.median(v) for name, v in self.samples.items()}
@@ -518,13 +526,13 @@ def _system_busy_seconds() -> float | None:
 def _time(run: Callable[[str], Any], candidates: Sequence[str]) -> _Trial:
     """The candidates timed in separate calls of ``run``, by the rules of an on-the-job
     trial (:func:`begin`): interleaved rounds after an untimed call each."""
-    trial = _Trial(candidates)
-    while not trial.done():
-        name = trial.next()
+
+    def timed(name: str) -> float:
         start = _now()
         run(name)
-        trial.record(name, _now() - start)
-    return trial
+        return _now() - start
+
+    return _Trial(candidates).run(timed)
 
 
 def _machine_key() -> str:
