@@ -131,3 +131,28 @@ def test_the_channel_layouts_benchmark_prints_a_row_per_layout():
     params = hnets.count_parameters(hnets.build_model("hnet", channels=(2, 3, 4)))
     assert rows[0].startswith("| 4,4,4 | ") and "| 1.00 |" in rows[0]
     assert rows[1].startswith(f"| 2,3,4 | {params:,} | ")
+
+
+def test_bench_models_with_tune_times_the_tuned_and_the_table_hnet(monkeypatch, tmp_path):
+    from hnets import tune
+    from hnets.bench import bench_models
+    from hnets.nn import dispatch
+
+    monkeypatch.setenv("HNETS_CACHE_DIR", str(tmp_path))
+    dispatch.clear_memory()
+    times = {"dense": 3.0, "dense-nchw": 4.0, "gauss": 2.0, "karatsuba": 1.0}
+    monkeypatch.setattr(
+        tune, "interleaved", lambda c, **k: {n: [times[n]] * k["rounds"] for n in c}
+    )
+    try:
+        report = bench_models(batch=2, repeats=1, calls=1, tune=True)
+        names = [t.name for t in report["train"]]
+        assert names[-2:] == ["HNetMNIST", "HNetMNIST, fixed table"]
+        assert dispatch.decisions() and all(
+            e["choice"] in ("gauss", "karatsuba") for e in dispatch.decisions().values()
+        )
+        assert [t.name for t in bench_models(batch=2, repeats=1, calls=1)["train"]][-1] == (
+            "HNetMNIST"
+        )
+    finally:
+        dispatch.clear_memory()

@@ -14,6 +14,7 @@ about +-5% from run to run depending on which candidate ran before which.
 
 from __future__ import annotations
 
+import copy
 import os
 import platform
 import statistics
@@ -203,8 +204,14 @@ def compare_models(
     }
 
 
-def bench_models(*, batch: int = 46, repeats: int = 7, calls: int = 5) -> dict[str, list[Timing]]:
-    """Training-step and inference throughput of :class:`HNetMNIST` vs its dense-equivalent CNN."""
+def bench_models(
+    *, batch: int = 46, repeats: int = 7, calls: int = 5, tune: bool = False
+) -> dict[str, list[Timing]]:
+    """Training-step and inference throughput of :class:`HNetMNIST` vs its dense-equivalent CNN.
+
+    ``tune``: first run ``hnets tune`` on the H-Net at this batch size (its decisions go
+    to the tuning cache), and time it tuned and on the fixed table side by side.
+    """
     torch.manual_seed(0)
     hnet = HNetMNIST()
     models = {
@@ -214,7 +221,26 @@ def bench_models(*, batch: int = 46, repeats: int = 7, calls: int = 5) -> dict[s
         ),
         "HNetMNIST": hnet,
     }
+    if tune:
+        from .tune import tune_model
+
+        tune_model(hnet, batch_size=batch, eval_batch_size=batch)
+        models["HNetMNIST, fixed table"] = _TableOnly(copy.deepcopy(hnet))
     return compare_models(models, batch=batch, repeats=repeats, calls=calls)
+
+
+class _TableOnly(nn.Module):
+    """``model`` with ``impl="auto"`` on the fixed table, whatever ``hnets tune`` stored."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from .nn import dispatch
+
+        with dispatch.table_only():
+            return self.model(x)
 
 
 def saved_activation_bytes(model: nn.Module, batch: int = 46) -> int:

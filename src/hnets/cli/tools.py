@@ -44,6 +44,12 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--only", choices=["conv", "models", "dispatch", "memory"], help="run one part only"
     )
+    bench.add_argument(
+        "--tune",
+        action="store_true",
+        help="models: tune the H-Net first (hnets tune, at --batch-size) and time it tuned "
+        "and on the fixed table side by side",
+    )
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(handler=_bench)
 
@@ -157,7 +163,7 @@ def _bench(args: argparse.Namespace) -> int:
         )
     if args.only in (None, "models"):
         report["models"] = bench.bench_models(
-            batch=args.batch_size, repeats=args.repeats, calls=args.calls or 5
+            batch=args.batch_size, repeats=args.repeats, calls=args.calls or 5, tune=args.tune
         )
     if args.only in (None, "dispatch"):
         from ..tune import tune_model
