@@ -17,7 +17,9 @@ import griffe
 
 _ROLE = re.compile(r":(?:py:)?(class|func|meth|attr|data|mod|exc|obj|const):`~?\.?([^`]+)`")
 _MATH_ROLE = re.compile(r":math:`([^`]+)`")
-_MATH_BLOCK = re.compile(r"^([ \t]*)\.\. math::[ \t]*\n((?:[ \t]*\n)*)((?:\1[ \t]+\S.*\n|[ \t]*\n)+)", re.M)
+_MATH_BLOCK = re.compile(
+    r"^([ \t]*)\.\. math::[ \t]*\n((?:[ \t]*\n)*)((?:\1[ \t]+\S.*\n|[ \t]*\n)+)", re.M
+)
 
 
 def _math_block(match: re.Match[str]) -> str:
