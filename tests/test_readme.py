@@ -1,4 +1,5 @@
-"""The README as written: its Python blocks run, its API names resolve, its flags exist."""
+"""The README as written (its Python blocks run, its API names resolve, its flags exist),
+and the command lines of the docs pages."""
 
 from __future__ import annotations
 
@@ -101,9 +102,9 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     return {}
 
 
-def _command_lines() -> list[list[str]]:
+def _command_lines(blocks: list[str]) -> list[list[str]]:
     lines = []
-    for block in BASH_BLOCKS:
+    for block in blocks:
         joined = block.replace("\\\n", " ")
         for line in joined.splitlines():
             line = line.split("#", 1)[0].strip()
@@ -113,9 +114,22 @@ def _command_lines() -> list[list[str]]:
     return lines
 
 
+def _docs_bash_blocks() -> list[str]:
+    pages = sorted((ROOT / "docs").glob("*.md"))
+    return [b for p in pages for b in re.findall(r"```bash\n(.*?)```", p.read_text(), re.S)]
+
+
 def test_every_hnets_command_line_names_real_subcommands_and_flags() -> None:
-    lines = _command_lines()
-    assert len(lines) > 20
+    _check_command_lines(_command_lines(BASH_BLOCKS), at_least=20)
+
+
+def test_every_hnets_command_line_of_the_docs_pages_names_real_flags() -> None:
+    """The report pages under docs/ give commands to reproduce their figures: they must run."""
+    _check_command_lines(_command_lines(_docs_bash_blocks()), at_least=15)
+
+
+def _check_command_lines(lines: list[list[str]], at_least: int) -> None:
+    assert len(lines) > at_least
     for words in lines:
         parser = build_parser()
         path = []
