@@ -143,3 +143,28 @@ def _check_command_lines(lines: list[list[str]], at_least: int) -> None:
         for word in words:
             for flag in re.findall(r"--[a-z][a-z0-9-]*", word):
                 assert flag in known, f"hnets {' '.join(path)}: no flag {flag}"
+
+
+def _top_classes(text: str) -> list[tuple[str, float]]:
+    return [(c, float(p)) for c, p in re.findall(r"(\S+) ([\d.]+)%", text)]
+
+
+def test_the_predict_example_prints_what_the_readme_shows() -> None:
+    shown = re.search(r"hnets predict --checkpoint (\S+) (\S+)\n# (\S+): (\S+)\s+\((.*)\)", README)
+    assert shown, "the README's predict example and its output line"
+    checkpoint, image, _, label, top = shown.groups()
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run(
+        [sys.executable, "-m", "hnets", "predict", "--checkpoint", checkpoint, image],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    printed = re.search(r": (\S+)\s+\((.*)\)", done.stdout)
+    assert printed and printed.group(1) == label
+    expected, got = _top_classes(top), _top_classes(printed.group(2))
+    assert [c for c, _ in got] == [c for c, _ in expected]
+    assert all(abs(a - b) <= 0.2 for (_, a), (_, b) in zip(got, expected, strict=True))
