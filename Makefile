@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make train   create .venv if needed, install, get the data, train the H-Net, test it
 #   make test    create .venv if needed, install with the dev extras, run the test suite
+# make docs builds the documentation site into site/ (mkdocs build --strict).
 # Offline, the data step builds the Rot-MNIST stand-in from the MNIST files in
 # $HNETS_MNIST_DIR (this repository's CI and dev machines: ../shared/data/mnist).
 
@@ -25,7 +26,7 @@ export HNETS_FASHION_DIR := $(abspath ../shared/data/fashion-mnist)
 endif
 endif
 
-.PHONY: train demo test venv bench bench-e2cnn lint clean
+.PHONY: train demo test venv docs bench bench-e2cnn lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +53,14 @@ demo: venv
 test: venv
 	$(BIN)/python -m pytest -q
 
+$(VENV)/.installed-docs: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[docs]"
+	touch $@
+
+# the API reference is read from the source in src/ (griffe), without importing hnets
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 bench: venv
 	$(BIN)/hnets bench
 
@@ -68,4 +77,4 @@ lint: venv
 	$(BIN)/ruff check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) .venv-e2cnn runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-e2cnn runs site .cache .pytest_cache .ruff_cache

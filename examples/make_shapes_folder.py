@@ -1,6 +1,6 @@
 """Write a small labelled image folder in the layout ``hnets --dataset folder:PATH`` reads.
 
-    python examples/make_shapes_folder.py /tmp/shapes        # then see the README's *Data*
+    python examples/make_shapes_folder.py /tmp/shapes        # then see docs/data.md
 
 Three classes of outlined shapes (``triangle``, ``square``, ``star``), each drawn at a
 random position, size and rotation, in colour on a dark background at two image

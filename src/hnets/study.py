@@ -29,7 +29,7 @@ checkpoint), then :func:`collect_study` reads whatever runs have finished and wr
 * ``runs/<run name>.json``: each finished run's record (its row of ``results.csv``,
   its crisp-input accuracies, and the run's settings). The run directories hold
   checkpoints and live outside a work tree, so they can be lost with a machine; the
-  records sit beside the tables (in git, for ``docs/study``), and a run whose
+  records sit beside the tables (in git, for ``docs/results/study``), and a run whose
   directory is gone but whose record matches the plan counts as finished: collect
   reads the record, and ``hnets study`` and ``--status`` do not train it again.
 
@@ -40,7 +40,7 @@ optimizer steps (the epochs that make it up, rounded up), validates about
 ``validations`` times (every ``epochs // validations`` epochs and after the last),
 and keeps its best validated epoch by accuracy on the 2,000 validation images; the
 same rule for both models. The default 8,000 steps was chosen on validation (see
-the README: 4,000 undertrained the CNN at 1,000 and 5,000 images, 16,000 gained
+docs/study.md: 4,000 undertrained the CNN at 1,000 and 5,000 images, 16,000 gained
 nothing at 1,000). The test split is read once per run, at its end.
 """
 
@@ -106,7 +106,7 @@ _CRISP_FIELDS = (
     "crisp_180",
     "crisp_270",
 )
-_UPRIGHT_EPOCHS = 20  # as the README's upright Rot-MNIST runs
+_UPRIGHT_EPOCHS = 20  # as the upright Rot-MNIST runs of docs/results.md
 _UPRIGHT_STEP = 30.0  # degrees per bin of the upright runs' accuracy-by-angle figures
 #: Beside each upright figure: what it was computed from (reused while that holds).
 UPRIGHT_INPUTS = "inputs.json"

@@ -29,7 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "directory is gone."
         ),
     )
-    p.add_argument("--out", default="docs/study", help="tables and figures (default docs/study)")
+    p.add_argument(
+        "--out", default="docs/results/study", help="tables and figures (default %(default)s)"
+    )
     p.add_argument(
         "--runs",
         metavar="DIR",

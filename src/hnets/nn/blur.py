@@ -3,8 +3,8 @@
 Every image a model of the recipe trains on has been resampled (the rotation protocol
 rotates the stored images with bilinear interpolation, and the augmentation rotates
 them again), which blurs it; a user's photographed or scanned image is crisp. Models
-read such images about half a point worse (measured in the README, *When does
-equivariance pay?*). :class:`EvalBlur` closes that gap at inference: in eval mode it
+read such images about half a point worse (measured in docs/results.md, *Crisp
+inputs*). :class:`EvalBlur` closes that gap at inference: in eval mode it
 smooths the input by a Gaussian of ``sigma`` pixels, the order of blur that one
 bilinear resampling at a random angle leaves; in training mode it is the identity, so
 training is untouched.

@@ -41,10 +41,10 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 TRAIN_SPLITS = ("train", "train+valid")
 
-#: Peak learning rate of the recipe, per model (chosen on validation error: see the README).
+#: Peak learning rate of the recipe, per model (chosen on validation error: docs/results.md).
 DEFAULT_LR = {"hnet": 5e-3, "cnn": 1e-2}
 #: Per-dataset exceptions to :data:`DEFAULT_LR` (dataset name -> model -> rate), chosen on
-#: that dataset's validation split by the protocol the README declares for it.
+#: that dataset's validation split by the protocol docs/results.md declares for it.
 DATASET_LR: dict[str, dict[str, float]] = {"rotfashion": {"hnet": 1e-2, "cnn": 2e-2}}
 #: Model options of the recipe, per model: widths that spend the 35k-parameter budget
 #: about equally (H-Net 32,482 parameters, CNN 32,100; chosen on validation error).
@@ -53,7 +53,7 @@ DEFAULT_MODEL_OPTIONS: dict[str, dict[str, Any]] = {"hnet": {"width": 1.2}, "cnn
 #: The recipe's ``eval_blur`` (pixels) for runs that train with rotation augmentation:
 #: every training image is then resampled twice, a crisp input never; a Gaussian of
 #: this width at inference (:class:`hnets.nn.EvalBlur`) closes the gap (chosen on
-#: validation: see the README). Without augmentation the default is 0.
+#: validation: docs/results.md). Without augmentation the default is 0.
 DEFAULT_EVAL_BLUR = 0.5
 #: Model options that act at evaluation only: they may change when a run resumes.
 EVAL_ONLY_MODEL_OPTIONS = frozenset({"eval_blur"})
