@@ -416,7 +416,7 @@ def test_result_rows_round_the_test_error_that_training_computed_as_one_minus_ac
 def test_upright_figures_are_evaluated_again_only_when_their_runs_change(
     tmp_path: Path, monkeypatch
 ) -> None:
-    import hnets.studies
+    import hnets.analysis
     from hnets.study import _upright_figures
 
     plan = [r for r in plan_study(StudyConfig(datasets=("rotmnist",))) if r.variant == "upright"]
@@ -426,12 +426,12 @@ def test_upright_figures_are_evaluated_again_only_when_their_runs_change(
     def fake_study(done, *, out_dir, **kwargs):  # noqa: ANN001, ANN003, ANN202
         calls.append([Path(d).name for d in done])
         out_dir.mkdir(parents=True, exist_ok=True)
-        files = hnets.studies.robustness_files(out_dir)
+        files = hnets.analysis.robustness_files(out_dir)
         for f in files:
             f.write_text(str(len(calls)))
         return {"files": files}
 
-    monkeypatch.setattr(hnets.studies, "robustness_study", fake_study)
+    monkeypatch.setattr(hnets.analysis, "robustness_study", fake_study)
     first, second = (runs / r.name for r in plan)
     first.mkdir(parents=True)
     (first / "summary.json").write_text('{"test_accuracy": 0.5}')

@@ -39,6 +39,7 @@ SUBMODULES = (
     "images",
     "models",
     "nn",
+    "analysis",
     "studies",
     "study",
     "training",

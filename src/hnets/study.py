@@ -686,7 +686,7 @@ def _upright_figures(
     limit: int | None,
     finished: Container[str],
 ) -> list[Path]:
-    from .studies import robustness_files, robustness_study
+    from .analysis import robustness_files, robustness_study
 
     files: list[Path] = []
     for dataset in dict.fromkeys(r.dataset for r in plan if r.variant == "upright"):
@@ -816,16 +816,16 @@ def _write_records(
 
 def _crisp_images(run: StudyRun, data_dir: str | Path | None, n: int) -> tuple[Any, Any, Any]:
     """The first ``n`` test images as stored, their unrotated originals, and the labels."""
+    from .analysis import protocol_originals_of
     from .data import load_dataset
-    from .studies import protocol_originals_of
 
     test = load_dataset(run.dataset, "test", root=data_dir, variant=run.variant, limit=n)
     return protocol_originals_of(test), test.images, test.labels
 
 
 def _crisp_of(run_dir: Path, originals: Any, rotated: Any, labels: Any) -> dict[str, Any]:
+    from .analysis import crisp_accuracy
     from .checkpoint import load_model
-    from .studies import crisp_accuracy
 
     accuracies = crisp_accuracy(load_model(run_dir), originals, rotated, labels)
     return {"n": int(labels.shape[0]), **{k: round(v, 6) for k, v in accuracies.items()}}
