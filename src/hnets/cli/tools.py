@@ -142,9 +142,7 @@ def _register_equivariance(sub: argparse._SubParsersAction) -> None:
     eqv.add_argument("--data-dir")
     eqv.add_argument("--dataset", help=_DATASET_HELP)
     eqv.add_argument("--variant")
-    eqv.add_argument(
-        "--out", default=EQUIVARIANCE_OUT, help="output directory for JSON and figure"
-    )
+    eqv.add_argument("--out", default=EQUIVARIANCE_OUT, help="output directory for JSON and figure")
     eqv.set_defaults(handler=_equivariance)
 
 

@@ -30,9 +30,18 @@ from .config import (
     TRAIN_SPLITS,
     TrainConfig,
     recipe_lr,
+    train_argv,
+    with_settings,
 )
 from .loop import train
-from .rundir import CHECKPOINT_FILE, CURVES_FILE, METRICS_FILE, SUMMARY_FILE, load_run_config
+from .rundir import (
+    CHECKPOINT_FILE,
+    CURVES_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    load_run_config,
+    run_config,
+)
 from .schedule import epoch_order, lr_at, shard_positions
 from .world import resolve_device
 
@@ -44,6 +53,9 @@ __all__ = [
     "shard_positions",
     "resolve_device",
     "load_run_config",
+    "run_config",
+    "with_settings",
+    "train_argv",
     "SCHEDULES",
     "OPTIMIZERS",
     "CHECKPOINT_FILE",

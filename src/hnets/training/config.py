@@ -34,6 +34,10 @@ __all__ = [
     "OPTIMIZERS",
     "DEVICES",
     "TRAIN_SPLITS",
+    "FLAG_NAMES",
+    "MODEL_OPTION_FLAGS",
+    "with_settings",
+    "train_argv",
 ]
 
 SCHEDULES = ("cosine", "onecycle", "step", "constant")
@@ -328,3 +332,52 @@ class TrainConfig:
 #: Settings that say where and how a run executes, not what it computes: they may
 #: change when a run is resumed.
 RUNTIME_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["runtime"])
+
+
+#: ``hnets train`` flags spelled otherwise than ``--field-name``.
+FLAG_NAMES = {"data_variant": "--variant"}
+#: ``hnets train`` flags of the model options (``--channels`` is already a folder
+#: dataset's image channels, hence ``--model-channels``).
+MODEL_OPTION_FLAGS = {
+    "width": "--width",
+    "channels": "--model-channels",
+    "max_order": "--max-order",
+    "eval_blur": "--eval-blur",
+}
+
+
+def with_settings(base: TrainConfig, settings: Mapping[str, Any]) -> TrainConfig:
+    """``base`` with ``settings`` (TrainConfig fields) on top; ``model_options`` merge.
+
+    The one rule ``hnets train`` applies to its flags (on :class:`TrainConfig`'s
+    defaults, or on the saved run's with ``--resume``), for any caller that trains
+    with a partial set of settings.
+    """
+    options = {**base.model_options, **settings.get("model_options", {})}
+    rest = {k: v for k, v in settings.items() if k != "model_options"}
+    return dataclasses.replace(base, **rest, model_options=options)
+
+
+def train_argv(settings: Mapping[str, Any]) -> list[str]:
+    """The ``hnets train`` arguments that give ``settings``, in their order.
+
+    ``settings`` are :class:`TrainConfig` fields (``model_options``: those of
+    :data:`MODEL_OPTION_FLAGS`); :func:`with_settings` of the same mapping is the
+    config those arguments train with.
+    """
+    args: list[str] = []
+    for name, value in settings.items():
+        if name == "model_options":
+            for option, option_value in value.items():
+                args += [MODEL_OPTION_FLAGS[option], _flag_value(option_value)]
+            continue
+        flag = FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + flag[2:])
+        else:
+            args += [flag, _flag_value(value)]
+    return args
+
+
+def _flag_value(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
