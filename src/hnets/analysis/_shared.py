@@ -47,7 +47,7 @@ def load_test_split(
     limit: int | None,
 ) -> Any:
     """The test split of the model's dataset (or of ``dataset``, which must have its classes)."""
-    from ..checkpoint import load_checkpoint_data
+    from ..data.model_data import load_checkpoint_data
 
     return load_checkpoint_data(
         model.hnets_checkpoint,

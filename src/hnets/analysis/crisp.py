@@ -23,7 +23,7 @@ def protocol_originals_of(data: Any) -> torch.Tensor:
     """The unrotated originals ``(N, 1, H, W)`` of a split built by the rotation protocol.
 
     ``data`` is a loaded split (:func:`hnets.data.load_dataset`, or what
-    :func:`hnets.checkpoint.load_checkpoint_data` returns) of Rot-MNIST's stand-in or
+    :func:`hnets.data.model_data.load_checkpoint_data` returns) of Rot-MNIST's stand-in or
     Rot-Fashion-MNIST; sample ``i`` of the result is sample ``i`` of ``data`` before the
     protocol rotated it (crisp, never resampled). Needs the dataset's idx files.
 

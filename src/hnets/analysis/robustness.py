@@ -106,7 +106,7 @@ def robustness_study(
     """Run :func:`robustness_curve` for each checkpoint; write JSON, CSV and one figure.
 
     The test images are those of the first checkpoint's dataset (or ``dataset``,
-    which must have its classes; see :func:`hnets.checkpoint.load_checkpoint_data`),
+    which must have its classes; see :func:`hnets.data.model_data.load_checkpoint_data`),
     every checkpoint must predict the same classes. With ``by_stored_angle`` the
     test images are not rotated further: accuracy is binned by the rotation each
     image already has (:func:`accuracy_by_angle`; the variants built by hnets store

@@ -18,7 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..data.registry import DATASETS, get_dataset, is_folder
+from ..data.sources import FOLDER_OPTIONS, data_source
+from ..errors import DataError
 from ..models import model_names
 
 __all__ = [
@@ -313,20 +314,15 @@ class TrainConfig:
     def _check_data(self) -> None:
         if not isinstance(self.dataset, str):
             raise ValueError(f"dataset must be a name, got {self.dataset!r}")
-        if is_folder(self.dataset):
-            if self.data_variant not in (None, "folder"):
-                raise ValueError(f"a folder dataset has no variant {self.data_variant!r}")
-        else:
-            if self.dataset not in DATASETS:
-                get_dataset(self.dataset)  # DataError listing the known names
-            allowed = (None, *DATASETS[self.dataset].variants)
-            if self.data_variant not in allowed:
-                raise ValueError(
-                    f"data_variant must be one of {allowed} for {self.dataset}, "
-                    f"got {self.data_variant!r}"
-                )
-            if self.image_size is not None or self.channels is not None or self.skip_bad:
-                raise ValueError("image_size, channels and skip_bad are for folder:PATH datasets")
+        source = data_source(self.dataset)  # DataError listing the known names
+        try:
+            source.check_variant(self.data_variant)
+        except DataError as exc:
+            raise ValueError(f"data_variant: {exc}") from None
+        try:
+            source.check_options({name: getattr(self, name) for name in FOLDER_OPTIONS})
+        except DataError as exc:
+            raise ValueError(str(exc)) from None
 
 
 #: Settings that say where and how a run executes, not what it computes: they may
