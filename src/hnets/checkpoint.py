@@ -92,7 +92,7 @@ def save_model(
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`.
     """
-    from . import __version__
+    from ._version import __version__
 
     model = unwrap_model(model)
     spec = getattr(model, "hnets_config", None)

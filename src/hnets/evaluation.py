@@ -136,10 +136,10 @@ def iter_predictions(
     """Classify image files, yielding one result per file in order.
 
     Images are decoded and preprocessed as the model's dataset was made
-    (:func:`hnets.images.image_loader`: MNIST's recipe for Rot-MNIST models,
-    Fashion-MNIST's for Rot-Fashion-MNIST ones, the folder's resizing for a folder
-    dataset) ``batch_size`` at a time, so memory stays bounded however many files
-    there are.
+    (:func:`hnets.images.load_image`, MNIST's recipe, for Rot-MNIST models;
+    :func:`hnets.images.load_garment`, Fashion-MNIST's, for Rot-Fashion-MNIST ones;
+    :func:`hnets.images.load_image_as`, the folder's resizing, for a folder dataset)
+    ``batch_size`` at a time, so memory stays bounded however many files there are.
 
     Args:
         classes: class names in logit order (default: those the model's checkpoint

@@ -351,7 +351,7 @@ def test_protocol_originals_are_the_test_images_before_rotation(rotmnist_root: P
     import torch
 
     from hnets.data import RotMNIST, load_mnist, rotate_images
-    from hnets.data.mnist import protocol_originals
+    from hnets.data.protocol import protocol_originals
 
     mnist = MNIST_SOURCE
     images, labels = protocol_originals(load_mnist(mnist), seed=0)

@@ -31,7 +31,8 @@ def protocol_originals_of(data: Any) -> torch.Tensor:
         HNetsError: a dataset not built by the protocol here (the real Rot-MNIST, a
             folder), idx files not found, or originals that do not match ``data``.
     """
-    from ..data.mnist import find_idx_dir, load_idx_files, protocol_originals
+    from ..data.idx import find_idx_dir, load_idx_files
+    from ..data.protocol import protocol_originals
     from ..data.registry import DATASETS
 
     spec = DATASETS.get(getattr(data, "name", ""))
@@ -65,7 +66,7 @@ def crisp_accuracy(
 
     Args:
         originals: the unrotated test images ``(N, C, H, W)``
-            (:func:`hnets.data.mnist.protocol_originals`).
+            (:func:`hnets.data.protocol.protocol_originals`).
         rotated: the same images as the test split stores them (rotated, bilinear).
         labels: ``(N,)``.
 

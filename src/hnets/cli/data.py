@@ -152,7 +152,8 @@ def _prepare_rotmnist(args: argparse.Namespace) -> Path:
 def _prepare_idx(spec: Any, args: argparse.Namespace) -> Path:
     """An idx-built dataset: local files in the registry's order, else a download."""
     from ..data.cache import is_prepared, resolve_data_dir
-    from ..data.mnist import download_idx, find_idx_dir, prepare_from_idx, rotated_variant
+    from ..data.idx import download_idx, find_idx_dir
+    from ..data.protocol import prepare_from_idx, rotated_variant
 
     progress = not args.no_progress
     variant = spec.upright_variant if args.upright else rotated_variant(spec)

@@ -21,20 +21,13 @@ for Rot-MNIST; :func:`make_loader` wraps one in a ``DataLoader``;
 """
 
 from .archive import DEFAULT_MAX_UNPACKED_BYTES, download, safe_extract
-from .cache import ALL_SPLITS, SPLITS, VARIANTS, SplitArrays, resolve_data_dir, verify_variant
+from .cache import ALL_SPLITS, SPLITS, SplitArrays, resolve_data_dir, verify_variant
 from .dataset import ImageDataset
 from .folder import prepare_folder
+from .idx import download_idx, load_mnist, parse_idx, read_idx
 from .loaders import make_loader
 from .locate import ensure_dataset, load_dataset, locate_variant
-from .mnist import (
-    build_standin,
-    download_idx,
-    load_mnist,
-    parse_idx,
-    prepare_from_idx,
-    prepare_from_mnist,
-    read_idx,
-)
+from .protocol import build_standin, prepare_from_idx, prepare_from_mnist
 from .registry import DATASETS, DatasetSpec, dataset_names, get_dataset
 from .rotmnist import (
     DEFAULT_MD5,
@@ -54,7 +47,6 @@ __all__ = [
     "DEFAULT_MD5",
     "DEFAULT_URL",
     "SPLITS",
-    "VARIANTS",
     "DatasetSpec",
     "ImageDataset",
     "RandomRotation",

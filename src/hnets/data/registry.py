@@ -5,7 +5,7 @@ named on the command line with ``--dataset NAME``:
 
 * ``rotmnist``: Rot-MNIST (``mnist_rotation_new``; Larochelle et al. 2007) with
   variants ``original`` (the real files, downloaded), ``standin`` (built offline
-  from the MNIST idx files by the Rot-MNIST protocol, see :mod:`hnets.data.mnist`)
+  from the MNIST idx files by the Rot-MNIST protocol, see :mod:`hnets.data.protocol`)
   and ``upright`` (the stand-in with unrotated train/valid images);
 * ``rotfashion``: Rot-Fashion-MNIST, built from Fashion-MNIST (Xiao, Rasul and
   Vollgraf 2017) by the same protocol, with variants ``rotated`` and ``upright``.

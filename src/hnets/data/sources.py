@@ -152,7 +152,8 @@ class RegisteredSource(DataSource):
             vdir = root / spec.dir_name(candidate)
             if is_prepared(vdir):
                 return vdir
-        from .mnist import find_idx_dir, prepare_from_idx, rotated_variant
+        from .idx import find_idx_dir
+        from .protocol import prepare_from_idx, rotated_variant
 
         idx_dir = find_idx_dir(spec)
         if idx_dir is not None and variant in (None, rotated_variant(spec), spec.upright_variant):

@@ -61,21 +61,21 @@ def error_vs_size_figure(
         ax.grid(alpha=0.3, which="both")
         ax.legend()
         if rows == 2:
-            ax = axes[1][column]
-            points = sorted(
-                (g["train_size"], g["gap_points"], g["gap_se_points"] or 0.0)
-                for g in gaps
-                if g["dataset"] == dataset
-            )
-            ax.axhline(0.0, color="0.5", linewidth=0.8)
-            if points:
-                sizes, gap, se = zip(*points, strict=True)
-                ax.errorbar(sizes, gap, yerr=se, marker="o", capsize=3, color="C2")
-            ax.set_xscale("log")
-            ax.set_ylabel("CNN − H-Net (points), ± 1 se")
-            ax.grid(alpha=0.3, which="both")
+            _draw_gap(axes[1][column], [g for g in gaps if g["dataset"] == dataset])
         ax = axes[rows - 1][column]  # after every set_xscale (which resets the ticks)
         ax.set_xticks(panel_sizes, labels=[f"{n:,}" for n in panel_sizes])
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlabel("training images")
     return fig
+
+
+def _draw_gap(ax: Any, gaps: Sequence[dict[str, Any]]) -> None:
+    """The CNN's test error minus the H-Net's against size, error bars one standard error."""
+    points = sorted((g["train_size"], g["gap_points"], g["gap_se_points"] or 0.0) for g in gaps)
+    ax.axhline(0.0, color="0.5", linewidth=0.8)
+    if points:
+        sizes, gap, se = zip(*points, strict=True)
+        ax.errorbar(sizes, gap, yerr=se, marker="o", capsize=3, color="C2")
+    ax.set_xscale("log")
+    ax.set_ylabel("CNN − H-Net (points), ± 1 se")
+    ax.grid(alpha=0.3, which="both")

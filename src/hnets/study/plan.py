@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..data.mnist import STANDIN_SIZES as _PROTOCOL_SIZES
+from ..data.protocol import STANDIN_SIZES as _PROTOCOL_SIZES
 from ..data.registry import DATASETS, get_dataset
 from ..errors import HNetsError
 from ..training import DEFAULT_EVAL_BLUR, TrainConfig, train_argv
@@ -228,6 +228,6 @@ def plan_study(config: StudyConfig) -> list[StudyRun]:
 
 
 def _rotated_variant(dataset: str) -> str:
-    from ..data.mnist import rotated_variant
+    from ..data.protocol import rotated_variant
 
     return rotated_variant(DATASETS[dataset])

@@ -181,26 +181,7 @@ def markdown_report(
         lines.append(
             f"| {dataset} | {size:,} | {cells[0]} | {cells[1]} | {cells[2]} | {'/'.join(seeds)} |"
         )
-    upright = [r for r in rows if r["variant"] == "upright" and r["test_error"] is not None]
-    if upright:
-        lines += ["", "| trained upright | model | rotated test error |", "|---|---|---:|"]
-        for r in upright:
-            lines.append(f"| {r['dataset']} | {r['model']} | {100 * r['test_error']:.2f}% |")
-    if crisp:
-        lines += [
-            "",
-            "| crisp inputs (accuracy) | model | size | seed | rotated test | original "
-            "| 90° | 180° | 270° |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for r in crisp:
-            cells = " | ".join(
-                f"{100 * r[k]:.2f}%"
-                for k in ("rotated", "crisp_0", "crisp_90", "crisp_180", "crisp_270")
-            )
-            lines.append(
-                f"| {r['dataset']} | {r['model']} | {r['train_size']:,} | {r['seed']} | {cells} |"
-            )
+    lines += _upright_table(rows) + _crisp_table(crisp)
     if gaps:
         lines += [
             "",
@@ -218,3 +199,35 @@ def markdown_report(
     if missing:
         lines.append(f"{len(missing)} planned runs not finished yet (e.g. {missing[0]}).")
     return "\n".join(lines) + "\n"
+
+
+def _upright_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Markdown lines: the upright runs' rotated test error (none without such runs)."""
+    upright = [r for r in rows if r["variant"] == "upright" and r["test_error"] is not None]
+    if not upright:
+        return []
+    lines = ["", "| trained upright | model | rotated test error |", "|---|---|---:|"]
+    for r in upright:
+        lines.append(f"| {r['dataset']} | {r['model']} | {100 * r['test_error']:.2f}% |")
+    return lines
+
+
+def _crisp_table(crisp: Sequence[dict[str, Any]]) -> list[str]:
+    """Markdown lines: each run's accuracy on crisp inputs (none without crisp rows)."""
+    if not crisp:
+        return []
+    lines = [
+        "",
+        "| crisp inputs (accuracy) | model | size | seed | rotated test | original "
+        "| 90° | 180° | 270° |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in crisp:
+        cells = " | ".join(
+            f"{100 * r[k]:.2f}%"
+            for k in ("rotated", "crisp_0", "crisp_90", "crisp_180", "crisp_270")
+        )
+        lines.append(
+            f"| {r['dataset']} | {r['model']} | {r['train_size']:,} | {r['seed']} | {cells} |"
+        )
+    return lines

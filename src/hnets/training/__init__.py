@@ -6,8 +6,8 @@
   texts, and the recipe's defaults (:func:`recipe_lr`, :data:`DEFAULT_MODEL_OPTIONS`);
 * :mod:`.schedule`: the learning rate of every step (:func:`lr_at`) and the data order
   of every epoch (:func:`epoch_order`, :func:`shard_positions`);
-* :mod:`.data`: the run's data in memory, and the batches of an epoch;
-* :mod:`.model`: seeding, the model built for the data, the optimizer, the precision;
+* :mod:`.batches`: the run's data in memory, and the batches of an epoch;
+* :mod:`.setup`: seeding, the model built for the data, the optimizer, the precision;
 * :mod:`.metrics`: running sums, epoch rows, where a run stands, the NaN/Ctrl-C vote;
 * :mod:`.rundir`: the run directory: claiming it, checkpoints, every file a run writes;
 * :mod:`.world`: the processes (``torchrun``), the device (:func:`resolve_device`),

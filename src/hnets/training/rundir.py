@@ -38,10 +38,10 @@ from ..checkpoint import (
 )
 from ..errors import CheckpointError, HNetsError
 from ..evaluation import plot_curves
+from .batches import RunData
 from .config import EVAL_ONLY_MODEL_OPTIONS, RUNTIME_FIELDS, TrainConfig, with_settings
-from .data import RunData
 from .metrics import RunState
-from .model import build_for
+from .setup import build_for
 from .world import World
 
 __all__ = [
@@ -346,7 +346,7 @@ def _training_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _versions() -> dict[str, str]:
-    from .. import __version__
+    from .._version import __version__
 
     return {
         "hnets": __version__,
