@@ -6,30 +6,11 @@ removed in a later release.
 
 import warnings
 
-from .analysis import (
-    accuracy_by_angle,
-    crisp_accuracy,
-    equivariance_study,
-    feature_equivariance,
-    protocol_originals_of,
-    robustness_curve,
-    robustness_files,
-    robustness_study,
-)
+from .analysis import *  # noqa: F403  (the names this alias keeps working)
+from .analysis import __all__  # noqa: F401  (so that `from hnets.studies import *` does too)
 
 warnings.warn(
     "hnets.studies is deprecated: import from hnets.analysis",
     DeprecationWarning,
     stacklevel=2,
 )
-
-__all__ = [
-    "crisp_accuracy",
-    "protocol_originals_of",
-    "robustness_curve",
-    "accuracy_by_angle",
-    "robustness_study",
-    "robustness_files",
-    "feature_equivariance",
-    "equivariance_study",
-]

@@ -14,9 +14,10 @@ Where data lives: ``--data-dir``, else ``$HNETS_DATA``, else ``~/.cache/hnets``
   Fashion-MNIST (:func:`prepare_from_idx`);
 * ``folder-<name>-<key>``: a folder of labelled images (:func:`prepare_folder`).
 
-:func:`load_dataset` returns any of them as an :class:`ImageDataset` of
-``(image (C, H, W) float32 in [0, 1], label)`` pairs; :class:`RotMNIST` is the same
-for Rot-MNIST; :func:`make_loader` wraps one in a ``DataLoader``;
+:func:`data_source` turns a ``--dataset`` name into a :class:`DataSource` that checks,
+locates, prepares and loads it. :func:`load_dataset` returns any of them as an
+:class:`ImageDataset` of ``(image (C, H, W) float32 in [0, 1], label)`` pairs;
+:class:`RotMNIST` is the same for Rot-MNIST; :func:`make_loader` wraps one in a ``DataLoader``;
 :func:`random_rotate_batch` / :class:`RandomRotation` augment batches.
 """
 
@@ -37,10 +38,13 @@ from .rotmnist import (
     parse_npz,
     prepare_download,
 )
+from .sources import DataSource, data_source
 from .stats import dataset_stats, format_stats, write_stats_figures
 from .transforms import RandomRotation, random_rotate_batch, rotate_images
 
 __all__ = [
+    "DataSource",
+    "data_source",
     "ALL_SPLITS",
     "DATASETS",
     "DEFAULT_MAX_UNPACKED_BYTES",

@@ -72,7 +72,6 @@ class DataSource(ABC):
         if foreign:
             raise DataError(f"{', '.join(foreign)}: only for --dataset folder:PATH")
 
-    @abstractmethod
     def locate(
         self,
         data_dir: str | os.PathLike[str] | None = None,
@@ -84,8 +83,22 @@ class DataSource(ABC):
         """The prepared directory, prepared first where that needs no network.
 
         Raises:
-            DataError: no data, with a message saying how to get it.
+            DataError: a variant or option this kind does not have; no data, with a
+                message saying how to get it.
         """
+        self.check_options(options)
+        self.check_variant(variant)
+        return self._prepared(data_dir, variant, progress, options)
+
+    @abstractmethod
+    def _prepared(
+        self,
+        data_dir: str | os.PathLike[str] | None,
+        variant: str | None,
+        progress: bool,
+        options: Mapping[str, Any],
+    ) -> Path:
+        """:meth:`locate` once the request is checked."""
 
     def load(
         self,
@@ -134,20 +147,17 @@ class RegisteredSource(DataSource):
         if variant is not None:
             self.spec.check_variant(variant)
 
-    def locate(
+    def _prepared(
         self,
-        data_dir: str | os.PathLike[str] | None = None,
-        variant: str | None = None,
-        *,
-        progress: bool = True,
-        **options: Any,
+        data_dir: str | os.PathLike[str] | None,
+        variant: str | None,
+        progress: bool,
+        options: Mapping[str, Any],
     ) -> Path:
         """With ``variant=None`` the default variants are tried in order; missing data is
         built from the dataset's idx files when they are found locally (seed 0)."""
-        self.check_options(options)
         spec = self.spec
         root = resolve_data_dir(data_dir)
-        self.check_variant(variant)
         for candidate in (variant,) if variant else spec.default_variants:
             vdir = root / spec.dir_name(candidate)
             if is_prepared(vdir):
@@ -191,20 +201,17 @@ class FolderSource(DataSource):
         if variant not in (None, "folder"):
             raise DataError(f"a folder dataset has no variant {variant!r}")
 
-    def locate(
+    def _prepared(
         self,
-        data_dir: str | os.PathLike[str] | None = None,
-        variant: str | None = None,
-        *,
-        progress: bool = True,
-        **options: Any,
+        data_dir: str | os.PathLike[str] | None,
+        variant: str | None,
+        progress: bool,
+        options: Mapping[str, Any],
     ) -> Path:
         """Prepared, or found in the cache by its content and options
         (:func:`hnets.data.prepare_folder`)."""
         from .folder import prepare_folder
 
-        self.check_options(options)
-        self.check_variant(variant)
         return prepare_folder(self.path, data_dir, progress=progress, **options)
 
     def known_classes(
