@@ -12,7 +12,14 @@ from torch import nn
 import hnets.evaluation as evaluation
 from hnets import build_model
 from hnets.errors import HNetsError
-from hnets.evaluation import evaluate, iter_predictions, plot_confusion, plot_curves, predict
+from hnets.evaluation import (
+    batched_logits,
+    evaluate,
+    iter_predictions,
+    plot_confusion,
+    plot_curves,
+    predict,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -127,3 +134,16 @@ def test_figures_are_png_files_written_atomically(tmp_path):
     no_valid = [{**row, "valid_loss": None, "valid_acc": None} for row in history]
     assert plot_curves(no_valid, tmp_path / "c2.png").read_bytes().startswith(PNG_MAGIC)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c2.png", "confusion.png", "curves.png"]
+
+
+def test_batched_logits_sees_every_image_once_in_order_whatever_the_batch():
+    model = torch.nn.Flatten()
+    images = torch.arange(23.0).reshape(23, 1, 1, 1)
+    labels = torch.arange(23)
+    for batch_size in (1, 5, 23, 100):
+        batches = list(batched_logits(model, images, labels, batch_size=batch_size))
+        assert all(len(logits) <= batch_size for logits, _ in batches)
+        assert torch.equal(torch.cat([logits for logits, _ in batches]).flatten(), images.flatten())
+        assert torch.equal(torch.cat([y for _, y in batches]), labels)
+    with pytest.raises(ValueError, match="batch_size"):
+        next(batched_logits(model, images, batch_size=0))

@@ -10,6 +10,7 @@ are attributes of ``hnets`` too, imported on first use (as torch does), so
 import importlib
 from typing import Any
 
+from ._version import __version__
 from .checkpoint import load_model, save_model
 from .models import HNetMNIST, RegularCNN, build_model, count_parameters, model_names
 from .nn import (
@@ -22,8 +23,6 @@ from .nn import (
     magnitude,
     rot90_harmonic,
 )
-
-__version__ = "0.1.0"
 
 #: Public subpackages reachable as ``hnets.<name>`` without importing them first.
 SUBMODULES = (
@@ -39,6 +38,7 @@ SUBMODULES = (
     "images",
     "models",
     "nn",
+    "analysis",
     "studies",
     "study",
     "training",

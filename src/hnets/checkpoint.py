@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from ._io import atomic_write, read_json, write_json
-from .errors import CheckpointError, DataError, HNetsError
+from .errors import CheckpointError, HNetsError
 from .models import build_model, count_parameters, model_names, upgrade_state_dict
 
 __all__ = [
@@ -57,7 +57,6 @@ __all__ = [
     "set_rng_state",
     "checkpoint_classes",
     "checkpoint_dataset",
-    "load_checkpoint_data",
 ]
 
 MODEL_FORMAT = "hnets-model/1"
@@ -93,7 +92,7 @@ def save_model(
     Returns:
         ``out_dir`` as a :class:`~pathlib.Path`.
     """
-    from . import __version__
+    from ._version import __version__
 
     model = unwrap_model(model)
     spec = getattr(model, "hnets_config", None)
@@ -214,169 +213,6 @@ def checkpoint_classes(config: Mapping[str, Any]) -> tuple[str, ...]:
         return tuple(str(c) for c in classes)
     spec = DATASETS.get(checkpoint_dataset(config))
     return spec.classes if spec is not None else DIGITS
-
-
-def load_checkpoint_data(
-    config: Mapping[str, Any],
-    split: str,
-    *,
-    dataset: str | None = None,
-    variant: str | None = None,
-    data_dir: str | os.PathLike[str] | None = None,
-    limit: int | None = None,
-    progress: bool = True,
-    recorded_variant: bool = True,
-) -> Any:
-    """The split of the data a checkpoint was trained on, or of a compatible ``dataset``.
-
-    By default the dataset (and, for the same dataset with ``recorded_variant``, the
-    variant) recorded in the checkpoint. The folder the model was trained on is looked
-    up with the preparation options training asked for, so the copy training cached is
-    reused, not built again; any other folder is prepared at the image size and
-    channels the model takes. Another ``dataset`` is accepted only
-    when it has the same class names and channels as the checkpoint (Rot-MNIST
-    exported to a folder of digit images, say).
-
-    Args:
-        config: the checkpoint's ``config.json`` (``model.hnets_checkpoint``).
-        split: ``train``, ``valid``, ``test`` or ``train+valid``.
-        dataset, variant, data_dir, limit: as for :func:`hnets.data.load_dataset`.
-        progress: progress bars while preparing.
-        recorded_variant: take the recorded variant when none is given (else the
-            dataset's default variant).
-
-    Returns:
-        A :class:`hnets.data.ImageDataset`.
-
-    Raises:
-        DataError: the data is missing, or its classes or channels are not the model's.
-    """
-    from .data import ImageDataset
-    from .data.registry import is_folder
-
-    extra = config.get("extra", {})
-    trained_on = checkpoint_dataset(config)
-    name = dataset or trained_on
-    classes = checkpoint_classes(config)
-    _check_classes_before_preparing(classes, trained_on, name, data_dir)
-    if recorded_variant and variant is None and name == trained_on and not is_folder(name):
-        variant = extra.get("data_variant")
-    channels = int(config.get("options", {}).get("in_channels", 1))
-    vdir = _checkpoint_variant_dir(extra, name, trained_on, variant, data_dir, channels, progress)
-    data = ImageDataset(vdir, split, limit=limit)
-    _check_classes(classes, data.classes, trained_on, name)
-    if data.channels != channels:
-        raise DataError(
-            f"the model takes {channels}-channel images, {name} has {data.channels} channels"
-        )
-    return data
-
-
-def _check_classes_before_preparing(
-    classes: tuple[str, ...],
-    trained_on: str,
-    name: str,
-    data_dir: str | os.PathLike[str] | None,
-) -> None:
-    """Refuse data with other classes than the model's when that is known without preparing.
-
-    A registered dataset's classes are in the registry, a folder's are its folder names
-    (unless ``data_dir`` is itself a prepared directory); nothing is decoded.
-    """
-    from .data.folder import scan_folder
-    from .data.registry import DATASETS, folder_path, is_folder
-
-    spec = DATASETS.get(name)
-    if spec is not None:  # known before anything is prepared
-        _check_classes(classes, spec.classes, trained_on, name)
-    elif is_folder(name) and not (
-        data_dir is not None and Path(data_dir, "manifest.json").is_file()
-    ):
-        # a folder's classes are its folder names: refuse it before decoding any image
-        _check_classes(classes, scan_folder(folder_path(name)).classes, trained_on, name)
-
-
-def _checkpoint_variant_dir(
-    extra: Mapping[str, Any],
-    name: str,
-    trained_on: str,
-    variant: str | None,
-    data_dir: str | os.PathLike[str] | None,
-    channels: int,
-    progress: bool,
-) -> Path:
-    """The prepared directory of ``name`` to evaluate a checkpoint on.
-
-    A registered dataset is located as for :func:`hnets.data.load_dataset`. A folder
-    is prepared at the image size and channels the model takes (and with the
-    ``skip_bad`` training used), except that the folder the model was trained on is
-    first looked up as training asked for it (:func:`_training_folder_dir`).
-    """
-    from .data.locate import locate_variant
-    from .data.registry import is_folder
-
-    folder: dict[str, Any] = {}
-    vdir = None
-    if is_folder(name):
-        shape = extra.get("image_shape") or [channels, 28, 28]
-        recipe = extra.get("train_config") or {}
-        skip_bad = bool(recipe.get("skip_bad", False))
-        folder = {"image_size": int(shape[-1]), "channels": channels, "skip_bad": skip_bad}
-        if recipe and _same_folder(name, trained_on):
-            vdir = _training_folder_dir(
-                recipe, name, variant, data_dir, progress, skip_bad, [int(shape[-1]), channels]
-            )
-    if vdir is None:
-        vdir = locate_variant(data_dir, variant, dataset=name, progress=progress, **folder)
-    return vdir
-
-
-def _training_folder_dir(
-    recipe: Mapping[str, Any],
-    name: str,
-    variant: str | None,
-    data_dir: str | os.PathLike[str] | None,
-    progress: bool,
-    skip_bad: bool,
-    size_and_channels: list[int],
-) -> Path | None:
-    """The cache entry training made of its folder, or None when it no longer fits the model.
-
-    The options training asked for find it (the cache is keyed by them, not by the
-    sizes they resolved to); if the folder changed since, its image size or channels
-    may differ from ``size_and_channels`` and it is prepared as the model needs instead.
-    """
-    from .data.cache import read_manifest
-    from .data.locate import locate_variant
-
-    asked = {k: recipe.get(k) for k in ("image_size", "channels")}
-    vdir = locate_variant(
-        data_dir, variant, dataset=name, progress=progress, skip_bad=skip_bad, **asked
-    )
-    manifest = read_manifest(vdir)
-    if [manifest.get("image_size"), manifest.get("channels")] != size_and_channels:
-        return None  # the folder changed since: prepare it as the model needs
-    return vdir
-
-
-def _same_folder(name: str, trained_on: str) -> bool:
-    """Whether ``folder:PATH`` names the folder a checkpoint was trained on."""
-    from .data.registry import folder_path, is_folder
-
-    if not is_folder(trained_on):
-        return False
-    here, there = (Path(folder_path(n)).expanduser() for n in (name, trained_on))
-    return here == there or (here.exists() and here.resolve() == there.resolve())
-
-
-def _check_classes(
-    model_classes: tuple[str, ...], data_classes: tuple[str, ...], trained_on: str, name: str
-) -> None:
-    if tuple(data_classes) != tuple(model_classes):
-        raise DataError(
-            f"the model was trained on {trained_on} ({_some(list(model_classes), 4)}), "
-            f"{name} has other classes ({_some(list(data_classes), 4)})"
-        )
 
 
 def update_model_extra(out_dir: str | os.PathLike[str], extra: Mapping[str, Any]) -> None:
@@ -539,3 +375,13 @@ def _check_plain(obj: Any, where: str) -> None:
             _check_plain(value, f"{where}[{i}]")
     else:
         raise TypeError(f"{where}: {type(obj).__name__} cannot go into a weights-only checkpoint")
+
+
+def __getattr__(name: str) -> Any:
+    # finding a checkpoint's data is hnets.data's job (hnets.data.model_data); the
+    # name is kept here for code that imports it from this module
+    if name == "load_checkpoint_data":
+        from .data.model_data import load_checkpoint_data
+
+        return load_checkpoint_data
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

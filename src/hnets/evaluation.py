@@ -22,7 +22,44 @@ from ._io import save_figure
 from .checkpoint import checkpoint_classes, checkpoint_dataset
 from .images import load_image
 
-__all__ = ["evaluate", "predict", "iter_predictions", "plot_confusion", "plot_curves"]
+__all__ = [
+    "batched_logits",
+    "evaluate",
+    "predict",
+    "iter_predictions",
+    "plot_confusion",
+    "plot_curves",
+]
+
+
+def batched_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    *aligned: torch.Tensor,
+    batch_size: int = 500,
+    device: str | torch.device | None = None,
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Run ``model`` over ``images`` ``batch_size`` at a time, in inference mode.
+
+    Each batch moves to ``device`` (default: where the model's parameters are)
+    just before its forward pass, so only one batch is on the device at a time;
+    the model's mode is left as it is (callers put it in eval mode).
+
+    Shape:
+        images ``(N, ...)`` and each of ``aligned`` ``(N, ...)`` (labels, angles:
+        tensors indexed like the images) -> per batch ``(logits, *aligned_batch)``,
+        logits ``(b, C)`` with ``b <= batch_size`` and the aligned slices moved to
+        the same device.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device) if device is not None else _model_device(model)
+    for start in range(0, int(images.shape[0]), batch_size):
+        x = images[start : start + batch_size].to(device, non_blocking=True)
+        with torch.inference_mode():
+            logits = model(x)
+        rest = (t[start : start + batch_size].to(device, non_blocking=True) for t in aligned)
+        yield (logits, *rest)
 
 
 def evaluate(
@@ -59,23 +96,17 @@ def evaluate(
         )
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    device = torch.device(device) if device is not None else _model_device(model)
     model.eval()
     loss_sum, confusion = 0.0, None
-    with torch.inference_mode():
-        for start in range(0, n, batch_size):
-            x = images[start : start + batch_size].to(device, non_blocking=True)
-            y = labels[start : start + batch_size].to(device, non_blocking=True).long()
-            logits = model(x).float()
-            n_classes = logits.shape[1]
-            if confusion is None:
-                confusion = torch.zeros(n_classes * n_classes, dtype=torch.long, device=device)
-            if int(y.min()) < 0 or int(y.max()) >= n_classes:
-                raise ValueError(f"labels must lie in 0..{n_classes - 1}")
-            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-            confusion += torch.bincount(
-                y * n_classes + logits.argmax(dim=1), minlength=n_classes**2
-            )
+    for logits, y in batched_logits(model, images, labels, batch_size=batch_size, device=device):
+        logits, y = logits.float(), y.long()
+        n_classes = logits.shape[1]
+        if confusion is None:
+            confusion = torch.zeros(n_classes * n_classes, dtype=torch.long, device=logits.device)
+        if int(y.min()) < 0 or int(y.max()) >= n_classes:
+            raise ValueError(f"labels must lie in 0..{n_classes - 1}")
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        confusion += torch.bincount(y * n_classes + logits.argmax(dim=1), minlength=n_classes**2)
     matrix = confusion.view(n_classes, n_classes).cpu()
     correct = int(matrix.diagonal().sum())
     per_class = [
@@ -105,10 +136,10 @@ def iter_predictions(
     """Classify image files, yielding one result per file in order.
 
     Images are decoded and preprocessed as the model's dataset was made
-    (:func:`hnets.images.image_loader`: MNIST's recipe for Rot-MNIST models,
-    Fashion-MNIST's for Rot-Fashion-MNIST ones, the folder's resizing for a folder
-    dataset) ``batch_size`` at a time, so memory stays bounded however many files
-    there are.
+    (:func:`hnets.images.load_image`, MNIST's recipe, for Rot-MNIST models;
+    :func:`hnets.images.load_garment`, Fashion-MNIST's, for Rot-Fashion-MNIST ones;
+    :func:`hnets.images.load_image_as`, the folder's resizing, for a folder dataset)
+    ``batch_size`` at a time, so memory stays bounded however many files there are.
 
     Args:
         classes: class names in logit order (default: those the model's checkpoint

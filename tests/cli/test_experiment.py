@@ -362,8 +362,8 @@ def test_test_crisp_scores_the_unrotated_originals(tmp_path, data_env, capsys, m
     """``hnets test --crisp``: the split's originals (which rotate into the stored images)
     and their quarter turns, beside the stored images; refused in one line without the
     idx files, before anything is written."""
+    from hnets.analysis import protocol_originals_of
     from hnets.data import rotate_images
-    from hnets.studies import protocol_originals_of
 
     monkeypatch.setenv("HNETS_MNIST_DIR", str(MNIST_SOURCE))
     valid = RotMNIST(None, "valid", variant="standin", limit=50)

@@ -129,25 +129,25 @@ def test_bench_refuses_counts_below_one(flag, capsys):
 def test_robustness_of_the_originals_rotates_the_crisp_upright_images(
     checkpoints, data_env, tmp_path, monkeypatch, capsys
 ):
-    from hnets import studies
+    from hnets.analysis import crisp, robustness
     from hnets.data import load_dataset
 
     from ..conftest import MNIST_SOURCE
 
     monkeypatch.setenv("HNETS_MNIST_DIR", str(MNIST_SOURCE.resolve()))
     seen = []
-    real = studies.robustness_curve
+    real = robustness.robustness_curve
 
     def spy(model, images, labels, angles, **kwargs):
         seen.append(images)
         return real(model, images, labels, angles, **kwargs)
 
-    monkeypatch.setattr(studies, "robustness_curve", spy)
+    monkeypatch.setattr(robustness, "robustness_curve", spy)
     out_dir = tmp_path / "rob"
     args = ["robustness", "--checkpoint", str(checkpoints["hnet"]), "--limit", "40"]
     assert main([*args, "--step", "90", "--originals", "--out", str(out_dir)]) == 0
     test = load_dataset("rotmnist", "test", limit=40)
-    originals = studies.protocol_originals_of(test)
+    originals = crisp.protocol_originals_of(test)
     assert torch.equal(seen[0], originals) and not torch.equal(originals, test.images)
     result = json.loads((out_dir / "robustness.json").read_text())
     assert result["mode"] == "rotation of the unrotated originals"

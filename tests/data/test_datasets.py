@@ -23,7 +23,8 @@ from hnets.data import (
     load_dataset,
     prepare_from_idx,
 )
-from hnets.data import mnist as mnist_module
+from hnets.data import idx as idx_module
+from hnets.data import protocol as protocol_module
 from hnets.data.cache import SplitArrays, read_manifest, staging_dir, write_variant
 from hnets.data.registry import FASHION_CLASSES
 from hnets.errors import DataError
@@ -83,9 +84,9 @@ def test_rotfashion_follows_the_rot_mnist_protocol(fashion_root: Path, fashion_d
     assert float(test.angles.min()) >= 0.0 and float(test.angles.max()) < 2 * np.pi
     assert np.bincount(test.labels.numpy(), minlength=10).min() > 4_000  # all classes present
     # the same draws as the Rot-MNIST stand-in: which training-file images go where
-    arrays = mnist_module.load_idx_files(fashion_dir, DATASETS["rotfashion"].source)
+    arrays = idx_module.load_idx_files(fashion_dir, DATASETS["rotfashion"].source)
     rng = np.random.default_rng(0)
-    idx = mnist_module.standin_indices(rng, 60_000)
+    idx = protocol_module.standin_indices(rng, 60_000)
     train = ImageDataset(vdir, "train")
     assert train.labels.tolist() == arrays.train_labels[idx["train"]].tolist()
 
@@ -108,8 +109,8 @@ def test_rotfashion_is_byte_identical_for_a_seed_and_upright_shares_its_images(
 
 
 def arrays_first_train_image(fashion_dir: Path) -> np.ndarray:
-    arrays = mnist_module.load_idx_files(fashion_dir, DATASETS["rotfashion"].source)
-    idx = mnist_module.standin_indices(np.random.default_rng(0), 60_000)
+    arrays = idx_module.load_idx_files(fashion_dir, DATASETS["rotfashion"].source)
+    idx = protocol_module.standin_indices(np.random.default_rng(0), 60_000)
     return arrays.train_images[idx["train"][0]].astype(np.float32) / np.float32(255.0)
 
 
@@ -120,10 +121,10 @@ def test_rotfashion_is_found_in_the_environment_or_a_system_directory(
     spec = DATASETS["rotfashion"]
     system = dataclasses.replace(spec.source, system_dirs=(str(fashion_dir),))
     monkeypatch.setitem(DATASETS, "rotfashion", dataclasses.replace(spec, source=system))
-    assert mnist_module.find_idx_dir(DATASETS["rotfashion"]) == fashion_dir
+    assert idx_module.find_idx_dir(DATASETS["rotfashion"]) == fashion_dir
     monkeypatch.setenv("HNETS_FASHION_DIR", str(tmp_path / "elsewhere"))
-    assert mnist_module.find_idx_dir(DATASETS["rotfashion"]) == tmp_path / "elsewhere"
-    assert mnist_module.find_idx_dir(DATASETS["rotfashion"], "given") == Path("given")
+    assert idx_module.find_idx_dir(DATASETS["rotfashion"]) == tmp_path / "elsewhere"
+    assert idx_module.find_idx_dir(DATASETS["rotfashion"], "given") == Path("given")
     monkeypatch.setenv("HNETS_FASHION_DIR", str(fashion_dir))
     vdir = ensure_dataset(tmp_path / "d", dataset="rotfashion", progress=False)
     assert vdir == tmp_path / "d" / "rotfashion-rotated"

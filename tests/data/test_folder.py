@@ -313,6 +313,30 @@ def test_a_second_call_returns_the_cached_dir_without_decoding(shapes, data_dir,
         prepare_folder(shapes, data_dir, force=True, progress=False)
 
 
+@pytest.mark.parametrize("skip_bad", [False, True])
+def test_a_request_for_the_resolved_sizes_finds_the_copy_made_with_defaults(
+    shapes, data_dir, monkeypatch, skip_bad
+):
+    vdir = prepare_folder(shapes, data_dir, skip_bad=skip_bad, progress=False)
+    manifest = read_manifest(vdir)
+    resolved = {"image_size": manifest["image_size"], "channels": manifest["channels"]}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("decoded an image on a cache hit")
+
+    monkeypatch.setattr(folder_module, "load_image_as", refuse)
+    monkeypatch.setattr(folder_module, "image_info", refuse)
+    assert prepare_folder(shapes, data_dir, skip_bad=skip_bad, progress=False, **resolved) == vdir
+    other = {**resolved, "image_size": resolved["image_size"] + 4}
+    with pytest.raises(AssertionError, match="decoded"):  # another size: a new copy
+        prepare_folder(shapes, data_dir, skip_bad=skip_bad, progress=False, **other)
+    with pytest.raises(AssertionError, match="decoded"):  # other options than the copy's
+        prepare_folder(shapes, data_dir, skip_bad=not skip_bad, progress=False, **resolved)
+    shape_image("disc", (20, 20), "L").save(shapes / "test" / "disc" / "new.png")
+    with pytest.raises(AssertionError, match="decoded"):  # other content
+        prepare_folder(shapes, data_dir, skip_bad=skip_bad, progress=False, **resolved)
+
+
 def test_changed_added_or_removed_files_give_a_new_dir(shapes, data_dir):
     first = prepare_folder(shapes, data_dir, progress=False)
     shape_image("disc", (20, 20), "L").rotate(45).save(shapes / "train" / "cross" / "00.png")

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hnets.data import parse_amat, parse_idx, parse_npz, read_idx
-from hnets.data.mnist import read_mnist_images, read_mnist_labels
+from hnets.data.idx import read_mnist_images, read_mnist_labels
 from hnets.errors import DataError
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

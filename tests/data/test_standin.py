@@ -14,7 +14,8 @@ import pytest
 
 from hnets.data import RotMNIST, load_mnist, prepare_from_mnist
 from hnets.data.cache import read_manifest, verify_variant
-from hnets.data.mnist import MNIST_FILES, STANDIN_SIZES, standin_indices
+from hnets.data.idx import MNIST_FILES
+from hnets.data.protocol import STANDIN_SIZES, standin_indices
 from hnets.errors import DataError
 
 

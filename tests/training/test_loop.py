@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import hnets.training.data
+import hnets.training.batches
 import hnets.training.loop
 from hnets import load_model
 from hnets.checkpoint import load_training_state, read_model_config
@@ -251,14 +251,14 @@ def test_a_checkpoint_whose_contents_do_not_fit_is_refused(tmp_path, data_env):
 
 def test_a_sweep_run_with_test_off_never_opens_the_test_split(tmp_path, data_env, monkeypatch):
     opened = []
-    real = hnets.training.data.ImageDataset
+    real = hnets.training.batches.ImageDataset
 
     def spy(root, split, **kwargs):
         opened.append(split)
         return real(root, split, **kwargs)
 
-    # every split a run reads is opened in hnets.training.data (the test split too)
-    monkeypatch.setattr(hnets.training.data, "ImageDataset", spy)
+    # every split a run reads is opened in hnets.training.batches (the test split too)
+    monkeypatch.setattr(hnets.training.batches, "ImageDataset", spy)
     summary = train(tiny(test=False), tmp_path / "r", progress=False)
     assert opened == ["train", "valid"]
     assert summary["test_accuracy"] is None and summary["test_n"] is None

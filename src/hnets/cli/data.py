@@ -97,22 +97,21 @@ def _add_stats(sub: argparse._SubParsersAction) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from ..data.registry import get_dataset, is_folder
+    from ..data.sources import FOLDER_OPTIONS, FolderSource, data_source
     from ..errors import HNetsError
 
-    if is_folder(args.dataset):
-        path = _prepare_folder(args)
+    source = data_source(args.dataset)
+    _refuse(args, tuple(n for n in FOLDER_OPTIONS if n not in source.option_names), "folder:PATH")
+    if isinstance(source, FolderSource):
+        path = _prepare_folder(args, source)
+    elif source.name == "rotmnist":
+        path = _prepare_rotmnist(args)
     else:
-        spec = get_dataset(args.dataset)
-        _refuse(args, ("image_size", "channels", "skip_bad"), "folder:PATH")
-        if spec.name == "rotmnist":
-            path = _prepare_rotmnist(args)
-        else:
-            if args.file or args.md5:
-                raise HNetsError(f"--file and --md5 are for rotmnist, not {spec.name}")
-            if args.from_mnist:
-                raise HNetsError(f"--from-mnist is for rotmnist; use --from-idx for {spec.name}")
-            path = _prepare_idx(spec, args)
+        if args.file or args.md5:
+            raise HNetsError(f"--file and --md5 are for rotmnist, not {source.name}")
+        if args.from_mnist:
+            raise HNetsError(f"--from-mnist is for rotmnist; use --from-idx for {source.name}")
+        path = _prepare_idx(source.spec, args)
     print(_summary(path))
     return 0
 
@@ -153,7 +152,8 @@ def _prepare_rotmnist(args: argparse.Namespace) -> Path:
 def _prepare_idx(spec: Any, args: argparse.Namespace) -> Path:
     """An idx-built dataset: local files in the registry's order, else a download."""
     from ..data.cache import is_prepared, resolve_data_dir
-    from ..data.mnist import download_idx, find_idx_dir, prepare_from_idx, rotated_variant
+    from ..data.idx import download_idx, find_idx_dir
+    from ..data.protocol import prepare_from_idx, rotated_variant
 
     progress = not args.no_progress
     variant = spec.upright_variant if args.upright else rotated_variant(spec)
@@ -176,15 +176,14 @@ def _prepare_idx(spec: Any, args: argparse.Namespace) -> Path:
     )
 
 
-def _prepare_folder(args: argparse.Namespace) -> Path:
+def _prepare_folder(args: argparse.Namespace, source: Any) -> Path:
     from ..data import prepare_folder
-    from ..data.registry import folder_path
 
     _refuse(args, ("from_idx", "from_mnist", "file", "url", "md5"), "rotmnist and rotfashion")
     if args.upright:
         raise ValueError("--upright is for rotmnist and rotfashion, not for a folder")
     return prepare_folder(
-        folder_path(args.dataset),
+        source.path,
         args.data_dir,
         image_size=args.image_size,
         channels=args.channels,
@@ -203,22 +202,14 @@ def _refuse(args: argparse.Namespace, names: tuple[str, ...], where: str) -> Non
 
 def _stats(args: argparse.Namespace) -> int:
     from ..data import dataset_stats, format_stats, write_stats_figures
-    from ..data.registry import get_dataset, is_folder
+    from ..data.sources import FOLDER_OPTIONS, data_source
 
     if args.limit is not None and args.limit < 1:
         raise ValueError("--limit must be at least 1")
-    if is_folder(args.dataset):
-        options = {
-            "image_size": args.image_size,
-            "channels": args.channels,
-            "skip_bad": args.skip_bad,
-        }
-        out = args.out or "folder-stats"
-    else:
-        get_dataset(args.dataset)
-        _refuse(args, ("image_size", "channels", "skip_bad"), "folder:PATH")
-        options = {}
-        out = args.out or f"{args.dataset}-stats"
+    source = data_source(args.dataset)
+    _refuse(args, tuple(n for n in FOLDER_OPTIONS if n not in source.option_names), "folder:PATH")
+    options = {name: getattr(args, name) for name in source.option_names}
+    out = args.out or f"{source.manifest_dataset}-stats"
     where = {"variant": args.variant, "limit": args.limit, "dataset": args.dataset, **options}
     print(format_stats(dataset_stats(args.data_dir, **where)))
     paths = write_stats_figures(args.data_dir, out, **where)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..training import DEFAULT_EVAL_BLUR, DEFAULT_MODEL_OPTIONS, DEVICES, TrainConfig
+from ..training.config import FLAG_NAMES, MODEL_OPTION_FLAGS
 from . import int_list
 
 __all__ = ["register"]
@@ -17,8 +18,6 @@ __all__ = ["register"]
 _TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _TRAIN_TYPES = typing.get_type_hints(TrainConfig)
 _DATASET_HELP = _TRAIN_FIELDS["dataset"].metadata["help"]
-#: ``hnets train`` flags spelled otherwise than ``--field-name``.
-_FLAG_NAMES = {"data_variant": "--variant"}
 #: ``hnets train`` options that map one to one onto :class:`TrainConfig` fields;
 #: ``model_options`` is filled by ``--width``, ``--model-channels``, ``--max-order`` and
 #: ``--eval-blur`` instead.
@@ -82,7 +81,7 @@ def _add_config_flag(p: argparse.ArgumentParser, name: str) -> None:
     """
     f = _TRAIN_FIELDS[name]
     kind = _flag_type(_TRAIN_TYPES[name])
-    flag = _FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+    flag = FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
     how: dict[str, Any] = (
         {"action": argparse.BooleanOptionalAction} if kind is bool else {"type": kind}
     )
@@ -110,7 +109,7 @@ def _add_model_option_flags(p: argparse.ArgumentParser) -> None:
     """``--width``, ``--model-channels``, ``--max-order``, ``--eval-blur``: model options."""
     s = argparse.SUPPRESS
     p.add_argument(
-        "--width",
+        MODEL_OPTION_FLAGS["width"],
         type=float,
         default=s,
         help="channel multiplier (default: "
@@ -118,7 +117,7 @@ def _add_model_option_flags(p: argparse.ArgumentParser) -> None:
         + ")",
     )
     p.add_argument(
-        "--model-channels",
+        MODEL_OPTION_FLAGS["channels"],
         dest="model_channels",  # --channels is a folder dataset's image channels
         type=int_list,
         default=s,
@@ -128,10 +127,13 @@ def _add_model_option_flags(p: argparse.ArgumentParser) -> None:
         "(default 12,12,24,24,30,30)",
     )
     p.add_argument(
-        "--max-order", type=int, default=s, help="highest rotation order of the hnet (default 1)"
+        MODEL_OPTION_FLAGS["max_order"],
+        type=int,
+        default=s,
+        help="highest rotation order of the hnet (default 1)",
     )
     p.add_argument(
-        "--eval-blur",
+        MODEL_OPTION_FLAGS["eval_blur"],
         type=float,
         default=s,
         metavar="SIGMA",
@@ -206,7 +208,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..training import CHECKPOINT_FILE, load_run_config, train
+    from ..training import run_config, train
 
     given = {name: getattr(args, name) for name in _CONFIG_FLAGS if hasattr(args, name)}
     options = {
@@ -214,10 +216,7 @@ def _train(args: argparse.Namespace) -> int:
         if hasattr(args, dest)
     }  # fmt: skip
     out = Path(args.out) if args.out else Path("runs") / str(given.get("model", TrainConfig.model))
-    base = TrainConfig()
-    if args.resume and (out / CHECKPOINT_FILE).exists():
-        base = load_run_config(out)
-    config = dataclasses.replace(base, **given, model_options={**base.model_options, **options})
+    config = run_config(out, {**given, "model_options": options}, resume=args.resume)
     summary = train(
         config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
     )

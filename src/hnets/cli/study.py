@@ -8,6 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from .._outputs import STUDY_OUT
 from . import int_list
 
 __all__ = ["register"]
@@ -29,9 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "directory is gone."
         ),
     )
-    p.add_argument(
-        "--out", default="docs/results/study", help="tables and figures (default %(default)s)"
-    )
+    p.add_argument("--out", default=STUDY_OUT, help=f"tables and figures (default {STUDY_OUT})")
     p.add_argument(
         "--runs",
         metavar="DIR",

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from .._outputs import EQUIVARIANCE_OUT, ROBUSTNESS_OUT
 from ..errors import HNetsError
 
 __all__ = ["register"]
@@ -115,7 +116,7 @@ def _register_robustness(sub: argparse._SubParsersAction) -> None:
     rob.add_argument("--data-dir")
     rob.add_argument("--dataset", help=_DATASET_HELP)
     rob.add_argument("--variant")
-    rob.add_argument("--out", default="robustness", help="output directory for JSON, CSV, figure")
+    rob.add_argument("--out", default=ROBUSTNESS_OUT, help="output directory for JSON, CSV, figure")
     rob.add_argument(
         "--by-stored-angle",
         action="store_true",
@@ -147,7 +148,7 @@ def _register_equivariance(sub: argparse._SubParsersAction) -> None:
     eqv.add_argument("--data-dir")
     eqv.add_argument("--dataset", help=_DATASET_HELP)
     eqv.add_argument("--variant")
-    eqv.add_argument("--out", default="equivariance", help="output directory for JSON and figure")
+    eqv.add_argument("--out", default=EQUIVARIANCE_OUT, help="output directory for JSON and figure")
     eqv.set_defaults(handler=_equivariance)
 
 
@@ -234,7 +235,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _robustness(args: argparse.Namespace) -> int:
-    from ..studies import robustness_study
+    from ..analysis import robustness_study
 
     result = robustness_study(
         args.checkpoint,
@@ -253,7 +254,7 @@ def _robustness(args: argparse.Namespace) -> int:
 
 
 def _equivariance(args: argparse.Namespace) -> int:
-    from ..studies import equivariance_study
+    from ..analysis import equivariance_study
 
     angles = [float(a) for a in args.angles.split(",") if a.strip()]
     result = equivariance_study(

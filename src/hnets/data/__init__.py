@@ -14,27 +14,21 @@ Where data lives: ``--data-dir``, else ``$HNETS_DATA``, else ``~/.cache/hnets``
   Fashion-MNIST (:func:`prepare_from_idx`);
 * ``folder-<name>-<key>``: a folder of labelled images (:func:`prepare_folder`).
 
-:func:`load_dataset` returns any of them as an :class:`ImageDataset` of
-``(image (C, H, W) float32 in [0, 1], label)`` pairs; :class:`RotMNIST` is the same
-for Rot-MNIST; :func:`make_loader` wraps one in a ``DataLoader``;
+:func:`data_source` turns a ``--dataset`` name into a :class:`DataSource` that checks,
+locates, prepares and loads it. :func:`load_dataset` returns any of them as an
+:class:`ImageDataset` of ``(image (C, H, W) float32 in [0, 1], label)`` pairs;
+:class:`RotMNIST` is the same for Rot-MNIST; :func:`make_loader` wraps one in a ``DataLoader``;
 :func:`random_rotate_batch` / :class:`RandomRotation` augment batches.
 """
 
 from .archive import DEFAULT_MAX_UNPACKED_BYTES, download, safe_extract
-from .cache import ALL_SPLITS, SPLITS, VARIANTS, SplitArrays, resolve_data_dir, verify_variant
+from .cache import ALL_SPLITS, SPLITS, SplitArrays, resolve_data_dir, verify_variant
 from .dataset import ImageDataset
 from .folder import prepare_folder
+from .idx import download_idx, load_mnist, parse_idx, read_idx
 from .loaders import make_loader
 from .locate import ensure_dataset, load_dataset, locate_variant
-from .mnist import (
-    build_standin,
-    download_idx,
-    load_mnist,
-    parse_idx,
-    prepare_from_idx,
-    prepare_from_mnist,
-    read_idx,
-)
+from .protocol import build_standin, prepare_from_idx, prepare_from_mnist
 from .registry import DATASETS, DatasetSpec, dataset_names, get_dataset
 from .rotmnist import (
     DEFAULT_MD5,
@@ -44,17 +38,19 @@ from .rotmnist import (
     parse_npz,
     prepare_download,
 )
+from .sources import DataSource, data_source
 from .stats import dataset_stats, format_stats, write_stats_figures
 from .transforms import RandomRotation, random_rotate_batch, rotate_images
 
 __all__ = [
+    "DataSource",
+    "data_source",
     "ALL_SPLITS",
     "DATASETS",
     "DEFAULT_MAX_UNPACKED_BYTES",
     "DEFAULT_MD5",
     "DEFAULT_URL",
     "SPLITS",
-    "VARIANTS",
     "DatasetSpec",
     "ImageDataset",
     "RandomRotation",

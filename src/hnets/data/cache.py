@@ -39,7 +39,6 @@ from ..errors import DataError, HNetsError
 from .registry import DATASETS, DIGITS
 
 __all__ = [
-    "VARIANTS",
     "FOLDER_DATASET",
     "manifest_classes",
     "manifest_title",
@@ -50,8 +49,6 @@ __all__ = [
     "IMAGE_SIZE",
     "SplitArrays",
     "resolve_data_dir",
-    "variant_dir",
-    "check_variant",
     "check_split",
     "staging_dir",
     "write_variant",
@@ -61,8 +58,6 @@ __all__ = [
     "verify_variant",
 ]
 
-#: Rot-MNIST's variants (every dataset's are in :data:`hnets.data.registry.DATASETS`).
-VARIANTS = DATASETS["rotmnist"].variants
 #: ``dataset`` and ``variant`` of a folder of the user's images in its manifest.
 FOLDER_DATASET = "folder"
 SPLITS = ("train", "valid", "test")
@@ -115,28 +110,11 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> Path:
     return Path(cache_home).expanduser() / "hnets"
 
 
-def check_variant(variant: str) -> str:
-    """Return ``variant`` if it names a known variant, else raise :class:`DataError`."""
-    if variant not in VARIANTS:
-        raise DataError(f"unknown Rot-MNIST variant {variant!r}: expected one of {VARIANTS}")
-    return variant
-
-
 def check_split(split: str) -> str:
     """Return ``split`` if it names a known split, else raise :class:`DataError`."""
     if split not in ALL_SPLITS:
         raise DataError(f"unknown split {split!r}: expected one of {ALL_SPLITS}")
     return split
-
-
-def variant_dir(
-    data_dir: str | os.PathLike[str] | None, variant: str, dataset: str = "rotmnist"
-) -> Path:
-    """``<data_dir>/<dataset>-<variant>`` (``data_dir`` resolved by :func:`resolve_data_dir`)."""
-    spec = DATASETS.get(dataset)
-    if spec is None:
-        raise DataError(f"unknown dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
-    return resolve_data_dir(data_dir) / spec.dir_name(variant)
 
 
 @contextlib.contextmanager

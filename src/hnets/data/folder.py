@@ -181,7 +181,10 @@ def prepare_folder(
 
     The result is cached under a key over the requested options and every file's
     content (see the module docstring): a second call with the same folder and
-    options hashes the files and returns the directory without decoding anything.
+    options hashes the files and returns the directory without decoding anything. A
+    call naming both ``image_size`` and ``channels`` also finds a copy prepared with
+    other requests that resolved to them (the defaults training took, say), so no
+    caller needs to repeat what an earlier one asked for.
 
     Args:
         path: the folder (``PATH`` of ``--dataset folder:PATH``).
@@ -210,7 +213,8 @@ def prepare_folder(
     image_size, channels = _checked_options(image_size, channels)
     scan = scan_folder(path)
     options = _key_options(scan, image_size, channels, skip_bad, seed)
-    key = _content_key(scan, options)
+    files = _file_records(scan)
+    key = _content_key(files, options)
     root = resolve_data_dir(data_dir)
     dir_name = f"folder-{_slug(scan.root.name)}-{key[:12]}"
     target = root / dir_name
@@ -221,6 +225,10 @@ def prepare_folder(
 
     if not force and is_prepared(target) and same_build(read_manifest(target)):
         return target
+    if not force and image_size is not None and channels is not None:
+        found = _prepared_as(root, scan, files, options)
+        if found is not None:
+            return found
     skipped: list[str] = []
     image_size, channels = _size_and_channels(scan, image_size, channels, skip_bad, skipped)
     decoded = _decode_all(scan, image_size, channels, skip_bad, skipped, progress)
@@ -379,14 +387,48 @@ def _files_under(class_dir: Path, root: Path) -> Iterator[str]:
                 yield file.relative_to(root).as_posix()
 
 
-def _content_key(scan: FolderScan, options: dict[str, Any]) -> str:
-    """sha256 over the format tag, the options and every file's split, class, path and bytes."""
+def _file_records(scan: FolderScan) -> list[str]:
+    """One JSON line per file: its split, class, relative path and content digest."""
+    return [
+        json.dumps([split, scan.classes[label], rel, file_digest(scan.root / rel)])
+        for split, label, rel in scan.paths()
+    ]
+
+
+def _content_key(files: list[str], options: dict[str, Any]) -> str:
+    """sha256 over the format tag, the options and every file's record (:func:`_file_records`)."""
     digest = hashlib.sha256()
     digest.update(json.dumps([_FORMAT_TAG, options], sort_keys=True).encode())
-    for split, label, rel in scan.paths():
-        record = [split, scan.classes[label], rel, file_digest(scan.root / rel)]
-        digest.update(b"\n" + json.dumps(record).encode())
+    for record in files:
+        digest.update(b"\n" + record.encode())
     return digest.hexdigest()
+
+
+def _prepared_as(
+    root: Path, scan: FolderScan, files: list[str], options: dict[str, Any]
+) -> Path | None:
+    """A prepared copy of this folder's content that resolved to ``options``, if any.
+
+    The cache is keyed by the options asked for; a copy prepared with defaults (its
+    image side or channels not given) has another key than a request naming the
+    sizes they resolved to. Each candidate's key is recomputed from the options its
+    manifest says were asked for: equal, it holds this very content, and it is the
+    answer when its resolved side and channels are those of ``options``.
+    """
+    for candidate in sorted(root.glob(f"folder-{_slug(scan.root.name)}-*")):
+        if not is_prepared(candidate):
+            continue
+        manifest = read_manifest(candidate)
+        source, requested = manifest.get("source"), manifest.get("requested")
+        if not isinstance(source, dict) or not isinstance(requested, dict):
+            continue
+        resolved = [manifest.get("image_size"), manifest.get("channels")]
+        if resolved != [options["image_size"], options["channels"]]:
+            continue
+        asked = {**options, **{k: requested.get(k) for k in ("image_size", "channels")}}
+        if source.get("key") == _content_key(files, asked):
+            return candidate
+    return None
 
 
 def _attempt(

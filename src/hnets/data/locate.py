@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from .cache import MANIFEST_NAME, is_prepared, read_manifest, resolve_data_dir
+from .cache import MANIFEST_NAME, read_manifest
 from .dataset import ImageDataset
-from .registry import DATASETS, folder_path, get_dataset, is_folder
+from .sources import data_source, missing_data_message
 
 __all__ = ["ensure_dataset", "locate_variant", "load_dataset", "missing_data_message"]
 
@@ -38,66 +38,12 @@ def ensure_dataset(
     Rot-Fashion-MNIST) it is built from there with seed 0. ``folder:PATH`` is
     prepared (or found in the cache, keyed by the folder's content) with
     ``folder_options`` (``image_size``, ``channels``, ``skip_bad``). The network is
-    never used.
+    never used. This is :meth:`hnets.data.sources.DataSource.locate`.
 
     Raises:
         DataError: no data, with a message saying how to get it.
     """
-    if is_folder(dataset):
-        from .folder import prepare_folder
-
-        if variant not in (None, "folder"):
-            raise DataError(f"a folder dataset has no variant {variant!r}")
-        return prepare_folder(folder_path(dataset), data_dir, progress=progress, **folder_options)
-    if folder_options and any(v not in (None, False) for v in folder_options.values()):
-        given = ", ".join(k for k, v in folder_options.items() if v not in (None, False))
-        raise DataError(f"{given}: only for --dataset folder:PATH")
-    spec = get_dataset(dataset)
-    root = resolve_data_dir(data_dir)
-    if variant is not None:
-        spec.check_variant(variant)
-    for candidate in (variant,) if variant else spec.default_variants:
-        vdir = root / spec.dir_name(candidate)
-        if is_prepared(vdir):
-            return vdir
-    from .mnist import find_idx_dir, prepare_from_idx, rotated_variant
-
-    idx_dir = find_idx_dir(spec)
-    buildable = (None, rotated_variant(spec), spec.upright_variant)
-    if idx_dir is not None and variant in buildable:
-        upright = variant is not None and variant == spec.upright_variant
-        return prepare_from_idx(
-            idx_dir, root, dataset=spec.name, upright=upright, progress=progress
-        )
-    raise DataError(missing_data_message(root, variant, dataset=spec.name))
-
-
-def missing_data_message(
-    root: Path, variant: str | None = None, *, dataset: str = "rotmnist"
-) -> str:
-    """The one-line explanation of how to get data into ``root``."""
-    spec = get_dataset(dataset)
-    what = f"{spec.title} variant {variant!r}" if variant else f"{spec.title} data"
-    flag = " --upright" if variant is not None and variant == spec.upright_variant else ""
-    if spec.name == "rotmnist":
-        from .rotmnist import DEFAULT_URL
-
-        if variant == "original":
-            how = f"run `hnets data prepare` to download {DEFAULT_URL} (or `--file ZIP`)"
-        else:
-            how = (
-                f"run `hnets data prepare{flag} --from-mnist DIR` to build the stand-in from "
-                "MNIST idx files (or set HNETS_MNIST_DIR=DIR), or `hnets data prepare` to "
-                f"download {DEFAULT_URL}"
-            )
-    else:
-        assert spec.source is not None
-        urls = spec.source.url or ""
-        how = (
-            f"run `hnets data prepare --dataset {spec.name}{flag}` (it downloads the idx files "
-            f"from {urls}), or first {spec.source.install_hint}"
-        )
-    return f"no {what} in {root}: {how}; choose the location with --data-dir DIR or HNETS_DATA"
+    return data_source(dataset).locate(data_dir, variant, progress=progress, **folder_options)
 
 
 def locate_variant(
@@ -122,7 +68,7 @@ def locate_variant(
         if variant is not None and found != variant:
             raise DataError(f"{vdir} holds variant {found!r}, not {variant!r}")
         kind = manifest.get("dataset", "rotmnist")
-        wanted = "folder" if dataset is not None and is_folder(dataset) else dataset
+        wanted = None if dataset is None else data_source(dataset).manifest_dataset
         if wanted is not None and kind != wanted:
             raise DataError(f"{vdir} holds dataset {kind!r}, not {dataset!r}")
         return vdir
@@ -159,7 +105,6 @@ def load_dataset(
         >>> test.images.shape, test.classes[5]                 # doctest: +SKIP
         (torch.Size([50000, 1, 28, 28]), 'Sandal')
     """
-    if name not in DATASETS and not is_folder(name):
-        get_dataset(name)  # the one-line error listing the known names
+    data_source(name)  # an unknown name: the one-line error listing the known ones
     vdir = locate_variant(root, variant, dataset=name, progress=progress, **folder_options)
     return ImageDataset(vdir, split, limit=limit)

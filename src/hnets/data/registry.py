@@ -5,7 +5,7 @@ named on the command line with ``--dataset NAME``:
 
 * ``rotmnist``: Rot-MNIST (``mnist_rotation_new``; Larochelle et al. 2007) with
   variants ``original`` (the real files, downloaded), ``standin`` (built offline
-  from the MNIST idx files by the Rot-MNIST protocol, see :mod:`hnets.data.mnist`)
+  from the MNIST idx files by the Rot-MNIST protocol, see :mod:`hnets.data.protocol`)
   and ``upright`` (the stand-in with unrotated train/valid images);
 * ``rotfashion``: Rot-Fashion-MNIST, built from Fashion-MNIST (Xiao, Rasul and
   Vollgraf 2017) by the same protocol, with variants ``rotated`` and ``upright``.
@@ -28,6 +28,8 @@ __all__ = [
     "DIGITS",
     "FASHION_CLASSES",
     "FOLDER_PREFIX",
+    "ROTMNIST_URL",
+    "ROTMNIST_MD5",
     "IdxSource",
     "DatasetSpec",
     "DATASETS",
@@ -52,6 +54,9 @@ FASHION_CLASSES = (
 )
 #: ``--dataset folder:PATH`` names a folder of the user's images.
 FOLDER_PREFIX = "folder:"
+#: Where the published Rot-MNIST (``mnist_rotation_new.zip``) is downloaded from, and its md5.
+ROTMNIST_URL = "http://www.iro.umontreal.ca/~lisa/icml2007data/mnist_rotation_new.zip"
+ROTMNIST_MD5 = "0f9a947ff3d30e95cd685462cbf3b847"
 
 
 @dataclass(frozen=True)
@@ -200,7 +205,7 @@ def folder_path(name: str) -> str:
 
 
 def get_dataset(name: str) -> DatasetSpec:
-    """The spec of a named dataset (not ``folder:PATH``: see :func:`hnets.data.folder_spec`).
+    """The spec of a registered dataset (``folder:PATH``: :func:`hnets.data.sources.data_source`).
 
     Raises:
         DataError: an unknown name, with the list of known ones.

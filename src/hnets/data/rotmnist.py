@@ -52,6 +52,7 @@ from .cache import (
 )
 from .dataset import ImageDataset
 from .locate import ensure_dataset, locate_variant, missing_data_message
+from .registry import ROTMNIST_MD5, ROTMNIST_URL
 
 __all__ = [
     "DEFAULT_URL",
@@ -69,8 +70,8 @@ __all__ = [
     "missing_data_message",
 ]
 
-DEFAULT_URL = "http://www.iro.umontreal.ca/~lisa/icml2007data/mnist_rotation_new.zip"
-DEFAULT_MD5 = "0f9a947ff3d30e95cd685462cbf3b847"
+DEFAULT_URL = ROTMNIST_URL
+DEFAULT_MD5 = ROTMNIST_MD5
 #: Member names of the original archive: split -> file.
 AMAT_FILES = {
     "train_valid": "mnist_all_rotation_normalized_float_train_valid.amat",

@@ -6,8 +6,8 @@
   texts, and the recipe's defaults (:func:`recipe_lr`, :data:`DEFAULT_MODEL_OPTIONS`);
 * :mod:`.schedule`: the learning rate of every step (:func:`lr_at`) and the data order
   of every epoch (:func:`epoch_order`, :func:`shard_positions`);
-* :mod:`.data`: the run's data in memory, and the batches of an epoch;
-* :mod:`.model`: seeding, the model built for the data, the optimizer, the precision;
+* :mod:`.batches`: the run's data in memory, and the batches of an epoch;
+* :mod:`.setup`: seeding, the model built for the data, the optimizer, the precision;
 * :mod:`.metrics`: running sums, epoch rows, where a run stands, the NaN/Ctrl-C vote;
 * :mod:`.rundir`: the run directory: claiming it, checkpoints, every file a run writes;
 * :mod:`.world`: the processes (``torchrun``), the device (:func:`resolve_device`),
@@ -30,9 +30,18 @@ from .config import (
     TRAIN_SPLITS,
     TrainConfig,
     recipe_lr,
+    train_argv,
+    with_settings,
 )
 from .loop import train
-from .rundir import CHECKPOINT_FILE, CURVES_FILE, METRICS_FILE, SUMMARY_FILE, load_run_config
+from .rundir import (
+    CHECKPOINT_FILE,
+    CURVES_FILE,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    load_run_config,
+    run_config,
+)
 from .schedule import epoch_order, lr_at, shard_positions
 from .world import resolve_device
 
@@ -44,6 +53,9 @@ __all__ = [
     "shard_positions",
     "resolve_device",
     "load_run_config",
+    "run_config",
+    "with_settings",
+    "train_argv",
     "SCHEDULES",
     "OPTIMIZERS",
     "CHECKPOINT_FILE",

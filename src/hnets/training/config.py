@@ -18,7 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..data.registry import DATASETS, get_dataset, is_folder
+from ..data.sources import FOLDER_OPTIONS, data_source
+from ..errors import DataError
 from ..models import model_names
 
 __all__ = [
@@ -34,6 +35,10 @@ __all__ = [
     "OPTIMIZERS",
     "DEVICES",
     "TRAIN_SPLITS",
+    "FLAG_NAMES",
+    "MODEL_OPTION_FLAGS",
+    "with_settings",
+    "train_argv",
 ]
 
 SCHEDULES = ("cosine", "onecycle", "step", "constant")
@@ -309,22 +314,66 @@ class TrainConfig:
     def _check_data(self) -> None:
         if not isinstance(self.dataset, str):
             raise ValueError(f"dataset must be a name, got {self.dataset!r}")
-        if is_folder(self.dataset):
-            if self.data_variant not in (None, "folder"):
-                raise ValueError(f"a folder dataset has no variant {self.data_variant!r}")
-        else:
-            if self.dataset not in DATASETS:
-                get_dataset(self.dataset)  # DataError listing the known names
-            allowed = (None, *DATASETS[self.dataset].variants)
-            if self.data_variant not in allowed:
-                raise ValueError(
-                    f"data_variant must be one of {allowed} for {self.dataset}, "
-                    f"got {self.data_variant!r}"
-                )
-            if self.image_size is not None or self.channels is not None or self.skip_bad:
-                raise ValueError("image_size, channels and skip_bad are for folder:PATH datasets")
+        source = data_source(self.dataset)  # DataError listing the known names
+        try:
+            source.check_variant(self.data_variant)
+        except DataError as exc:
+            raise ValueError(f"data_variant: {exc}") from None
+        try:
+            source.check_options({name: getattr(self, name) for name in FOLDER_OPTIONS})
+        except DataError as exc:
+            raise ValueError(str(exc)) from None
 
 
 #: Settings that say where and how a run executes, not what it computes: they may
 #: change when a run is resumed.
 RUNTIME_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["runtime"])
+
+
+#: ``hnets train`` flags spelled otherwise than ``--field-name``.
+FLAG_NAMES = {"data_variant": "--variant"}
+#: ``hnets train`` flags of the model options (``--channels`` is already a folder
+#: dataset's image channels, hence ``--model-channels``).
+MODEL_OPTION_FLAGS = {
+    "width": "--width",
+    "channels": "--model-channels",
+    "max_order": "--max-order",
+    "eval_blur": "--eval-blur",
+}
+
+
+def with_settings(base: TrainConfig, settings: Mapping[str, Any]) -> TrainConfig:
+    """``base`` with ``settings`` (TrainConfig fields) on top; ``model_options`` merge.
+
+    The one rule ``hnets train`` applies to its flags (on :class:`TrainConfig`'s
+    defaults, or on the saved run's with ``--resume``), for any caller that trains
+    with a partial set of settings.
+    """
+    options = {**base.model_options, **settings.get("model_options", {})}
+    rest = {k: v for k, v in settings.items() if k != "model_options"}
+    return dataclasses.replace(base, **rest, model_options=options)
+
+
+def train_argv(settings: Mapping[str, Any]) -> list[str]:
+    """The ``hnets train`` arguments that give ``settings``, in their order.
+
+    ``settings`` are :class:`TrainConfig` fields (``model_options``: those of
+    :data:`MODEL_OPTION_FLAGS`); :func:`with_settings` of the same mapping is the
+    config those arguments train with.
+    """
+    args: list[str] = []
+    for name, value in settings.items():
+        if name == "model_options":
+            for option, option_value in value.items():
+                args += [MODEL_OPTION_FLAGS[option], _flag_value(option_value)]
+            continue
+        flag = FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + flag[2:])
+        else:
+            args += [flag, _flag_value(value)]
+    return args
+
+
+def _flag_value(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)

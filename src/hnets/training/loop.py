@@ -45,12 +45,12 @@ from ..data import rotate_images
 from ..errors import HNetsError
 from ..evaluation import evaluate
 from ..models import count_parameters
+from .batches import RunData, batches
 from .config import TrainConfig
-from .data import RunData, batches
 from .metrics import RunState, Sums, epoch_line, epoch_row, vote
-from .model import amp_dtype, build_for, make_optimizer, seed_everything
 from .rundir import RunDir, cpu_state, restore
 from .schedule import epoch_order, lr_at, shard_positions
+from .setup import amp_dtype, build_for, make_optimizer, seed_everything
 from .world import StopFlag, World
 
 __all__ = ["train", "train_one_epoch", "validate"]

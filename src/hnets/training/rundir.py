@@ -38,15 +38,16 @@ from ..checkpoint import (
 )
 from ..errors import CheckpointError, HNetsError
 from ..evaluation import plot_curves
-from .config import EVAL_ONLY_MODEL_OPTIONS, RUNTIME_FIELDS, TrainConfig
-from .data import RunData
+from .batches import RunData
+from .config import EVAL_ONLY_MODEL_OPTIONS, RUNTIME_FIELDS, TrainConfig, with_settings
 from .metrics import RunState
-from .model import build_for
+from .setup import build_for
 from .world import World
 
 __all__ = [
     "RunDir",
     "load_run_config",
+    "run_config",
     "restore",
     "cpu_state",
     "CHECKPOINT_FILE",
@@ -69,6 +70,16 @@ def load_run_config(out_dir: str | os.PathLike[str]) -> TrainConfig:
     """The settings of the run saved in ``out_dir/checkpoint.pt``."""
     path = Path(out_dir) / CHECKPOINT_FILE
     return _saved_config(load_training_state(path), path)
+
+
+def run_config(
+    out_dir: str | os.PathLike[str], settings: Mapping[str, Any], *, resume: bool
+) -> TrainConfig:
+    """What a run in ``out_dir`` trains with: ``settings`` on top of the saved run's
+    (with ``resume``, where there is one) or the recipe's defaults (:func:`with_settings`).
+    """
+    resuming = resume and (Path(out_dir) / CHECKPOINT_FILE).exists()
+    return with_settings(load_run_config(out_dir) if resuming else TrainConfig(), settings)
 
 
 @dataclass
@@ -335,7 +346,7 @@ def _training_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _versions() -> dict[str, str]:
-    from .. import __version__
+    from .._version import __version__
 
     return {
         "hnets": __version__,

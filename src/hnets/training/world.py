@@ -123,7 +123,7 @@ class StopFlag:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
 
-    def _handle(self, signum: int, frame: object) -> None:
+    def _handle(self, _signum: int, _frame: object) -> None:  # signal.signal calls it so
         if self.is_set:
             raise KeyboardInterrupt
         self.is_set = True

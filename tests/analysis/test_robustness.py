@@ -1,11 +1,11 @@
-"""Robustness curves and feature-map equivariance reports."""
+"""Robustness curves: accuracy under further rotation, and binned by stored angle."""
 
 import math
 
 import torch
 
 import hnets
-from hnets.studies import accuracy_by_angle, feature_equivariance, robustness_curve
+from hnets.analysis import accuracy_by_angle, robustness_curve
 
 
 class _Oriented(torch.nn.Module):
@@ -30,22 +30,6 @@ def test_robustness_curve_flat_for_hnet_not_for_orientation_bound_model():
     assert max(curve) - min(curve) == 0.0  # quarter turns: identical predictions
 
 
-def test_feature_equivariance_report_quarter_turns_exact_other_angles_small():
-    torch.manual_seed(0)
-    model = hnets.build_model("hnet").eval()
-    images = torch.rand(3, 1, 28, 28)
-    report = feature_equivariance(model, images, [90, 180, 45])
-    assert report["logits"][0] < 1e-5 and report["logits"][1] < 1e-5
-    assert max(report["layers"][0]) < 1e-5
-    assert 1e-4 < report["logits"][2] < 0.2
-    n_layers = len(report["layers"][0])
-    assert n_layers == len(list(model.features.children()))
-    cnn = hnets.build_model("cnn").eval()
-    cnn_report = feature_equivariance(cnn, images, [90])
-    assert cnn_report["logits"][0] > 100 * max(report["logits"][0], 1e-7)
-    assert math.isfinite(sum(cnn_report["layers"][0]))
-
-
 def test_accuracy_by_stored_angle_bins_each_image_by_its_own_rotation():
     images = torch.zeros(8, 1, 28, 28)
     images[:, :, 2:10, 8:20] = 1.0  # all bright on top -> predicted class 1
@@ -55,3 +39,18 @@ def test_accuracy_by_stored_angle_bins_each_image_by_its_own_rotation():
     assert centres == [45.0, 135.0, 225.0, 315.0]
     assert counts == [4, 0, 4, 0]
     assert accs[0] == 1.0 and accs[2] == 0.0 and math.isnan(accs[1])
+
+
+def test_studies_is_a_deprecated_alias_of_analysis():
+    import importlib
+    import sys
+
+    import pytest
+
+    import hnets.analysis
+
+    sys.modules.pop("hnets.studies", None)
+    with pytest.warns(DeprecationWarning, match="hnets.analysis"):
+        studies = importlib.import_module("hnets.studies")
+    for name in hnets.analysis.__all__:
+        assert getattr(studies, name) is getattr(hnets.analysis, name)

@@ -21,7 +21,7 @@ from hnets.cli import main
 from hnets.errors import HNetsError
 from hnets.training import TrainConfig, train
 
-from .conftest import one_error_line, subprocess_env
+from ..conftest import one_error_line, subprocess_env
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

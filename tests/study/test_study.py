@@ -17,8 +17,8 @@ from hnets.data.subsets import stratified_subset
 from hnets.errors import DataError, HNetsError
 from hnets.study import RESULT_FIELDS, StudyConfig, plan_study
 
-from .conftest import FASHION_SOURCE as FASHION
-from .conftest import one_error_line
+from ..conftest import FASHION_SOURCE as FASHION
+from ..conftest import MNIST_SOURCE, one_error_line
 
 
 def test_the_plan_covers_the_grid_and_names_every_run() -> None:
@@ -113,7 +113,7 @@ def test_quick_study_end_to_end(tmp_path: Path, data_env: Path, monkeypatch, cap
     data.mkdir()
     (data / "rotmnist-standin").symlink_to(data_env / "rotmnist-standin")
     monkeypatch.setenv("HNETS_DATA", str(data))
-    mnist = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
+    mnist = MNIST_SOURCE
     monkeypatch.setenv("HNETS_MNIST_DIR", str(mnist.resolve()))
     runs, out = tmp_path / "runs", tmp_path / "study"
     args = ["study", "--quick", "--datasets", datasets, "--runs", str(runs), "--out", str(out)]
@@ -246,7 +246,7 @@ def test_plan_lines_run_by_hand_then_collect_give_the_same_tables(
 
 
 def test_the_time_line_counts_core_time_only_where_the_thread_count_is_known() -> None:
-    from hnets.study import _time_line
+    from hnets.study.tables import time_line as _time_line
 
     rows = [
         {"wall_seconds": "3600", "threads": "2"},
@@ -261,7 +261,8 @@ def test_the_time_line_counts_core_time_only_where_the_thread_count_is_known() -
 
 
 def test_the_gap_is_cnn_minus_hnet_with_welchs_standard_error() -> None:
-    from hnets.study import _gaps, _markdown
+    from hnets.study.tables import gap_rows as _gaps
+    from hnets.study.tables import markdown_report as _markdown
 
     def entry(dataset, model, size, mean, std, n):
         return {"dataset": dataset, "model": model, "train_size": size, "n_seeds": n,
@@ -298,7 +299,9 @@ def test_the_gap_is_cnn_minus_hnet_with_welchs_standard_error() -> None:
 
 
 def test_the_figure_ticks_every_size_of_a_panel_and_names_the_stand_in() -> None:
-    from hnets.study import StudyConfig, _error_vs_size_figure, _gaps
+    from hnets.study import StudyConfig
+    from hnets.study.figures import error_vs_size_figure as _error_vs_size_figure
+    from hnets.study.tables import gap_rows as _gaps
 
     def entry(dataset, model, size, mean):
         return {"dataset": dataset, "model": model, "train_size": size, "n_seeds": 1,
@@ -348,9 +351,9 @@ def test_protocol_originals_are_the_test_images_before_rotation(rotmnist_root: P
     import torch
 
     from hnets.data import RotMNIST, load_mnist, rotate_images
-    from hnets.data.mnist import protocol_originals
+    from hnets.data.protocol import protocol_originals
 
-    mnist = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
+    mnist = MNIST_SOURCE
     images, labels = protocol_originals(load_mnist(mnist), seed=0)
     test = RotMNIST(rotmnist_root, "test", limit=64)
     assert labels.shape == (50_000,) and labels[:64].tolist() == test.labels.tolist()
@@ -403,7 +406,7 @@ def test_status_says_where_each_run_stands_and_estimates_what_is_left(
 
 
 def test_result_rows_round_the_test_error_that_training_computed_as_one_minus_accuracy():
-    from hnets.study import _result_row
+    from hnets.study.tables import result_row as _result_row
 
     run = plan_study(StudyConfig.quick_config(datasets=("rotmnist",)))[0]
     summary = {"test_error": 1 - 0.95728, "valid_accuracy": 0.964, "wall_seconds": 12.34}
@@ -416,8 +419,8 @@ def test_result_rows_round_the_test_error_that_training_computed_as_one_minus_ac
 def test_upright_figures_are_evaluated_again_only_when_their_runs_change(
     tmp_path: Path, monkeypatch
 ) -> None:
-    import hnets.studies
-    from hnets.study import _upright_figures
+    import hnets.analysis
+    from hnets.study.collect import _upright_figures
 
     plan = [r for r in plan_study(StudyConfig(datasets=("rotmnist",))) if r.variant == "upright"]
     runs, out = tmp_path / "runs", tmp_path / "upright"
@@ -426,12 +429,12 @@ def test_upright_figures_are_evaluated_again_only_when_their_runs_change(
     def fake_study(done, *, out_dir, **kwargs):  # noqa: ANN001, ANN003, ANN202
         calls.append([Path(d).name for d in done])
         out_dir.mkdir(parents=True, exist_ok=True)
-        files = hnets.studies.robustness_files(out_dir)
+        files = hnets.analysis.robustness_files(out_dir)
         for f in files:
             f.write_text(str(len(calls)))
         return {"files": files}
 
-    monkeypatch.setattr(hnets.studies, "robustness_study", fake_study)
+    monkeypatch.setattr(hnets.analysis, "robustness_study", fake_study)
     first, second = (runs / r.name for r in plan)
     first.mkdir(parents=True)
     (first / "summary.json").write_text('{"test_accuracy": 0.5}')
@@ -485,7 +488,7 @@ def test_a_run_that_finishes_while_collect_works_waits_for_the_next_collect(
     """Every table and record of one collect sees the same set of finished runs."""
     import json
 
-    import hnets.study
+    import hnets.study.collect
     from hnets.study import collect_study
 
     config = replace(
@@ -500,20 +503,62 @@ def test_a_run_that_finishes_while_collect_works_waits_for_the_next_collect(
         (runs / run.name / "crisp.json").write_text(json.dumps(crisp))
     summary = json.dumps({"test_error": 0.1, "wall_seconds": 1.0})
     (runs / hnet.name / "summary.json").write_text(summary)
-    summarise = hnets.study._summarise
+    summarise = hnets.study.collect.summarise
 
     def cnn_finishes_meanwhile(rows):  # noqa: ANN001, ANN202
         (runs / cnn.name / "summary.json").write_text(summary)
         return summarise(rows)
 
-    monkeypatch.setattr(hnets.study, "_summarise", cnn_finishes_meanwhile)
+    monkeypatch.setattr(hnets.study.collect, "summarise", cnn_finishes_meanwhile)
     result = collect_study(config, runs, out, log=lambda line: None)
     assert [r["model"] for r in result["rows"]] == ["hnet"] and result["missing"] == [cnn.name]
     crisp_rows = list(csv.DictReader((out / "crisp.csv").open()))
     assert [r["model"] for r in crisp_rows] == ["hnet"]
     assert [p.stem for p in (out / "runs").glob("*.json")] == [hnet.name]
-    monkeypatch.setattr(hnets.study, "_summarise", summarise)
+    monkeypatch.setattr(hnets.study.collect, "summarise", summarise)
     result = collect_study(config, runs, out, log=lambda line: None)  # the next collect
     assert [r["model"] for r in result["rows"]] == ["hnet", "cnn"] and result["missing"] == []
     assert len(list(csv.DictReader((out / "crisp.csv").open()))) == 2
     assert len(list((out / "runs").glob("*.json"))) == 2
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_the_printed_plan_is_what_runs(tmp_path: Path, quick: bool) -> None:
+    """``--plan``'s lines, parsed by ``hnets train``, give the config the study trains with."""
+    import argparse
+    import dataclasses
+
+    from hnets.cli import build_parser
+    from hnets.cli.experiment import _CONFIG_FLAGS, _MODEL_OPTION_FLAGS
+    from hnets.training import run_config
+
+    config = StudyConfig.quick_config() if quick else StudyConfig()
+    for run in plan_study(config):
+        out = tmp_path / run.name
+        args = build_parser().parse_args(run.argv(tmp_path, "/data"))
+        given = {name: getattr(args, name) for name in _CONFIG_FLAGS if hasattr(args, name)}
+        options = {o: getattr(args, d) for d, o in _MODEL_OPTION_FLAGS.items() if hasattr(args, d)}
+        printed = run_config(out, {**given, "model_options": options}, resume=True)
+        runs = run_config(out, run.train_settings("/data"), resume=True)
+        assert dataclasses.asdict(printed.check()) == dataclasses.asdict(runs.check())
+        assert isinstance(args, argparse.Namespace) and Path(args.out) == out and args.resume
+
+
+@pytest.mark.parametrize("model", ["hnet", "cnn"])
+def test_upright_runs_repeat_the_shipped_upright_models(model: str) -> None:
+    import json
+
+    from hnets.study import UPRIGHT_RECIPE
+
+    shipped = Path(__file__).parents[2] / "pretrained" / f"{model}-upright" / "config.json"
+    if not shipped.is_file():
+        pytest.skip(f"{shipped} is not in this checkout")
+    trained = json.loads(shipped.read_text())["extra"]["train_config"]
+    (run,) = [r for r in plan_study(StudyConfig(datasets=("rotmnist",), models=(model,)))
+              if r.variant == "upright"]  # fmt: skip
+    assert run.train_settings()["data_variant"] == trained["data_variant"] == "upright"
+    for key in ("train_split", "epochs", "augment"):
+        assert trained[key] == UPRIGHT_RECIPE[key] == run.train_settings().get(key, True)
+    assert trained.get("train_size") is None and trained["limit_train"] is None
+    assert run.train_size == 10_000  # the whole train split: the same images as the shipped
+    assert trained["model_options"].get("width", 1.0) == UPRIGHT_RECIPE["width"]

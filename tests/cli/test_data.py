@@ -9,6 +9,16 @@ import pytest
 from hnets.cli import main
 from hnets.data.cache import read_manifest
 
+# the data tests' fixtures: an isolated data home, small archives, a local HTTP server
+from ..data.conftest import (  # noqa: F401
+    _isolated_data_env,
+    archives,
+    http_server,
+    kit,
+    mnist_dir,
+    standin_root,
+)
+
 
 def test_prepare_from_a_local_file(tmp_path: Path, archives, capsys) -> None:
     archive = tmp_path / "mnist_rotation_new.zip"

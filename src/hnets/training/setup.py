@@ -11,8 +11,8 @@ from torch import nn
 
 from ..models import build_model
 from ..nn import HConv2d
+from .batches import RunData
 from .config import TrainConfig
-from .data import RunData
 
 __all__ = ["seed_everything", "build_for", "make_optimizer", "amp_dtype"]
 
