@@ -1,7 +1,9 @@
 """Test metrics, predictions on image files, and the figures that report them.
 
 :func:`evaluate` scores a model on in-memory tensors (every image counts: no
-batch is dropped); :func:`predict` / :func:`iter_predictions` classify image files
+batch is dropped); :func:`evaluate_checkpoint` scores a saved or pretrained model on
+a split of its dataset (what ``hnets test`` runs) and :func:`format_evaluation`
+writes its report as text; :func:`predict` / :func:`iter_predictions` classify image files
 in batches, decoding only one batch at a time; :func:`plot_confusion` and
 :func:`plot_curves` draw the figures, written atomically as PNG.
 """
@@ -22,7 +24,15 @@ from ._io import save_figure
 from .checkpoint import checkpoint_classes, checkpoint_dataset
 from .images import load_image
 
-__all__ = ["evaluate", "predict", "iter_predictions", "plot_confusion", "plot_curves"]
+__all__ = [
+    "evaluate",
+    "evaluate_checkpoint",
+    "format_evaluation",
+    "predict",
+    "iter_predictions",
+    "plot_confusion",
+    "plot_curves",
+]
 
 
 def evaluate(
@@ -91,6 +101,144 @@ def evaluate(
         "per_class_accuracy": per_class,
         "confusion": matrix.tolist(),
     }
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike[str],
+    *,
+    split: str = "test",
+    dataset: str | None = None,
+    variant: str | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    limit: int | None = None,
+    batch_size: int = 500,
+    device: str | torch.device | None = None,
+    eval_blur: float | None = None,
+    crisp: bool = False,
+    figure: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score a saved model on a split of its dataset (or of a compatible one).
+
+    Nothing is written but ``figure``, and only when asked: the checkpoint, the data
+    and every other file are left as they are.
+
+    Args:
+        checkpoint: a checkpoint directory or a pretrained model's name
+            (:func:`hnets.load_model`).
+        split: ``test`` or ``valid``.
+        dataset, variant, data_dir: the data (default: what the model was trained on;
+            see :func:`hnets.checkpoint.load_checkpoint_data`).
+        limit: score only the first ``limit`` images.
+        batch_size: images per forward pass.
+        device: where to run (default CPU).
+        eval_blur: score with this input low-pass (pixels, 0: none) instead of the
+            model's own; the checkpoint is not changed.
+        crisp: also score the split's unrotated originals and their exact quarter
+            turns (datasets built by the rotation protocol; checked before any work).
+        figure: where to draw the confusion matrix (PNG), if anywhere.
+        progress: progress bars while data is prepared.
+
+    Returns:
+        :func:`evaluate`'s metrics with ``checkpoint``, ``model``, ``split``,
+        ``dataset``, ``title``, ``variant``, ``eval_blur``, ``classes``, ``figure``
+        (the path written or ``None``) and, with ``crisp``, ``crisp``
+        (:func:`hnets.studies.crisp_accuracy`).
+
+    Raises:
+        ValueError: a bad ``split`` or ``limit``.
+        HNetsError: a bad checkpoint, missing or incompatible data.
+    """
+    from .checkpoint import load_checkpoint_data, load_model
+
+    if split not in ("valid", "test"):
+        raise ValueError(f"--split must be valid or test, got {split!r}")
+    if limit is not None and limit < 1:
+        raise ValueError("--limit must be at least 1")
+    model = load_model(checkpoint, device)
+    if eval_blur is not None:
+        from .nn import EvalBlur
+
+        model.eval_blur = EvalBlur(eval_blur).to(_model_device(model)).eval()
+    config = model.hnets_checkpoint
+    data = load_checkpoint_data(
+        config,
+        split,
+        dataset=dataset,
+        variant=variant,
+        data_dir=data_dir,
+        limit=limit,
+        progress=progress,
+    )
+    originals = None
+    if crisp:  # before anything is computed or written: it may be refused
+        from .studies import protocol_originals_of
+
+        originals = protocol_originals_of(data)
+    result = evaluate(model, data.images, data.labels, batch_size=batch_size)
+    report: dict[str, Any] = {
+        "checkpoint": str(checkpoint),
+        "model": config["model"],
+        "split": split,
+        "dataset": data.name,
+        "title": data.title,
+        "variant": data.variant,
+        "eval_blur": model.eval_blur.sigma,
+        "classes": list(data.classes),
+        **result,
+        "figure": None,
+    }
+    if originals is not None:
+        from .studies import crisp_accuracy
+
+        report["crisp"] = crisp_accuracy(
+            model, originals, data.images, data.labels, batch_size=batch_size
+        )
+    if figure is not None:
+        title = f"{config['model']} on {data.title} {data.variant} {split}: "
+        title += f"{result['accuracy']:.2%}"
+        plot_confusion(result["confusion"], figure, title=title, classes=data.classes)
+        report["figure"] = str(figure)
+    return report
+
+
+def format_evaluation(report: Mapping[str, Any]) -> str:
+    """:func:`evaluate_checkpoint`'s report as the lines ``hnets test`` prints."""
+    lines = [
+        f"{report['model']} from {report['checkpoint']} on {report['title']} "
+        f"{report['variant']}, {report['split']} split, {report['n']} images",
+        f"accuracy {report['accuracy']:.2%}   error {report['error']:.2%}   "
+        f"loss {report['loss']:.4f}",
+        "per-class accuracy:",
+        "  "
+        + "  ".join(
+            f"{c}: {_percent(a)}"
+            for c, a in zip(report["classes"], report["per_class_accuracy"], strict=True)
+        ),
+        "confusion matrix (rows: true class, columns: predicted):",
+        _format_matrix(report["confusion"]),
+    ]
+    crisp = report.get("crisp")
+    if crisp is not None:
+        lines.append(
+            f"crisp inputs: as stored {_percent(crisp['rotated'])}, unrotated originals "
+            f"{_percent(crisp['crisp_0'])}, turned 90° {_percent(crisp['crisp_90'])}, "
+            f"180° {_percent(crisp['crisp_180'])}, 270° {_percent(crisp['crisp_270'])}"
+        )
+    if report.get("figure") is not None:
+        lines.append(f"wrote {report['figure']}")
+    return "\n".join(lines)
+
+
+def _percent(value: float | None) -> str:
+    return "  n/a" if value is None else f"{value:.1%}"
+
+
+def _format_matrix(matrix: Sequence[Sequence[Any]]) -> str:
+    width = max(5, *(len(str(v)) + 1 for row in matrix for v in row))
+    header = "     " + "".join(f"{c:>{width}}" for c in range(len(matrix)))
+    rows = [f"  {i:>2} " + "".join(f"{v:>{width}}" for v in row) for i, row in enumerate(matrix)]
+    return "\n".join([header, *rows])
 
 
 def iter_predictions(
