@@ -198,13 +198,13 @@ WEIGHTS: dict[str, Weights] = {
         Weights(
             "hnet-rotfashion",
             "05ffdbb4006ee5c7b526d27ba5a8f9262187d0b3b22d12a73616b2fbe451e714",
-            "hnets train --model hnet --dataset rotfashion",
+            "hnets train --model hnet --dataset rotfashion --variant rotated",
             "H-Net (HNetMNIST) on Rot-Fashion-MNIST, rotation-augmented",
         ),
         Weights(
             "cnn-rotfashion",
             "a71da59020801c62f7ca8f0adcb567a44ed3e75fd60ae2c0eff7723b18b7b672",
-            "hnets train --model cnn --dataset rotfashion",
+            "hnets train --model cnn --dataset rotfashion --variant rotated",
             "CNN (RegularCNN) of the same size on Rot-Fashion-MNIST, rotation-augmented",
         ),
         Weights(

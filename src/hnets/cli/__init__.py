@@ -2,9 +2,9 @@
 
 Each subcommand module (``data``, ``experiment``, ``study``, ``tools``,
 ``pretrained``) adds its parsers with a ``register(subparsers)`` function and binds
-a handler that calls one library function. Errors caused by the user's input (:class:`hnets.errors.HNetsError`,
-missing files, bad images) are printed as one line ``hnets: error: ...`` with a
-non-zero exit; ``--debug`` shows the traceback instead.
+a handler that calls one library function. Errors caused by the user's input
+(:class:`hnets.errors.HNetsError`, missing files, bad images) are printed as one line
+``hnets: error: ...`` with a non-zero exit; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
