@@ -107,7 +107,7 @@ def test_the_registered_command_retrains_the_shipped_model(name):
     asked = train_config(build_parser().parse_args(words[1:])).check().to_dict()
     shipped = TrainConfig.from_dict(weights.meta["recipe"]).to_dict()
     differing = {
-        k: (asked[k], shipped[k]) for k in asked if k not in WHERE_AND_HOW and asked[k] != shipped[k]
+        k: (v, shipped[k]) for k, v in asked.items() if k not in WHERE_AND_HOW and v != shipped[k]
     }
     assert differing == {}
     # the options build the very architecture the weights fit, with the same blur
