@@ -21,6 +21,7 @@ from hnets.cli import build_parser
 from hnets.cli.experiment import train_config
 from hnets.data.registry import DATASETS
 from hnets.errors import CheckpointError
+from hnets.evaluation import _image_loader
 from hnets.hub import WEIGHTS, get_weights
 from hnets.training import TrainConfig
 
@@ -94,8 +95,10 @@ def test_the_metadata_figures_are_those_of_the_shipped_records(name):
     assert hnets.count_parameters(model) == meta["num_params"]
     assert model(torch.rand(2, *meta["input_shape"])).shape == (2, len(meta["dataset"]["classes"]))
     assert model.eval_blur.sigma == meta["preprocessing"]["eval_blur"]
+    # the preprocessing named is the one hnets predict applies to this model's inputs
     module, function = meta["preprocessing"]["function"].rsplit(".", 1)
-    assert callable(getattr(importlib.import_module(module), function))
+    named = getattr(importlib.import_module(module), function)
+    assert _image_loader(model.hnets_checkpoint) is named
 
 
 @pytest.mark.parametrize("name", NAMES)

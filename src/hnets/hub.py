@@ -31,11 +31,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from .errors import CheckpointError
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 __all__ = [
     "Weights",
@@ -74,7 +77,7 @@ class Weights:
     summary: str
     license: str = "MIT"
 
-    def files(self) -> importlib.resources.abc.Traversable:
+    def files(self) -> Traversable:
         """The package-data directory holding ``model.safetensors`` and ``config.json``."""
         return importlib.resources.files("hnets") / "pretrained" / self.name
 
