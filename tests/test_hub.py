@@ -164,6 +164,27 @@ def test_torch_hub_loads_every_registered_model_from_the_checkout():
     assert fresh.training and fresh.hnets_config["options"] == {"width": 0.5}
 
 
+def test_torch_hub_uses_the_checkouts_own_code(tmp_path):
+    """A fresh interpreter that has not imported hnets gets the checkout's ``src/hnets``."""
+    probe = (
+        "import sys, torch\n"
+        f"model = torch.hub.load({str(ROOT)!r}, 'cnn_rotfashion', source='local',"
+        " pretrained=True)\n"
+        "print(sys.modules['hnets'].__file__, type(model).__name__)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "HNETS_CACHE_DIR": str(tmp_path / "cache")},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    where, kind = done.stdout.split()
+    assert Path(where) == ROOT / "src" / "hnets" / "__init__.py" and kind == "RegularCNN"
+
+
 def test_import_hnets_costs_torch_numpy_and_safetensors_only():
     """Neither plotting, image decoding, progress bars nor the CLI come with the layers."""
     probe = (
