@@ -24,6 +24,7 @@ the same name wins (:func:`resolve_checkpoint`).
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import importlib.resources
@@ -123,9 +124,9 @@ class Weights:
         """The shipped ``config.json`` (model name, options, parameters, test metrics)."""
         return json.loads((self.files() / _CONFIG_FILE).read_text(encoding="utf-8"))
 
-    @functools.cached_property
+    @property
     def meta(self) -> dict[str, Any]:
-        """The metadata as data, every figure read from the shipped ``config.json``.
+        """The metadata as data (a new dict each time), every figure read from ``config.json``.
 
         Keys: ``model`` and ``options`` (:func:`hnets.build_model`'s arguments),
         ``num_params``, ``dataset`` (``name``, ``title``, ``variant``, ``standin``,
@@ -138,14 +139,14 @@ class Weights:
         from .checkpoint import checkpoint_classes, checkpoint_dataset
         from .data.registry import DATASETS
 
-        config = self.config
+        config = copy.deepcopy(self.config)  # the caller may change what it is given
         extra = config.get("extra", {})
         dataset = checkpoint_dataset(config)
         spec = DATASETS[dataset]
         shape = extra.get("image_shape") or list(spec.image_shape or ())
         return {
             "model": config["model"],
-            "options": dict(config.get("options", {})),
+            "options": config.get("options", {}),
             "num_params": config["parameters"],
             "dataset": {
                 "name": dataset,
@@ -169,7 +170,7 @@ class Weights:
                 "eval_blur": float(config.get("options", {}).get("eval_blur", 0.0)),
             },
             "epochs": extra.get("epoch"),
-            "recipe": dict(extra.get("train_config", {})),
+            "recipe": extra.get("train_config", {}),
             "command": self.command,
             "sha256": self.sha256,
             "license": self.license,
