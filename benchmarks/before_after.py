@@ -13,8 +13,10 @@ Each process times the H-Net and the dense-equivalent CNN interleaved, as
 ``hnets bench`` does; the CNN is plain PyTorch and the same in both versions, so the
 H-Net's time *relative to it* is compared as well as the absolute times.
 
-With ``HNETS_AUTOTUNE=0`` (the default here; ``--autotune`` measures instead) both
-versions run the fixed table, so what differs is the code, not a timing decision.
+Each version gets a fresh cache directory, so both run ``impl="auto"`` as on a machine
+where ``hnets tune`` never ran. ``--autotune`` sets ``HNETS_AUTOTUNE=1`` for both: the
+switch of revisions up to 81132aa, whose ``impl="auto"`` measured on the job (later ones
+ignore it), so that such a revision can be compared as its users ran it.
 Never run this while anything else uses the cores.
 """
 
@@ -59,7 +61,7 @@ def bench_once(
         os.environ,
         PYTHONPATH=str(src),
         HNETS_CACHE_DIR=str(cache),
-        HNETS_AUTOTUNE="1" if autotune else "0",
+        HNETS_AUTOTUNE="1" if autotune else "0",  # read by revisions up to 81132aa only
     )
     out = subprocess.run(
         [sys.executable, "-m", "hnets", "bench", "--only", "models", "--json",
@@ -100,7 +102,9 @@ def main() -> None:
     parser.add_argument("after", nargs="?", default=".", help="default: the working tree")
     parser.add_argument("--rounds", type=int, default=3, help="before/after pairs")
     parser.add_argument("--repeats", type=int, default=7, help="samples per model per run")
-    parser.add_argument("--autotune", action="store_true", help="measured dispatch on")
+    parser.add_argument(
+        "--autotune", action="store_true", help="HNETS_AUTOTUNE=1 (revisions up to 81132aa)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         sources = {v: export_source(v, Path(tmp)) for v in (args.before, args.after)}

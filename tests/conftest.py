@@ -18,10 +18,6 @@ from pathlib import Path
 import pytest
 import torch
 
-# impl="auto" uses the fixed table in tests (no result may depend on timing); the
-# tests of measured dispatch switch it on for themselves. Children inherit it.
-os.environ["HNETS_AUTOTUNE"] = "0"
-
 MNIST_SOURCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
 FASHION_SOURCE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "fashion-mnist"
 

@@ -14,12 +14,9 @@ about +-5% from run to run depending on which candidate ran before which.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import os
 import platform
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._timing import interleaved
 from .models import HNetMNIST
-from .nn import HBlock, HConv2d
+from .nn import HConv2d
 from .nn.schemes import SCHEMES
 
 __all__ = [
@@ -40,8 +38,6 @@ __all__ = [
     "machine_description",
     "saved_activation_bytes",
     "training_step_peak_bytes",
-    "tune_model",
-    "format_tuning",
 ]
 
 
@@ -67,18 +63,7 @@ def compare(
     consecutive calls; with ``calls > 1`` one untimed call comes first, so that a
     candidate starts its timed calls in its own steady state (see the module notes).
     """
-    for fn in candidates.values():
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {name: [] for name in candidates}
-    for _ in range(repeats):
-        for name, fn in candidates.items():
-            if calls > 1:
-                fn()
-            start = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            samples[name].append((time.perf_counter() - start) / calls)
+    samples = interleaved(candidates, rounds=repeats, warmup=warmup, calls=calls)
     medians = {name: statistics.median(v) for name, v in samples.items()}
     base = next(iter(medians.values()))
     return [Timing(name, m, m / base) for name, m in medians.items()]
@@ -187,11 +172,6 @@ def compare_models(
     """
     x = torch.rand(batch, 1, 28, 28)
     y = torch.randint(0, 10, (batch,))
-    from .nn import dispatch
-
-    if dispatch.enabled():  # measure the dispatch first: the timed calls run its choices
-        for model in models.values():
-            tune_model(model, batch_size=batch, eval_batch_size=batch)
     optimisers = {
         k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in models.items()
     }
@@ -234,25 +214,7 @@ def bench_models(*, batch: int = 46, repeats: int = 7, calls: int = 5) -> dict[s
         ),
         "HNetMNIST": hnet,
     }
-    from .nn import dispatch
-
-    if dispatch.enabled():  # the fixed table beside the measured choices, in the same run
-        models["HNetMNIST, fixed table (HNETS_AUTOTUNE=0)"] = _FixedTable(copy.deepcopy(hnet))
     return compare_models(models, batch=batch, repeats=repeats, calls=calls)
-
-
-class _FixedTable(nn.Module):
-    """``model`` run with ``HNETS_AUTOTUNE=0``: each layer takes the fixed table's scheme."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .nn import dispatch
-
-        with dispatch.autotuning(False):
-            return self.model(x)
 
 
 def saved_activation_bytes(model: nn.Module, batch: int = 46) -> int:
@@ -320,16 +282,16 @@ def bench_memory(*, batch: int = 46) -> dict[str, dict[str, float]]:
     """Memory of a training step (MiB), per model: activations kept for the backward
     (:func:`saved_activation_bytes`) and the step's peak (:func:`training_step_peak_bytes`).
 
-    The H-Net's layers run the fixed table's schemes here (``HNETS_AUTOTUNE=0``): what a
-    step keeps depends on the scheme, and measured choices (and the tuning trials of a
-    first call, which would be counted) would make the byte counts depend on timing.
+    The H-Net's layers run the fixed table's schemes here
+    (:func:`hnets.nn.dispatch.table_only`): what a step keeps depends on the scheme, and
+    a machine's tuned choices would make the byte counts depend on timing.
     """
     from .nn import dispatch
 
     hnet = HNetMNIST()
     models = {"dense-equivalent CNN (NCHW)": dense_equivalent_cnn(hnet), "HNetMNIST": hnet}
     report: dict[str, dict[str, float]] = {}
-    with dispatch.autotuning(False):
+    with dispatch.table_only():
         for name, model in models.items():
             report[name] = _memory_row(model, batch)
     return report
@@ -344,135 +306,6 @@ def _memory_row(model: nn.Module, batch: int) -> dict[str, float]:
             sum(peak.get(k, 0) for k in ("parameter", "gradient", "optstate")) / 2**20
         )
     return row
-
-
-def tune_model(
-    model: nn.Module,
-    *,
-    batch_size: int = 64,
-    eval_batch_size: int = 500,
-    image_shape: tuple[int, int, int] = (1, 28, 28),
-    again: bool = False,
-) -> list[dict[str, object]]:
-    """Measure ``model``'s convolutions as training and inference will call them.
-
-    In training (forward and backward at ``batch_size``), then in inference (at
-    ``eval_batch_size``): one call of the whole model, which records what each
-    convolution receives, then each convolution alone on that input (its
-    :class:`~hnets.nn.HBlock` if it is in one: an inference trial times the block)
-    until its on-the-job trial has decided, with ``impl="auto"`` measuring
-    (:mod:`hnets.nn.dispatch`; forced on for the call), so the decisions are in the
-    cache before a run starts. Alone, a layer makes only its own trial's calls,
-    instead of the whole model's until its slowest layer has decided. The model's parameters and
-    buffers are as before (the steps update no parameter; the batch-norm statistics
-    they change are put back). Returns one row per ``HConv2d`` and mode: ``layer``,
-    ``mode``, ``signature``, ``choice``, the candidates' ``seconds``, those that dropped
-    out of the trial early with their number of timed calls (``dropped``), the CPUs other
-    processes kept busy meanwhile (``busy_elsewhere``, ``None`` where the system does
-    not say) and whether that made the measurement ``contended``. ``again``: measure
-    every layer anew instead of reading decisions already cached.
-    """
-    from .nn import dispatch
-
-    rows: list[dict[str, object]] = []
-    convs = [m for m in model.modules() if isinstance(m, HConv2d)]
-    if not convs:
-        return rows  # nothing to measure (a plain CNN)
-    block_of = {id(m.conv): m for m in model.modules() if isinstance(m, HBlock)}
-    units = [block_of.get(id(conv), conv) for conv in convs]  # what a trial call runs
-    remeasure = dispatch.remeasuring() if again else contextlib.nullcontext()
-    state = copy.deepcopy(model.state_dict())  # batch-norm statistics of random images
-    with dispatch.autotuning(True), remeasure:
-        for mode, batch in (("train", batch_size), ("infer", eval_batch_size)):
-            model.train(mode == "train")
-            inputs = _inputs_of(model, units, torch.rand(batch, *image_shape), mode)
-            for conv, unit in zip(convs, units, strict=True):
-                # on the job: call until it has decided (at most every candidate's
-                # untimed call and MAX_ROUNDS timed ones)
-                for _ in range(len(SCHEMES) * (dispatch.MAX_ROUNDS + 1)):
-                    if (
-                        conv.last_choice is None
-                        or conv.last_choice[0] not in dispatch.open_trials()
-                        or id(unit) not in inputs  # called by other means than its block
-                    ):
-                        break  # decided (or nothing to decide: one scheme, e.g. real images)
-                    _call(unit, inputs[id(unit)], mode)
-            known = dispatch.decisions()
-            for name, layer in model.named_modules():
-                if isinstance(layer, HConv2d) and layer.last_choice is not None:
-                    key, choice = layer.last_choice
-                    entry = known.get(key, {})
-                    rows.append(
-                        {
-                            "layer": name,
-                            "mode": mode,
-                            "signature": key,
-                            "choice": entry.get("choice", choice),
-                            "seconds": entry.get("seconds", {}),
-                            "dropped": entry.get("dropped", {}),
-                            "busy_elsewhere": entry.get("busy_elsewhere"),
-                            "contended": bool(entry.get("contended")),
-                        }  # fmt: skip
-                    )
-                    layer.last_choice = None
-    model.load_state_dict(state)
-    model.eval()
-    return rows
-
-
-def _call(module: nn.Module, x: torch.Tensor, mode: str) -> None:
-    """One training (forward and backward) or inference call of ``module`` on ``x``."""
-    if mode == "train":
-        module(x.detach().requires_grad_(True)).sum().backward()
-        module.zero_grad(set_to_none=True)
-    else:
-        with torch.inference_mode():
-            module(x)
-
-
-def _inputs_of(
-    model: nn.Module, units: list[nn.Module], x: torch.Tensor, mode: str
-) -> dict[int, torch.Tensor]:
-    """One call of ``model`` on ``x``; what each of ``units`` received (by ``id``)."""
-    seen: dict[int, torch.Tensor] = {}
-
-    def record(module: nn.Module, args: tuple) -> None:  # returns None: the input stays
-        seen.setdefault(id(module), args[0].detach())
-
-    hooks = [unit.register_forward_pre_hook(record) for unit in units]
-    try:
-        _call(model, x, mode)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return seen
-
-
-def format_tuning(rows: list[dict[str, object]]) -> str:
-    """Per layer and mode: the scheme chosen and every candidate's time."""
-    from .nn import dispatch
-
-    lines = ["per-layer dispatch (measured on this machine; ms per call, chosen first):"]
-    for row in rows:
-        seconds = dict(row["seconds"])  # type: ignore[arg-type]
-        order = sorted(seconds, key=lambda k: (k != row["choice"], seconds[k]))
-        dropped = dict(row.get("dropped") or {})  # type: ignore[call-overload]
-        times = "  ".join(f"{k} {1e3 * seconds[k]:.2f}{'*' * (k in dropped)}" for k in order)
-        flag = "  (contended)" if row.get("contended") else ""
-        lines.append(f"  {row['layer']:14s} {row['mode']:5s}  {times}{flag}")
-    if any(row.get("dropped") for row in rows):
-        lines.append(
-            f"  * dropped out after a round: its fastest call (untimed one included) over "
-            f"{dispatch.DROP_RATIO:g}x the leader's slowest (median of the calls it had)"
-        )
-    contended = sum(bool(row.get("contended")) for row in rows)
-    if contended:
-        lines.append(
-            f"  {contended} of {len(rows)} measured while other processes kept the CPUs "
-            "busy: kept for now, measured again by the next run (or `hnets tune` on a "
-            "quiet machine)"
-        )
-    return "\n".join(lines)
 
 
 def to_jsonable(report: dict) -> dict:
@@ -512,6 +345,8 @@ def format_report(report: dict) -> str:
                     f"   speed-up {1 / t.ratio:.2f}x"
                 )
     if "dispatch" in report:
+        from .tune import format_tuning
+
         lines += ["", format_tuning(report["dispatch"])]
     if "memory" in report:
         lines += ["", "memory of an AdamW training step (MiB):"]

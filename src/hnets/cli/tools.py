@@ -50,16 +50,16 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _register_tune(sub: argparse._SubParsersAction) -> None:
-    """``hnets tune``: time the convolution schemes ahead of time (the autotune cache)."""
+    """``hnets tune``: time the convolution schemes ahead of a run (the tuning cache)."""
     tune = sub.add_parser(
         "tune",
         help="measure which convolution scheme each layer runs fastest here, ahead of time",
         description=(
             "Time the eligible convolution schemes of a model's layers as training and "
-            "inference call them, and store the fastest per layer signature in this "
-            "machine's autotune cache (what impl='auto' reads; HNETS_AUTOTUNE=0 uses the "
-            "fixed table instead). Layers already in the cache keep their decision unless "
-            "it was measured while other processes kept the CPUs busy, or --again is given."
+            "inference call them, in separate calls, and store the fastest per layer "
+            "signature in this machine's tuning cache, which impl='auto' reads in later "
+            "runs (without it, a fixed table decides). Run it on a quiet machine. Layers "
+            "already in the cache keep their decision unless --again is given."
         ),
     )
     tune.add_argument("--model", default="hnet", help="hnet or cnn (default hnet)")
@@ -164,8 +164,10 @@ def _bench(args: argparse.Namespace) -> int:
             batch=args.batch_size, repeats=args.repeats, calls=args.calls or 5
         )
     if args.only in (None, "dispatch"):
+        from ..tune import tune_model
+
         model = bench.HNetMNIST(width=1.2)
-        report["dispatch"] = bench.tune_model(model, batch_size=args.batch_size)
+        report["dispatch"] = tune_model(model, batch_size=args.batch_size)
     if args.only in (None, "memory"):
         report["memory"] = bench.bench_memory(batch=args.batch_size)
     if args.json:
@@ -176,7 +178,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from .. import bench
+    from .. import tune
     from ..checkpoint import load_model
     from ..models import build_model
     from ..nn import dispatch
@@ -196,7 +198,7 @@ def _tune(args: argparse.Namespace) -> int:
             options["width"] = args.width
         model = build_model(args.model, **options)
     start = time.perf_counter()
-    rows = bench.tune_model(
+    rows = tune.tune_model(
         model,
         batch_size=args.batch_size,
         eval_batch_size=args.eval_batch_size,
@@ -206,7 +208,7 @@ def _tune(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"cache": str(dispatch.cache_path()), "layers": rows}, indent=2))
         return 0
-    print(bench.format_tuning(rows) if rows else "no harmonic convolutions to tune")
+    print(tune.format_tuning(rows) if rows else "no harmonic convolutions to tune")
     took = time.perf_counter() - start
     print(f"cache: {dispatch.cache_path()} ({took:.1f} s)", file=sys.stderr)
     return 0

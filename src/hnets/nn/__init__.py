@@ -4,8 +4,9 @@ All layers consume and produce harmonic feature maps shaped
 ``(batch, channels, orders, 2, height, width)`` (see :mod:`hnets.nn.layout`); the
 operations they run are defined once, as functions, in :mod:`hnets.nn.functional`.
 
-* :mod:`~hnets.nn.conv`: :class:`HConv2d` (parameters, basis, forward) and the
-  measured choice of scheme (:mod:`~hnets.nn.dispatch`);
+* :mod:`~hnets.nn.conv`: :class:`HConv2d` (parameters, basis, forward); which of its
+  schemes ``impl="auto"`` runs: :mod:`~hnets.nn.dispatch` (a fixed table, or what
+  ``hnets tune`` stored);
 * :mod:`~hnets.nn.nonlinearity`, :mod:`~hnets.nn.batchnorm`, :mod:`~hnets.nn.pooling`:
   the pointwise layers;
 * :mod:`~hnets.nn.block`: :class:`HBlock`, the three run fused, with ``fuse()``/``unfuse()``;

@@ -77,30 +77,19 @@ class HBlock(nn.Module):
         self.act = act
         self.pool = HAvgPool2d(pool) if pool > 1 else None
         self.fused = fused
-        self.conv.reads_unmerged = fused  # its inference may hand us unmerged products
 
     def fuse(self) -> HBlock:
         """Run the layers as one function from now on (the default). Returns ``self``."""
         self.fused = True
-        self.conv.reads_unmerged = True  # its inference may hand us unmerged products
         return self
 
     def unfuse(self) -> HBlock:
         """Run the layers one after the other from now on (hooks see each). Returns ``self``."""
         self.fused = False
-        self.conv.reads_unmerged = False
         return self
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        if not self.fused:
-            return self._one_by_one(z)
-        # the convolution's scheme decides which fused path runs below: an inference
-        # trial of it (hnets.nn.dispatch.begin) times the whole block
-        with self.conv.timed_as_one():
-            return self._fused(z)
-
-    def _fused(self, z: torch.Tensor) -> torch.Tensor:
-        if self.act.fn is not F.relu:
+        if not self.fused or self.act.fn is not F.relu:
             return self._one_by_one(z)
         bn, act = self.bn, self.act
         k = 1 if self.pool is None else self.pool.kernel_size

@@ -8,10 +8,7 @@ helpers in :mod:`hnets.nn.synthesis`.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
-from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -78,10 +75,11 @@ class HConv2d(nn.Module):
     ``y_0 = A + B``, ``y_1 = A + C`` with ``A = W_0 (x_0 + x_1)``,
     ``B = (W_{-1} - W_0) x_1``, ``C = (W_1 - W_0) x_0``), each by Gauss's trick: nine
     quarter-width real convolutions, 9/16 of the arithmetic (:mod:`hnets.nn.schemes`
-    states each scheme's maths). ``impl="auto"`` decides
-    per call from measurements on CPU (``hnets bench``): Karatsuba for orders 0..1 with
-    at least 32 channels, Gauss from 32 complex streams (16 on maps of at most
-    16 x 16), the dense bank otherwise. On float32 CPU
+    states each scheme's maths). ``impl="auto"`` runs what ``hnets tune`` stored for
+    this layer's shape on this machine, else the fixed table of
+    :func:`hnets.nn.dispatch.table_choice` (by shape, device and CPU capability:
+    Karatsuba for orders 0..1 from 32 channels, Gauss from 32 complex streams, the
+    dense bank for few streams); nothing is timed during a call. On float32 CPU
     tensors the (de)interleaving around these products is one pass of a native kernel
     (:mod:`hnets._native`); without it only Gauss's trick is used, from 64 streams.
     A first layer (``in_max_order=0``) also takes real images ``(B, C, H, W)``
@@ -171,16 +169,8 @@ class HConv2d(nn.Module):
         if impl == "karatsuba" and self.karatsuba_map is None:
             raise ValueError("impl='karatsuba' needs max_order=1 and in_max_order=1")
         self.impl = impl  # "auto" is resolved per call (see _choose_impl)
-        #: ``(signature, scheme)`` of the last call with ``impl="auto"`` (see hnets bench)
-        self.last_choice: tuple[str, str] | None = None
-        #: Set by a module that, in inference, reads :meth:`unmerged_products` instead of
-        #: the output (the merge is then fused into what follows): measured that way.
-        self.reads_unmerged = False
-        # inference filters per scheme: key (scheme, versions, ...) -> banks (see _filters)
-        self._cache: dict[str, tuple[tuple, tuple[torch.Tensor, ...]]] = {}
-        self._ticket: dispatch.Ticket | None = None  # an inference call being timed
-        self._held = False  # inside timed_as_one(): the caller ends the timed call
-        self._train_ticket: dispatch.Ticket | None = None  # handed from _choose_impl to forward
+        # the inference filters: (scheme, versions, ...) and the banks (see _filters)
+        self._cache: tuple[tuple, tuple[torch.Tensor, ...]] | None = None
         self._layouts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # see _layout
         self.reset_parameters()
 
@@ -216,15 +206,15 @@ class HConv2d(nn.Module):
                 self.phase.uniform_(0.0, 2.0 * math.pi)
             if self.bias is not None:
                 self.bias.zero_()
-        self._cache = {}
+        self._cache = None
 
     def train(self, mode: bool = True) -> HConv2d:
         if mode != self.training:  # model.eval() on an eval model keeps the cached filter
-            self._cache = {}
+            self._cache = None
         return super().train(mode)
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001 - torch's own signature
-        self._cache = {}
+        self._cache = None
         self._layouts = {}
         return super()._apply(fn, recurse)
 
@@ -297,20 +287,26 @@ class HConv2d(nn.Module):
         native backward."""
         impl = BANK_OF.get(impl, impl)
         if impl not in self._layouts:
-            q = self.dense_map.shape[0]
-            mo, mi, k = self.max_order + 1, self.in_max_order + 1, self.kernel_size
-            if impl == "karatsuba":
-                m = self.karatsuba_map.view(q, 9, k * k, 1)
-            elif impl == "gauss":
-                m = self.gauss_map.view(q, 3, mo, mi, k, k).permute(0, 1, 2, 4, 5, 3)
-                m = m.reshape(q, 3, mo * k * k, mi)
-            else:
-                m = self.dense_map.view(q, mo * 2, mi, 2, k, k)
-                if impl == "real":
-                    m = m[:, :, :, :1]
-                m = m.permute(0, 1, 4, 5, 2, 3).reshape(q, 1, mo * 2 * k * k, -1)
-            self._layouts[impl] = (m.contiguous(), m.permute(1, 2, 3, 0).contiguous())
+            # built outside inference mode even when first asked for inside it: autograd
+            # saves these matrices in a later training call
+            with torch.inference_mode(False), torch.no_grad():
+                self._layouts[impl] = self._build_layout(impl)
         return self._layouts[impl]
+
+    def _build_layout(self, impl: str) -> tuple[torch.Tensor, torch.Tensor]:
+        q = self.dense_map.shape[0]
+        mo, mi, k = self.max_order + 1, self.in_max_order + 1, self.kernel_size
+        if impl == "karatsuba":
+            m = self.karatsuba_map.view(q, 9, k * k, 1)
+        elif impl == "gauss":
+            m = self.gauss_map.view(q, 3, mo, mi, k, k).permute(0, 1, 2, 4, 5, 3)
+            m = m.reshape(q, 3, mo * k * k, mi)
+        else:
+            m = self.dense_map.view(q, mo * 2, mi, 2, k, k)
+            if impl == "real":
+                m = m[:, :, :, :1]
+            m = m.permute(0, 1, 4, 5, 2, 3).reshape(q, 1, mo * 2 * k * k, -1)
+        return m.contiguous(), m.permute(1, 2, 3, 0).contiguous()
 
     def _banks_of(self, bank: torch.Tensor, impl: str) -> tuple[torch.Tensor, ...]:
         """The contiguous ``(G, O, A, I, B)`` bank of ``impl`` as its channels-last weights."""
@@ -338,24 +334,36 @@ class HConv2d(nn.Module):
         return self._torch_banks(impl)
 
     def _choose_impl(self, images: torch.Tensor) -> str:
-        """``impl``, with ``"auto"`` resolved for this input by :mod:`hnets.nn.dispatch`."""
+        """``impl``, with ``"auto"`` resolved for this input (:mod:`hnets.nn.dispatch`)."""
         if self.impl != "auto":
             return self.impl
         training = torch.is_grad_enabled() and (images.requires_grad or self.weight.requires_grad)
         tracing = (
             torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
         )
-        if tracing or not dispatch.enabled():
-            return dispatch.table_choice(
-                in_channels=self.in_channels,
-                out_channels=self.out_channels,
-                in_orders=self.in_max_order + 1,
-                out_orders=self.max_order + 1,
-                pixels=images.shape[-2] * images.shape[-1],
-                native=_native.usable(images, memory_format=torch.channels_last),
-                karatsuba=self.karatsuba_map is not None,
-            )
-        key = dispatch.signature(
+        if not tracing:
+            choice = dispatch.tuned(self.dispatch_key(images, training), self.candidates())
+            if choice is not None:
+                return choice
+        return dispatch.table_choice(
+            in_channels=self.in_channels,
+            out_channels=self.out_channels,
+            in_orders=self.in_max_order + 1,
+            out_orders=self.max_order + 1,
+            pixels=images.shape[-2] * images.shape[-1],
+            native=_native.usable(images, memory_format=torch.channels_last),
+            karatsuba=self.karatsuba_map is not None,
+            training=training,
+            capability=dispatch.capability(images.device),
+        )
+
+    def candidates(self) -> tuple[str, ...]:
+        """The schemes this layer can run on harmonic input (what ``hnets tune`` times)."""
+        return tuple(s for s in SCHEMES if s != "karatsuba" or self.karatsuba_map is not None)
+
+    def dispatch_key(self, images: torch.Tensor, training: bool) -> str:
+        """The tuning cache's key for a call on channels-last ``images`` (:func:`as_images`)."""
+        return dispatch.signature(
             in_channels=self.in_channels,
             out_channels=self.out_channels,
             in_orders=self.in_max_order + 1,
@@ -369,58 +377,7 @@ class HConv2d(nn.Module):
             dtype=images.dtype,
             device=images.device,
             training=training,
-        ) + (" unmerged" if self.reads_unmerged and not training else "")
-        candidates = [s for s in SCHEMES if s != "karatsuba" or self.karatsuba_map is not None]
-        if training and images.requires_grad:  # this call is the trial, backward included
-            run = functools.partial(self._trial, images)
-            choice, self._train_ticket = dispatch.begin(key, candidates, images.device, run)
-        elif training:  # no input gradient to mark where the backward ends: separate calls
-            choice = dispatch.choose(key, candidates, functools.partial(self._trial, images))
-        elif self._held and self._ticket is not None and self._ticket.key == key:
-            choice = self._ticket.name  # the same timed call (unmerged_products, then forward)
-        else:  # inference: this real call is the trial (its output is as good as any)
-            choice, self._ticket = dispatch.begin(key, candidates, images.device)
-            if self._ticket is None and len(self._cache) > 1:  # decided: the trial's other
-                self._cache = {k: v for k, v in self._cache.items() if k == choice}  # banks go
-        self.last_choice = (key, choice)
-        return choice
-
-    @contextlib.contextmanager
-    def timed_as_one(self) -> Iterator[None]:
-        """Inside the block the caller's whole computation is what an inference trial times.
-
-        For a module that reads this layer's :meth:`unmerged_products` (or its output)
-        and fuses what follows: the scheme's cost includes the fused work. The timed
-        call ends when the block exits normally; after an exception it goes untimed.
-        """
-        self._ticket, self._held = None, True
-        try:
-            yield
-        except BaseException:
-            self._ticket = None
-            raise
-        finally:
-            self._held = False
-        self.finish_trial()
-
-    def finish_trial(self) -> None:
-        """End the inference call being timed, if any (:func:`hnets.nn.dispatch.end`)."""
-        ticket, self._ticket = self._ticket, None
-        if ticket is not None:
-            dispatch.end(ticket)
-
-    def _trial(self, images: torch.Tensor, impl: str) -> None:
-        """One training call of scheme ``impl``, for timing it: filter synthesis,
-        convolution and the gradients of the input and the parameters
-        (``autograd.grad``: nothing accumulates into ``.grad``)."""
-        x = images.detach()
-        with torch.enable_grad():
-            x.requires_grad_(images.requires_grad)
-            weights = [w.to(x.dtype) for w in self._synthesise(impl)]
-            out = self._convolve(x, impl, weights)
-            wrt = [t for t in (x, self.weight, self.phase) if t is not None and t.requires_grad]
-            torch.autograd.grad(out, wrt, torch.ones_like(out))
-        dispatch.synchronize(x.device)
+        )
 
     def _filters(self, impl: str) -> tuple[torch.Tensor, ...]:
         use_cache = (
@@ -435,11 +392,9 @@ class HConv2d(nn.Module):
             self.weight.data_ptr(),
             torch.is_inference_mode_enabled(),
         )
-        cached = self._cache.get(impl)
-        if cached is None or cached[0] != key:
-            # one entry per scheme: a measurement on the job alternates between them
-            cached = self._cache[impl] = (key, self._synthesise(impl))
-        return cached[1]
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self._synthesise(impl))
+        return self._cache[1]
 
     # -- forward ------------------------------------------------------------------------
     def _prepare(self, z: torch.Tensor) -> tuple[torch.Tensor, str]:
@@ -458,22 +413,14 @@ class HConv2d(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         images, impl = self._prepare(z)
-        ticket, self._train_ticket = self._train_ticket, None
-        if ticket is not None:  # a training call timed on the job: its backward ends when
-            images.register_hook(functools.partial(_input_gradient_ready, ticket))
         weights = [w.to(images.dtype) for w in self._filters(impl)]
         out = self._convolve(images, impl, weights)
-        if ticket is not None:  # ... and starts when the output's gradient arrives
-            ticket.pause()
-            out.register_hook(functools.partial(_output_gradient_arrived, ticket))
         result = as_harmonic(out, self.out_channels, self.max_order + 1)
         if self.bias is not None:  # order 0 only: a constant commutes with rotations there
             onehot = torch.zeros(self.max_order + 1, 1, dtype=result.dtype, device=result.device)
             onehot[0] = 1.0
             bias = self.bias.to(result.dtype)[:, None, :] * onehot  # (out, Mo, 2)
             result = result + bias.view(1, self.out_channels, self.max_order + 1, 2, 1, 1)
-        if not self._held:
-            self.finish_trial()
         return result
 
     def _convolve(
@@ -507,13 +454,3 @@ class HConv2d(nn.Module):
             f"n_rings={self.n_rings}, phase={self.phase is not None}, stride={self.stride}, "
             f"padding={self._padding_arg!r}, bias={self.bias is not None}"
         )
-
-
-def _output_gradient_arrived(ticket: dispatch.Ticket, grad: torch.Tensor) -> None:
-    ticket.resume()
-
-
-def _input_gradient_ready(ticket: dispatch.Ticket, grad: torch.Tensor) -> None:
-    # autograd runs the ready node created last first: the filter synthesis's backward
-    # (created after the input) has run by the time the input's producer is next
-    dispatch.end(ticket)

@@ -6,7 +6,7 @@ takes the input as channels-last real images ``(B, 2S, H, W)`` whose channels ar
 interleaved (real, imaginary) pairs (:func:`as_images`), and returns the output the
 same way, ``(B, 2T, H_out, W_out)`` (:func:`as_harmonic` views it as a harmonic map).
 They differ in how many real convolutions they run, and so in arithmetic; all give
-the same result up to float round-off. Which one runs is decided per call by
+the same result up to float round-off. Which one runs for ``impl="auto"`` is decided by
 :mod:`hnets.nn.dispatch`; the banks each one reads are synthesised from the layer's
 parameters with :mod:`hnets.nn.synthesis`.
 
@@ -22,7 +22,7 @@ parameters with :mod:`hnets.nn.synthesis`.
     layout: input and bank copied to NCHW, the output copied back to channels-last, the
     layout every other hnets layer reads. oneDNN's NCHW and channels-last kernels rank
     differently on different CPUs (channels-last wins on an AVX-512 Xeon, loses on an
-    AVX2 EPYC), so this is a candidate of the measured dispatch. Gauss's and
+    AVX2 EPYC), so ``hnets tune`` times it too; the fixed table never picks it. Gauss's and
     Karatsuba's native (de)interleaving kernels work on channels-last planes and have
     no NCHW form.
 
