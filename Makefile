@@ -42,7 +42,7 @@ venv: $(VENV)/.installed
 train: venv
 	$(BIN)/hnets data prepare
 	$(BIN)/hnets train --model $(MODEL) --out $(OUT) $(if $(EPOCHS),--epochs $(EPOCHS)) $(TRAIN_ARGS)
-	$(BIN)/hnets test --checkpoint $(OUT)
+	$(BIN)/hnets test --checkpoint $(OUT) --figure $(OUT)/confusion.png
 	@echo "results: $(OUT)/summary.json, $(OUT)/metrics.jsonl, $(OUT)/curves.png, $(OUT)/confusion.png"
 
 demo: venv

@@ -1,4 +1,9 @@
-"""The shipped pretrained models load from a fresh clone and reproduce their reported figures."""
+"""The shipped pretrained models load by name and reproduce their reported figures.
+
+The weights are package data (``hnets/pretrained/<name>/``, :mod:`hnets.hub`); the
+training records (``summary.json``, ``metrics.jsonl``, figures) stay in the repository
+under ``docs/results/pretrained/<name>/``.
+"""
 
 import json
 import os
@@ -12,7 +17,7 @@ from hnets.cli import main
 
 from .conftest import FASHION_SOURCE as FASHION
 
-PRETRAINED = Path(__file__).resolve().parents[1] / "pretrained"
+RECORDS = Path(__file__).resolve().parents[1] / "docs" / "results" / "pretrained"
 NAMES = ["hnet-rotmnist", "cnn-rotmnist", "hnet-rotfashion", "cnn-rotfashion"]
 
 
@@ -20,22 +25,23 @@ def _dataset_of(name: str) -> str:
     """The run's dataset, as its settings read on resume (older runs predate the field)."""
     from hnets.training import TrainConfig
 
-    summary = json.loads((PRETRAINED / name / "summary.json").read_text())
+    summary = json.loads((RECORDS / name / "summary.json").read_text())
     return TrainConfig.from_dict(summary["config"]).dataset
 
 
 def test_every_shipped_run_is_checked():
     assert sorted(NAMES) == sorted(
-        p.name for p in PRETRAINED.iterdir() if p.name.endswith(("-rotmnist", "-rotfashion"))
+        n for n in hnets.list_models() if n.endswith(("-rotmnist", "-rotfashion"))
     )
+    assert sorted(p.name for p in RECORDS.iterdir()) == sorted(hnets.list_models())
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_load_model_works_and_carries_its_recipe(name):
-    model = hnets.load_model(PRETRAINED / name)
+    model = hnets.get_model(name, pretrained=True)
     assert not model.training
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
-    summary = json.loads((PRETRAINED / name / "summary.json").read_text())
+    summary = json.loads((RECORDS / name / "summary.json").read_text())
     # the Rot-MNIST runs are on the stand-in (the real data cannot be downloaded here);
     # Rot-Fashion-MNIST is built from the real Fashion-MNIST by the same protocol
     assert summary["data"]["standin"] is (_dataset_of(name) == "rotmnist")
@@ -49,7 +55,7 @@ def test_the_shipped_runs_used_the_recipe_that_hnets_train_defaults_to(name):
     """So that ``hnets train --model hnet`` reproduces the shipped H-Net (and the CNN)."""
     from hnets.training import TrainConfig
 
-    summary = json.loads((PRETRAINED / name / "summary.json").read_text())
+    summary = json.loads((RECORDS / name / "summary.json").read_text())
     # settings added since (the dataset, folder options) take their defaults, as on resume
     shipped = TrainConfig.from_dict(summary["config"]).to_dict()
     assert shipped["dataset"] == name.split("-")[1]
@@ -64,7 +70,7 @@ def test_the_shipped_runs_used_the_recipe_that_hnets_train_defaults_to(name):
 
 
 def test_pretrained_hnet_is_invariant_to_quarter_turns():
-    model = hnets.load_model(PRETRAINED / "hnet-rotmnist")
+    model = hnets.get_model("hnet-rotmnist", pretrained=True)
     x = torch.rand(4, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(
@@ -82,13 +88,13 @@ def test_hnets_test_reproduces_the_reported_test_accuracy_exactly(
         if not os.environ.get("HNETS_FASHION_DIR") and not FASHION.is_dir():
             pytest.skip(f"Fashion-MNIST files not found at {FASHION}")
         monkeypatch.setenv("HNETS_FASHION_DIR", os.environ.get("HNETS_FASHION_DIR", str(FASHION)))
-    summary = json.loads((PRETRAINED / name / "summary.json").read_text())
+    summary = json.loads((RECORDS / name / "summary.json").read_text())
     assert (
         main(
             [
                 "test",
                 "--checkpoint",
-                str(PRETRAINED / name),
+                name,
                 "--json",
                 "--figure",
                 str(data_env / f"{name}-confusion.png"),

@@ -70,7 +70,7 @@ def test_the_onnx_block_runs(tmp_path: Path, monkeypatch) -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     block = next(b for b in PYTHON_BLOCKS if "onnxruntime" in b)
-    model = hnets.load_model(ROOT / "pretrained" / "hnet-rotmnist")
+    model = hnets.get_model("hnet-rotmnist", pretrained=True)
     hnets.export.export_onnx(model, tmp_path / "hnet.onnx")
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {}

@@ -4,7 +4,12 @@ Layers (:mod:`hnets.nn`) consume and produce harmonic feature maps shaped
 ``(batch, channels, orders, 2, height, width)``. The other public subpackages
 (:data:`SUBMODULES`: ``hnets.data``, ``hnets.export``, ``hnets.equivariance``...)
 are attributes of ``hnets`` too, imported on first use (as torch does), so
-``import hnets`` stays fast.
+``import hnets`` stays fast: it costs torch, numpy and safetensors, never the
+plotting, image or command-line libraries.
+
+Pretrained models ship inside the package: :func:`list_models` names them and
+:func:`get_model` builds one, ``get_model("hnet-rotmnist", pretrained=True)``
+(:mod:`hnets.hub`).
 """
 
 import importlib
@@ -12,6 +17,7 @@ from typing import Any
 
 from ._version import __version__
 from .checkpoint import load_model, save_model
+from .hub import get_model, get_weights, list_models
 from .models import HNetMNIST, RegularCNN, build_model, count_parameters, model_names
 from .nn import (
     HAvgPool2d,
@@ -35,6 +41,7 @@ SUBMODULES = (
     "errors",
     "evaluation",
     "export",
+    "hub",
     "images",
     "models",
     "nn",
@@ -71,5 +78,8 @@ __all__ = [
     "count_parameters",
     "load_model",
     "save_model",
+    "list_models",
+    "get_model",
+    "get_weights",
     "__version__",
 ]

@@ -162,7 +162,8 @@ def load_model(
     whole ``config.json``.
 
     Args:
-        path: the checkpoint directory (or its ``model.safetensors`` / ``config.json``).
+        path: the checkpoint directory (or its ``model.safetensors`` / ``config.json``),
+            or the name of a pretrained model (:func:`hnets.hub.list_models`).
         device: where to put the model.
         map_location: the same as ``device``, for ``torch.load`` habits.
 
@@ -309,11 +310,15 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 def _checkpoint_dir(path: str | os.PathLike[str]) -> Path:
-    path = Path(path)
+    from .pretrained import SHA256, resolve_checkpoint
+
+    path = resolve_checkpoint(path)  # a pretrained model's name -> its verified directory
     if path.is_file() and path.name in (MODEL_FILE, CONFIG_FILE):
         return path.parent
     if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint directory")
+        raise CheckpointError(
+            f"{path}: no such checkpoint directory, nor a pretrained model ({', '.join(SHA256)})"
+        )
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a checkpoint directory")
     return path

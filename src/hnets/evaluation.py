@@ -1,8 +1,10 @@
 """Test metrics, predictions on image files, and the figures that report them.
 
 :func:`evaluate` scores a model on in-memory tensors (every image counts: no
-batch is dropped); :func:`predict` / :func:`iter_predictions` classify image files
-in batches, decoding only one batch at a time; :func:`plot_confusion` and
+batch is dropped; a saved model on a split of its data, what ``hnets test`` runs, is
+:func:`hnets.analysis.scores.evaluate_checkpoint`); :func:`predict` /
+:func:`iter_predictions` classify image files in batches, decoding only one batch at
+a time; :func:`plot_confusion` and
 :func:`plot_curves` draw the figures, written atomically as PNG.
 """
 

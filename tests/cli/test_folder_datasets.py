@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from hnets import build_model, load_model, save_model
+from hnets import build_model, get_weights, load_model, save_model
 from hnets.cli import main
 from hnets.data import ImageDataset, RotMNIST
 from hnets.data.registry import FASHION_CLASSES
@@ -29,7 +29,6 @@ from ..conftest import one_error_line
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-PRETRAINED = Path(__file__).resolve().parents[2] / "pretrained"
 CLASSES = ("cross", "disc", "square")  # the folder names, sorted: label order
 SIZES = ((40, 40), (56, 48))  # (width, height), alternating
 N_TRAIN, N_TEST = 12, 6
@@ -311,7 +310,7 @@ def test_rotmnist_as_a_folder_scores_exactly_like_the_quantized_images(
 ):
     root, test = rotmnist_folder
     data_dir = tmp_path / "data"
-    checkpoint = PRETRAINED / "hnet-rotmnist"
+    checkpoint = get_weights("hnet-rotmnist").path()
     shipped = {p.name: p.read_bytes() for p in checkpoint.iterdir()}
     report = json.loads(
         run_ok(

@@ -4,7 +4,6 @@ later training call's backward (evaluate, then fine-tune, is an everyday workflo
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +14,6 @@ from hypothesis import strategies as st
 from hnets.models import HNetMNIST
 from hnets.nn import HBatchNorm, HBlock, HConv2d, HNonLinearity
 
-SHIPPED = Path(__file__).resolve().parents[2] / "pretrained"
 IMPLS = ["auto", "dense", "dense-nchw", "gauss", "karatsuba"]
 
 
@@ -52,9 +50,9 @@ def test_evaluating_first_then_training_works_for_every_scheme(impl, mode) -> No
 
 
 def test_a_loaded_pretrained_model_can_be_checked_then_fine_tuned() -> None:
-    from hnets import load_model
+    from hnets import get_model
 
-    model = load_model(SHIPPED / "hnet-rotmnist")
+    model = get_model("hnet-rotmnist", pretrained=True)
     x, y = _batch(8)
     model.eval()
     with torch.inference_mode():

@@ -1,10 +1,10 @@
 """The ``hnets`` command line: argument parsing only.
 
-Each subcommand module (``data``, ``experiment``, ``tools``) adds its parsers with a
-``register(subparsers)`` function and binds a handler that calls one library
-function. Errors caused by the user's input (:class:`hnets.errors.HNetsError`,
-missing files, bad images) are printed as one line ``hnets: error: ...`` with a
-non-zero exit; ``--debug`` shows the traceback instead.
+Each subcommand module (``data``, ``experiment``, ``study``, ``tools``,
+``pretrained``) adds its parsers with a ``register(subparsers)`` function and binds
+a handler that calls one library function. Errors caused by the user's input
+(:class:`hnets.errors.HNetsError`, missing files, bad images) are printed as one line
+``hnets: error: ...`` with a non-zero exit; ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -19,9 +19,13 @@ from typing import NoReturn
 
 from ..errors import HNetsError
 
-__all__ = ["main", "build_parser", "int_list"]
+__all__ = ["main", "build_parser", "int_list", "CHECKPOINT_HELP"]
 
-_SUBCOMMAND_MODULES = ("data", "experiment", "study", "tools")
+_SUBCOMMAND_MODULES = ("data", "experiment", "study", "tools", "pretrained")
+#: The help of every ``--checkpoint``: each takes a directory or a registered name.
+CHECKPOINT_HELP = (
+    "a model directory (from hnets train) or a pretrained model's name (hnets models lists them)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from ..training import DEFAULT_EVAL_BLUR, DEFAULT_MODEL_OPTIONS, DEVICES, TrainConfig
-from ..training.config import FLAG_NAMES, MODEL_OPTION_FLAGS
-from . import int_list
+from ..training.config import FLAG_NAMES, MODEL_OPTION_FLAGS, with_settings
+from . import CHECKPOINT_HELP, int_list
 
-__all__ = ["register"]
+__all__ = ["register", "train_config"]
 
 _TRAIN_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _TRAIN_TYPES = typing.get_type_hints(TrainConfig)
@@ -149,13 +149,11 @@ def _add_test(sub: argparse._SubParsersAction) -> None:
         help="evaluate a saved model on the test (or valid) split of its dataset",
         description=(
             "Print accuracy, error, per-class accuracy and the confusion matrix of a saved "
-            "model. The confusion-matrix figure goes to --figure; without it, to "
-            "confusion.png in the checkpoint directory when the evaluation is the one "
-            "training made (the test split of the model's own data, all of it, its own "
-            "eval_blur), so that a subset or another split never overwrites it."
+            "or pretrained model. The confusion-matrix figure is drawn only with --figure; "
+            "nothing else is written."
         ),
     )
-    p.add_argument("--checkpoint", required=True, metavar="DIR", help="a model directory")
+    p.add_argument("--checkpoint", required=True, metavar="DIR|NAME", help=CHECKPOINT_HELP)
     p.add_argument("--split", default="test", help="valid or test (default test)")
     p.add_argument("--data-dir", help="where data lives (default: $HNETS_DATA or ~/.cache/hnets)")
     p.add_argument(
@@ -198,7 +196,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
             "dataset the image is resized as the folder's images were."
         ),
     )
-    p.add_argument("--checkpoint", required=True, metavar="DIR", help="a model directory")
+    p.add_argument("--checkpoint", required=True, metavar="DIR|NAME", help=CHECKPOINT_HELP)
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--top", type=int, default=3, help="classes shown per image (default 3)")
     p.add_argument("--batch-size", type=int, default=256, help="(default 256)")
@@ -207,16 +205,30 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_predict)
 
 
-def _train(args: argparse.Namespace) -> int:
-    from ..training import run_config, train
-
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields (and model options) an ``hnets train`` command line gives."""
     given = {name: getattr(args, name) for name in _CONFIG_FLAGS if hasattr(args, name)}
     options = {
         option: getattr(args, dest) for dest, option in _MODEL_OPTION_FLAGS.items()
         if hasattr(args, dest)
     }  # fmt: skip
-    out = Path(args.out) if args.out else Path("runs") / str(given.get("model", TrainConfig.model))
-    config = run_config(out, {**given, "model_options": options}, resume=args.resume)
+    return {**given, "model_options": options}
+
+
+def train_config(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
+    """The :class:`TrainConfig` an ``hnets train`` command line asks for.
+
+    ``base`` supplies the settings not given (default: :class:`TrainConfig`'s
+    defaults; on ``--resume``, the saved run's).
+    """
+    return with_settings(base or TrainConfig(), _settings(args))
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ..training import run_config, train
+
+    out = Path(args.out) if args.out else Path("runs") / str(getattr(args, "model", "hnet"))
+    config = run_config(out, _settings(args), resume=args.resume)
     summary = train(
         config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress
     )
@@ -239,103 +251,25 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _as_trained(args: argparse.Namespace, config: dict[str, Any], data: Any) -> bool:
-    """Whether ``hnets test`` evaluates what training tested: the test split of the
-    model's own data, as many images, its own ``eval_blur``."""
-    extra = config.get("extra", {})  # the data as resolved when training ran
-    return (
-        args.split == "test"
-        and args.eval_blur is None
-        and args.limit == extra.get("train_config", {}).get("limit_eval")
-        and data.name == extra.get("dataset", data.name)
-        and data.variant == extra.get("data_variant", data.variant)
-    )
-
-
 def _test(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_checkpoint_data, load_model
-    from ..evaluation import evaluate, plot_confusion
+    from ..analysis.scores import evaluate_checkpoint, format_evaluation
     from ..training import resolve_device
 
-    if args.split not in ("valid", "test"):
-        raise ValueError(f"--split must be valid or test, got {args.split!r}")
-    if args.limit is not None and args.limit < 1:
-        raise ValueError("--limit must be at least 1")
-    device = resolve_device(args.device)
-    model = load_model(args.checkpoint, device)
-    if args.eval_blur is not None:
-        from ..nn import EvalBlur
-
-        model.eval_blur = EvalBlur(args.eval_blur).to(device).eval()
-    config = model.hnets_checkpoint
-    data = load_checkpoint_data(
-        config,
-        args.split,
+    report = evaluate_checkpoint(
+        args.checkpoint,
+        split=args.split,
         dataset=args.dataset,
         variant=args.variant,
         data_dir=args.data_dir,
         limit=args.limit,
+        batch_size=args.batch_size,
+        device=resolve_device(args.device),
+        eval_blur=args.eval_blur,
+        crisp=args.crisp,
+        figure=args.figure,
         progress=not args.json,
     )
-    originals = None
-    if args.crisp:  # before anything is computed or written: it may be refused
-        from ..studies import protocol_originals_of
-
-        originals = protocol_originals_of(data)
-    result = evaluate(model, data.images, data.labels, batch_size=args.batch_size)
-    crisp = None
-    if originals is not None:
-        from ..studies import crisp_accuracy
-
-        crisp = crisp_accuracy(model, originals, data.images, data.labels,
-                               batch_size=args.batch_size)  # fmt: skip
-    ckpt = Path(args.checkpoint)
-    figure = None
-    if args.figure:
-        figure = Path(args.figure)
-    elif _as_trained(args, config, data):  # the figure the model directory ships, redrawn
-        figure = (ckpt.parent if ckpt.is_file() else ckpt) / "confusion.png"
-    if figure is not None:
-        title = f"{config['model']} on {data.title} {data.variant} {args.split}: "
-        title += f"{result['accuracy']:.2%}"
-        plot_confusion(result["confusion"], figure, title=title, classes=data.classes)
-    if args.json:
-        report = {
-            "checkpoint": str(ckpt),
-            "model": config["model"],
-            "split": args.split,
-            "dataset": data.name,
-            "variant": data.variant,
-            "eval_blur": model.eval_blur.sigma,
-            "classes": list(data.classes),
-            **result,
-            "figure": None if figure is None else str(figure),
-        }
-        if crisp is not None:
-            report["crisp"] = crisp
-        print(json.dumps(report))
-        return 0
-    print(
-        f"{config['model']} from {ckpt} on {data.title} {data.variant}, {args.split} split, "
-        f"{result['n']} images"
-    )
-    print(
-        f"accuracy {result['accuracy']:.2%}   error {result['error']:.2%}   "
-        f"loss {result['loss']:.4f}"
-    )
-    print("per-class accuracy:")
-    pairs = zip(data.classes, result["per_class_accuracy"], strict=True)
-    print("  " + "  ".join(f"{c}: {_percent(a)}" for c, a in pairs))
-    print("confusion matrix (rows: true class, columns: predicted):")
-    print(_format_matrix(result["confusion"]))
-    if crisp is not None:
-        print(
-            f"crisp inputs: as stored {_percent(crisp['rotated'])}, unrotated originals "
-            f"{_percent(crisp['crisp_0'])}, turned 90° {_percent(crisp['crisp_90'])}, "
-            f"180° {_percent(crisp['crisp_180'])}, 270° {_percent(crisp['crisp_270'])}"
-        )
-    if figure is not None:
-        print(f"wrote {figure}")
+    print(json.dumps(report) if args.json else format_evaluation(report))
     return 0
 
 
@@ -354,14 +288,3 @@ def _predict(args: argparse.Namespace) -> int:
         ranked = " | ".join(f"{r['class']} {r['probability']:.1%}" for r in result["top"])
         print(f"{result['path']}: {result['class']}   ({ranked})")
     return 0
-
-
-def _percent(value: float | None) -> str:
-    return "  n/a" if value is None else f"{value:.1%}"
-
-
-def _format_matrix(matrix: list[list[Any]]) -> str:
-    width = max(5, *(len(str(v)) + 1 for row in matrix for v in row))
-    header = "     " + "".join(f"{c:>{width}}" for c in range(len(matrix)))
-    rows = [f"  {i:>2} " + "".join(f"{v:>{width}}" for v in row) for i, row in enumerate(matrix)]
-    return "\n".join([header, *rows])

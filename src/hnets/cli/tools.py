@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .._outputs import EQUIVARIANCE_OUT, ROBUSTNESS_OUT
 from ..errors import HNetsError
+from . import CHECKPOINT_HELP
 
 __all__ = ["register"]
 
@@ -69,7 +70,9 @@ def _register_tune(sub: argparse._SubParsersAction) -> None:
         ),
     )
     tune.add_argument("--model", default="hnet", help="hnet or cnn (default hnet)")
-    tune.add_argument("--checkpoint", help="tune this saved model instead (its input shape)")
+    tune.add_argument(
+        "--checkpoint", metavar="DIR|NAME", help=f"tune this model instead: {CHECKPOINT_HELP}"
+    )
     tune.add_argument("--width", type=float, help="channel multiplier (default: the recipe's)")
     tune.add_argument("--batch-size", type=int, default=64, help="training batch (default 64)")
     tune.add_argument(
@@ -87,7 +90,7 @@ def _register_tune(sub: argparse._SubParsersAction) -> None:
 def _register_export(sub: argparse._SubParsersAction) -> None:
     """``hnets export``: export a checkpoint to plain PyTorch, TorchScript and/or ONNX."""
     exp = sub.add_parser("export", help="export a checkpoint to plain PyTorch and/or ONNX")
-    exp.add_argument("--checkpoint", required=True, help="checkpoint directory (from hnets train)")
+    exp.add_argument("--checkpoint", required=True, metavar="DIR|NAME", help=CHECKPOINT_HELP)
     exp.add_argument("--onnx", help="write an ONNX model here and check it with onnxruntime")
     exp.add_argument("--torchscript", help="write a TorchScript model here")
     exp.add_argument(
@@ -109,7 +112,8 @@ def _register_robustness(sub: argparse._SubParsersAction) -> None:
         "--checkpoint",
         action="append",
         required=True,
-        help="checkpoint directory; repeat to compare models on one figure",
+        metavar="DIR|NAME",
+        help=f"{CHECKPOINT_HELP}; repeat to compare models on one figure",
     )
     rob.add_argument("--step", type=float, default=15.0, help="angle step in degrees")
     rob.add_argument("--limit", type=int, help="use the first N test images")
@@ -135,7 +139,7 @@ def _register_robustness(sub: argparse._SubParsersAction) -> None:
 def _register_equivariance(sub: argparse._SubParsersAction) -> None:
     """``hnets equivariance``: how logits and feature maps change under rotations."""
     eqv = sub.add_parser("equivariance", help="how logits and feature maps change under rotations")
-    eqv.add_argument("--checkpoint", required=True)
+    eqv.add_argument("--checkpoint", required=True, metavar="DIR|NAME", help=CHECKPOINT_HELP)
     eqv.add_argument(
         "--images",
         "--digits",

@@ -21,7 +21,7 @@ from ..training import DEFAULT_EVAL_BLUR, TrainConfig, train_argv
 __all__ = ["StudyConfig", "StudyRun", "UPRIGHT_RECIPE", "plan_study"]
 
 #: The upright-train / rotated-test runs: the settings the shipped upright models
-#: (``pretrained/hnet-upright``, ``pretrained/cnn-upright``) were trained with, as their
+#: (``hnet-upright``, ``cnn-upright``) were trained with, as their
 #: ``config.json`` records them (a test holds the two together), so that the study's
 #: upright runs repeat those models (at width 1: their ``model_options`` are empty, the
 #: models' own defaults). Split sizes are the rotation protocol's (``_PROTOCOL_SIZES``: the
