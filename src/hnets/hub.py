@@ -62,7 +62,6 @@ class Weights:
 
     Attributes:
         name: the registered name (``hnet-rotmnist``...).
-        sha256: hex digest of ``model.safetensors``, checked before the weights are used.
         command: the ``hnets train`` command line that retrains it (its settings are
             checked against the shipped ``config.json`` by the tests).
         summary: one line saying what the model is.
@@ -70,10 +69,15 @@ class Weights:
     """
 
     name: str
-    sha256: str
     command: str
     summary: str
     license: str = "MIT"
+
+    @property
+    def sha256(self) -> str:
+        """Hex digest of ``model.safetensors``, checked before the weights are used
+        (:data:`hnets.pretrained.SHA256`)."""
+        return pretrained.SHA256[self.name]
 
     def files(self) -> Traversable:
         """The package-data directory holding ``model.safetensors`` and ``config.json``."""
@@ -158,37 +162,31 @@ WEIGHTS: dict[str, Weights] = {
     for w in (
         Weights(
             "hnet-rotmnist",
-            pretrained.SHA256["hnet-rotmnist"],
             _RECIPE.format(model="hnet"),
             "H-Net (HNetMNIST) on the Rot-MNIST stand-in, rotation-augmented",
         ),
         Weights(
             "cnn-rotmnist",
-            pretrained.SHA256["cnn-rotmnist"],
             _RECIPE.format(model="cnn"),
             "CNN (RegularCNN) of the same size on the Rot-MNIST stand-in, rotation-augmented",
         ),
         Weights(
             "hnet-rotfashion",
-            pretrained.SHA256["hnet-rotfashion"],
             "hnets train --model hnet --dataset rotfashion --variant rotated",
             "H-Net (HNetMNIST) on Rot-Fashion-MNIST, rotation-augmented",
         ),
         Weights(
             "cnn-rotfashion",
-            pretrained.SHA256["cnn-rotfashion"],
             "hnets train --model cnn --dataset rotfashion --variant rotated",
             "CNN (RegularCNN) of the same size on Rot-Fashion-MNIST, rotation-augmented",
         ),
         Weights(
             "hnet-upright",
-            pretrained.SHA256["hnet-upright"],
             _UPRIGHT.format(model="hnet"),
             "H-Net trained on upright digits only (stand-in), tested on rotated ones",
         ),
         Weights(
             "cnn-upright",
-            pretrained.SHA256["cnn-upright"],
             _UPRIGHT.format(model="cnn"),
             "CNN trained on upright digits only (stand-in), tested on rotated ones",
         ),

@@ -550,7 +550,7 @@ def test_upright_runs_repeat_the_shipped_upright_models(model: str) -> None:
 
     from hnets.study import UPRIGHT_RECIPE
 
-    shipped = Path(__file__).parents[2] / "pretrained" / f"{model}-upright" / "config.json"
+    shipped = Path(__file__).parents[2] / "src/hnets/pretrained" / f"{model}-upright/config.json"
     if not shipped.is_file():
         pytest.skip(f"{shipped} is not in this checkout")
     trained = json.loads(shipped.read_text())["extra"]["train_config"]
