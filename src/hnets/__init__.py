@@ -11,7 +11,8 @@ import importlib
 from typing import Any
 
 from .checkpoint import load_model, save_model
-from .models import HNetMNIST, RegularCNN, build_model, count_parameters, model_names
+from .equivariance import check_equivariance
+from .models import HNet, HNetMNIST, RegularCNN, build_model, count_parameters, model_names
 from .nn import (
     HAvgPool2d,
     HBatchNorm,
@@ -64,8 +65,10 @@ __all__ = [
     "magnitude",
     "rot90_harmonic",
     "check_harmonic",
+    "HNet",
     "HNetMNIST",
     "RegularCNN",
+    "check_equivariance",
     "build_model",
     "model_names",
     "count_parameters",

@@ -95,19 +95,34 @@ def upgrade_state_dict(model: nn.Module, state_dict: dict[str, Any]) -> dict[str
 
 def _per_stage(value: int | Sequence[int], n: int, name: str, minimum: int = 1) -> tuple[int, ...]:
     """``value`` for each of ``n`` stages (one int for all, or ``n`` ints)."""
-    values = (value,) * n if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
+    values = (
+        (value,) * n if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
+    )
     if len(values) != n or not all(
         isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values
     ):
         raise ValueError(
-            f"HNet {name} must be an int >= {minimum} or {n} of them (one per stage); "
-            f"got {value!r}"
+            f"HNet {name} must be an int >= {minimum} or {n} of them (one per stage); got {value!r}"
         )
     return values
 
 
 _BATCH_NORM = ("last", "all", "none")
 _HEADS = ("invariant", "dense")
+
+
+class _DecoderLevel(nn.Module):
+    """One level of the dense decoder: upsample to the skip's size, join it, one block."""
+
+    def __init__(self, block: HBlock, skip: str) -> None:
+        super().__init__()
+        self.up = HUpsample(2)
+        self.join = HSkip(skip)
+        self.block = block
+
+    def forward(self, z: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        up = self.up(z, [skip.shape[-2], skip.shape[-1]])
+        return self.block(self.join(up, skip))
 
 
 class HNet(nn.Module):
@@ -170,6 +185,8 @@ class HNet(nn.Module):
         ``(B, num_classes, H, W)`` (``"dense"``).
     """
 
+    stage_ends: list[int]  # class-level, for TorchScript
+
     def __init__(
         self,
         *,
@@ -194,7 +211,9 @@ class HNet(nn.Module):
         if n < 1:
             raise ValueError("HNet needs at least one stage (channels)")
         if batch_norm not in _BATCH_NORM:
-            raise ValueError(f"HNet batch_norm must be one of {', '.join(_BATCH_NORM)}; got {batch_norm!r}")
+            raise ValueError(
+                f"HNet batch_norm must be one of {', '.join(_BATCH_NORM)}; got {batch_norm!r}"
+            )
         if head not in _HEADS:
             raise ValueError(f"HNet head must be one of {', '.join(_HEADS)}; got {head!r}")
         if skip not in ("concat", "add"):
@@ -228,26 +247,24 @@ class HNet(nn.Module):
             stage_ends.append(len(blocks) - 1)
         self.features = nn.Sequential(*blocks)
         #: index in ``features`` of each stage's last block (the dense decoder's skips)
-        self.stage_ends: list[int] = stage_ends
-        decoder: list[HBlock] = []
-        up: list[HUpsample] = []
+        self.stage_ends = stage_ends
+        decoder: list[_DecoderLevel] = []
         if head == "dense":
             c = widths[-1]
             for s in range(n - 2, -1, -1):
-                joined = c + widths[s] if skip == "concat" else widths[s]
                 if skip == "add" and c != widths[s]:
                     raise ValueError(
                         "HNet skip='add' needs equal widths in neighbouring stages; got "
                         f"{list(widths)}"
                     )
+                joined = c + widths[s] if skip == "concat" else widths[s]
                 conv = HConv2d(joined, widths[s], kernels[s], max_order=max_order, n_rings=n_rings)
                 act = HNonLinearity(widths[s], max_order, inplace=True)
-                decoder.append(HBlock(conv, act, HBatchNorm(widths[s], max_order)))
+                bn = HBatchNorm(widths[s], max_order) if batch_norm != "none" else None
+                decoder.append(_DecoderLevel(HBlock(conv, act, bn), skip))
                 c = widths[s]
-            up = [HUpsample(2) for _ in range(n)]
         self.decoder = nn.ModuleList(decoder)
-        self.up = nn.ModuleList(up)
-        self.join = HSkip(skip)
+        self.upsample = HUpsample(2)  # the dense head's last step, back to the input size
         self.head = HConv2d(
             widths[-1] if head == "invariant" else widths[0],
             num_classes,
@@ -270,10 +287,9 @@ class HNet(nn.Module):
             if i in self.stage_ends:
                 outs.append(z)
         n = len(outs)
-        for j, (block, up) in enumerate(zip(self.decoder, self.up)):
-            skip = outs[n - 2 - j]
-            z = block(self.join(up(z, [skip.shape[-2], skip.shape[-1]]), skip))
-        z = self.up[n - 1](z, [x.shape[-2], x.shape[-1]])
+        for j, level in enumerate(self.decoder):
+            z = level(z, outs[n - 2 - j])
+        z = self.upsample(z, [x.shape[-2], x.shape[-1]])
         return pixel_readout(self.head(z), self.bias)
 
 

@@ -43,7 +43,7 @@ class Lift(nn.Module):
 
 
 class Magnitude(nn.Module):
-    r"""``|z|`` of every stream, :math:`\sqrt{\operatorname{Re}^2 + \operatorname{Im}^2 + \epsilon}`.
+    r"""The magnitude of every stream, :math:`\sqrt{\mathrm{Re}^2 + \mathrm{Im}^2 + \epsilon}`.
 
     Rotation invariant pointwise (equivariant as maps); ``flatten=True`` merges channels
     and orders into one channel dimension, ready for ordinary ``nn.Conv2d`` layers.

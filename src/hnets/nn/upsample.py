@@ -53,7 +53,9 @@ class HUpsample(nn.Module):
     def __init__(self, scale_factor: int = 2, mode: str = "bilinear") -> None:
         super().__init__()
         if int(scale_factor) != scale_factor or scale_factor < 1:
-            raise ValueError(f"HUpsample: scale_factor must be a positive integer; got {scale_factor}")
+            raise ValueError(
+                f"HUpsample: scale_factor must be a positive integer; got {scale_factor}"
+            )
         self.scale_factor = int(scale_factor)
         self.mode = mode
 
