@@ -308,7 +308,7 @@ def export_onnx(
                 opset_version=opset,
                 input_names=["images"],
                 output_names=["logits"],
-                dynamic_shapes={"x": {0: batch}},
+                dynamic_shapes=({0: batch},),  # by position: any forward argument name
                 verbose=False,
             )
     finally:

@@ -185,8 +185,6 @@ class HNet(nn.Module):
         ``(B, num_classes, H, W)`` (``"dense"``).
     """
 
-    stage_ends: list[int]  # class-level, for TorchScript
-
     def __init__(
         self,
         *,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .functional import invariant_readout, lift
+from .functional import invariant_readout
 
 __all__ = ["Lift", "Magnitude", "InvariantReadout", "PixelReadout", "pixel_readout"]
 
@@ -39,7 +39,8 @@ class Lift(nn.Module):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return lift(x)
+        # lift()'s operations without its shape check, which TorchScript cannot compile
+        return torch.stack([x, torch.zeros_like(x)], dim=2).unsqueeze(2)
 
 
 class Magnitude(nn.Module):
