@@ -43,8 +43,7 @@ class HUpsample(nn.Module):
 
     Args:
         scale_factor: integer factor on both sides (used when ``forward`` gets no ``size``).
-        mode: ``"bilinear"`` (default) or ``"nearest"`` / ``"bicubic"`` (also exact under
-            quarter turns for integer factors).
+        mode: ``"bilinear"`` (default) or ``"bicubic"`` (also exact under quarter turns).
 
     Shape:
         ``(B, C, M, 2, H, W)`` -> ``(B, C, M, 2, H * s, W * s)`` or ``(..., *size)``.
@@ -56,6 +55,8 @@ class HUpsample(nn.Module):
             raise ValueError(
                 f"HUpsample: scale_factor must be a positive integer; got {scale_factor}"
             )
+        if mode not in ("bilinear", "bicubic"):
+            raise ValueError(f"HUpsample: mode must be 'bilinear' or 'bicubic'; got {mode!r}")
         self.scale_factor = int(scale_factor)
         self.mode = mode
 
