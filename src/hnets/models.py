@@ -421,9 +421,11 @@ def default_hnet_options(height: int, width: int) -> dict[str, Any]:
     whole image. Larger images get one more stage of 2x2 pooling per doubling of the
     side, until the last stage runs at 12 pixels or less, with the channels doubling per
     stage from 8 (96 x 96: stages at 96, 48, 24 and 12 pixels, 8, 16, 32 and 64
-    channels): the receptive field then covers the image, and each stage costs about
-    half the arithmetic of the one before, so the full-resolution first stage stays
-    the cheap, narrow one.
+    channels), so the receptive field covers the image. Every stage has two blocks but
+    the first, at full resolution, which has one: it would otherwise cost as much
+    arithmetic as all the others together (each stage costs about half the one before).
+    Pooling by 2 keeps quarter turns exact on sides divisible by ``2 ** (stages - 1)``
+    (96 is).
     """
     side = max(height, width)
     if side <= 32:
@@ -433,7 +435,7 @@ def default_hnet_options(height: int, width: int) -> dict[str, Any]:
         stages += 1
     return {
         "channels": [8 * 2**s for s in range(stages)],
-        "depth": 2,
+        "depth": [1] + [2] * (stages - 1),
         "pool": [2] * (stages - 1) + [1],
     }
 

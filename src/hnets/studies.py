@@ -23,7 +23,7 @@ from torch import nn
 
 from ._io import atomic_write, save_figure, write_json
 from .data import rotate_images
-from .equivariance import disc_mask, relative_error
+from .equivariance import check_equivariance, disc_mask, relative_error
 from .errors import DataError, HNetsError
 from .nn import magnitude
 
@@ -371,7 +371,7 @@ def feature_equivariance(
     base = _feature_maps(model, images)
     report: dict[str, Any] = {
         "angles_degrees": list(angles_degrees),
-        "logits": [],
+        "logits": [row.error for row in check_equivariance(model, images, angles_degrees)],
         "logits_resampling_floor": [],
         "layers": [],
     }
@@ -387,7 +387,6 @@ def feature_equivariance(
             )
 
         turned = _feature_maps(model, turn(images))
-        report["logits"].append(relative_error(turned[0], base[0]))
         floor = None
         if not quarter:
             there_and_back = rotate_images(

@@ -106,9 +106,31 @@ def _flag_help(f: dataclasses.Field) -> str:
     return text.replace("%", "%%")  # argparse formats help texts with %
 
 
+def _model_options(text: str) -> dict[str, Any]:
+    """``--model-options``: a JSON object of :func:`hnets.build_model` options."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not a JSON object: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"not a JSON object: {text!r}")
+    return value
+
+
 def _add_model_option_flags(p: argparse.ArgumentParser) -> None:
-    """``--width``, ``--model-channels``, ``--max-order``, ``--eval-blur``: model options."""
+    """``--width``, ``--model-channels``, ``--max-order``, ``--eval-blur``, ``--model-options``."""
     s = argparse.SUPPRESS
+    p.add_argument(
+        "--model-options",
+        dest="model_options_json",
+        type=_model_options,
+        default=s,
+        metavar="JSON",
+        help="more model options as a JSON object: for the hnet any option of "
+        'hnets.models.HNet, e.g. \'{"channels": [8, 16, 32, 64], "pool": [2, 2, 2, 1]}\' '
+        "(default: the stages of hnets.models.default_hnet_options for the images' size); "
+        "the flags above win where both set an option",
+    )
     p.add_argument(
         "--width",
         type=float,
@@ -209,7 +231,8 @@ def _train(args: argparse.Namespace) -> int:
     from ..training import CHECKPOINT_FILE, load_run_config, train
 
     given = {name: getattr(args, name) for name in _CONFIG_FLAGS if hasattr(args, name)}
-    options = {
+    options = dict(getattr(args, "model_options_json", {}))
+    options |= {
         option: getattr(args, dest) for dest, option in _MODEL_OPTION_FLAGS.items()
         if hasattr(args, dest)
     }  # fmt: skip
