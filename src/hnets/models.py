@@ -1,8 +1,11 @@
 """The H-Net builder, the Rot-MNIST models and the model registry.
 
-Both models take raw images ``(B, 1, 28, 28)`` with values in ``[0, 1]`` and return
-logits ``(B, n_classes)``; input scaling lives inside the model. They know nothing
-about data loaders or files (see :mod:`hnets.checkpoint` for saving and loading).
+:class:`HNet` builds an H-Net for any input (stages, depth, orders, kernels, pooling or
+strides, an invariant or a per-pixel head); :class:`HNetMNIST` is its Rot-MNIST
+configuration and :class:`RegularCNN` the plain baseline. The models take raw images
+``(B, C, H, W)`` with values in ``[0, 1]`` and return logits ``(B, n_classes)`` (or per
+pixel); input scaling lives inside the model. They know nothing about data loaders or
+files (see :mod:`hnets.checkpoint` for saving and loading).
 """
 
 from __future__ import annotations
