@@ -146,7 +146,8 @@ def _add_model_option_flags(p: argparse.ArgumentParser) -> None:
         default=s,
         metavar="C1,C2,...",
         help="channels per stage, times --width (pass --width 1 for exactly these): three "
-        "for the hnet (its 28x28, 14x14 and 7x7 stages; default 8,16,32), six for the cnn "
+        "for the hnet (its 28x28, 14x14 and 7x7 stages; default 8,16,32; one per stage with "
+        "--model-options), six for the cnn "
         "(default 12,12,24,24,30,30)",
     )
     p.add_argument(
