@@ -64,7 +64,8 @@ def test_hnet_export_has_one_conv_per_harmonic_conv_and_folds_batch_norm():
     plain = export(model)
     convs = [m for m in plain.modules() if isinstance(m, torch.nn.Conv2d)]
     assert len(convs) == 7
-    assert convs[0].in_channels == 1  # the real input needs no imaginary columns
+    assert convs[0].in_channels == 2  # order 0, real and imaginary columns
+    assert not any(isinstance(m, hnets.HBatchNorm) for m in plain.modules())
     assert convs[1].in_channels == 8 * 2 * 2 and convs[1].out_channels == 8 * 2 * 2
 
 
@@ -112,6 +113,15 @@ def test_onnx_runs_in_onnxruntime_with_any_batch_size(tmp_path):
             np.testing.assert_allclose(logits, model(x).numpy(), atol=1e-4)
 
 
-def test_unknown_models_are_refused():
-    with pytest.raises(HNetsError, match="cannot export"):
-        export(torch.nn.Linear(2, 2))
+def test_a_model_without_hnets_layers_comes_back_as_an_eval_copy():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5)).train()
+    plain = export(model)
+    assert plain is not model and model.training and not plain.training
+    x = torch.rand(3, 2)
+    torch.testing.assert_close(plain(x), model.eval()(x))
+
+
+def test_a_nonlinearity_other_than_relu_is_refused():
+    model = torch.nn.Sequential(HConv2d(1, 2, 3, in_max_order=0), HNonLinearity(2, fn=torch.tanh))
+    with pytest.raises(HNetsError, match="ReLU only"):
+        export(model)

@@ -17,8 +17,9 @@ from typing import Any
 
 from ._version import __version__
 from .checkpoint import load_model, save_model
+from .equivariance import check_equivariance
 from .hub import get_model, get_weights, list_models
-from .models import HNetMNIST, RegularCNN, build_model, count_parameters, model_names
+from .models import HNet, HNetMNIST, RegularCNN, build_model, count_parameters, model_names
 from .nn import (
     HAvgPool2d,
     HBatchNorm,
@@ -71,8 +72,10 @@ __all__ = [
     "magnitude",
     "rot90_harmonic",
     "check_harmonic",
+    "HNet",
     "HNetMNIST",
     "RegularCNN",
+    "check_equivariance",
     "build_model",
     "model_names",
     "count_parameters",

@@ -12,6 +12,10 @@ content stays inside the image.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -19,6 +23,9 @@ from .data.transforms import rotate_images
 from .nn.functional import check_harmonic, rot90_harmonic
 
 __all__ = [
+    "check_equivariance",
+    "EquivarianceRow",
+    "format_rows",
     "rot90_error",
     "rotate_harmonic",
     "disc_mask",
@@ -73,3 +80,142 @@ def relative_error(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None =
     if mask is not None:
         a, b = a[..., mask], b[..., mask]
     return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+
+
+@dataclass(frozen=True)
+class EquivarianceRow:
+    """One angle's result of :func:`check_equivariance`; ``str(row)`` is a printable line.
+
+    Attributes:
+        angle: the input's counter-clockwise rotation, in degrees.
+        output: ``"logits"`` (invariant), ``"per-pixel"`` (maps that turn with the input),
+            ``"magnitudes"`` (of a harmonic output: maps that turn, values invariant) or
+            ``"harmonic"`` (a harmonic output, turned and phase-corrected by order).
+        error: ``||f(R x) - R f(x)|| / ||R f(x)||`` (logits: ``R`` is the identity),
+            over the inscribed disc for angles other than quarter turns.
+        exact: the angle is a multiple of 90 degrees, where the grid turns exactly and
+            the error is float round-off (given a model whose pooling and strides keep the
+            grid centred; see :class:`hnets.models.HNet`).
+    """
+
+    angle: float
+    output: str
+    error: float
+    exact: bool
+
+    def __str__(self) -> str:
+        kind = "quarter turn, exact up to round-off" if self.exact else "resampled, discretisation"
+        return f"{self.angle:7.1f} deg  {self.output:10s}  {self.error:9.2e}  ({kind})"
+
+
+def format_rows(rows: Sequence[EquivarianceRow]) -> str:
+    """The rows of :func:`check_equivariance` as a table with a header."""
+    header = f"{'angle':>11s}  {'output':10s}  {'rel. error':>9s}"
+    return "\n".join([header, *map(str, rows)])
+
+
+def _turn_maps(y: torch.Tensor, angle: float, quarter: int | None) -> torch.Tensor:
+    """Rotate real maps ``(..., H, W)`` (any leading dimensions) by ``angle`` radians."""
+    if quarter is not None:
+        return torch.rot90(y, quarter, dims=(-2, -1))
+    flat = y.reshape(-1, 1, *y.shape[-2:])
+    return rotate_images(flat, angle).reshape(y.shape)
+
+
+def _turn_input(x: torch.Tensor, angle: float, quarter: int | None) -> torch.Tensor:
+    if x.dim() == 6:
+        return rot90_harmonic(x, quarter) if quarter is not None else rotate_harmonic(x, angle)
+    return _turn_maps(x, angle, quarter)
+
+
+def _mask_for(y: torch.Tensor, quarter: int | None) -> torch.Tensor | None:
+    """The inscribed disc of ``y``'s maps for resampled angles (``None`` for quarter turns)."""
+    if quarter is not None:
+        return None
+    h, w = y.shape[-2:]
+    if h != w:
+        raise ValueError(
+            f"check_equivariance: angles other than quarter turns need square outputs; got {h}x{w}"
+        )
+    return disc_mask(h, device=y.device)
+
+
+def check_equivariance(
+    module: nn.Module,
+    inputs: torch.Tensor,
+    angles: Sequence[float] = (90, 180, 270, 15, 30, 45),
+) -> list[EquivarianceRow]:
+    r"""How far ``module`` is from rotation equivariance on ``inputs``, per angle.
+
+    ``inputs`` are images ``(B, C, H, W)`` or harmonic maps ``(B, C, M, 2, H, W)``; each
+    is turned counter-clockwise by each angle (degrees) and the module's output on it,
+    :math:`f(R x)`, is compared with the output turned the same way, :math:`R f(x)`:
+
+    * logits ``(B, K)``: invariance, :math:`\|f(Rx) - f(x)\| / \|f(x)\|`;
+    * per-pixel maps ``(B, K, H', W')``: the maps turn with the input;
+    * harmonic maps ``(B, C, M, 2, H', W')``: two rows, their magnitudes (maps that turn,
+      values invariant) and the maps themselves, turned and multiplied by
+      :math:`e^{im\theta}` per order :math:`m`.
+
+    Quarter turns rotate the pixel grid exactly (``torch.rot90``, :func:`rot90_harmonic`),
+    so an equivariant model's error there is float round-off (~1e-7 in float32). Other
+    angles resample inputs and outputs bilinearly (:func:`rotate_images`,
+    :func:`rotate_harmonic`) and are compared inside the inscribed disc: the error is
+    then the discretisation of filters and images, bounded but not small (see
+    ``docs/guide/layers.md`` for measured figures). The module runs in eval mode without
+    gradients, and its mode is restored.
+
+    Returns:
+        one :class:`EquivarianceRow` per angle (two for harmonic outputs); print them,
+        or :func:`format_rows` for a table.
+    """
+    if inputs.dim() not in (4, 6):
+        raise ValueError(
+            "check_equivariance: inputs must be images (B, C, H, W) or harmonic maps "
+            f"(B, C, M, 2, H, W); got {tuple(inputs.shape)}"
+        )
+    was_training = module.training
+    module.eval()
+    rows: list[EquivarianceRow] = []
+    try:
+        with torch.no_grad():
+            y = module(inputs)
+            for degrees in angles:
+                quarter = round(degrees / 90) % 4 if float(degrees) % 90 == 0 else None
+                angle = math.radians(degrees)
+                turned = module(_turn_input(inputs, angle, quarter))
+                rows += _compare(y, turned, float(degrees), angle, quarter)
+    finally:
+        module.train(was_training)
+    return rows
+
+
+def _compare(
+    y: torch.Tensor, turned: torch.Tensor, degrees: float, angle: float, quarter: int | None
+) -> list[EquivarianceRow]:
+    exact = quarter is not None
+    if y.dim() == 2:
+        return [EquivarianceRow(degrees, "logits", relative_error(turned, y), exact)]
+    if y.dim() == 4:
+        expected = _turn_maps(y, angle, quarter)
+        mask = _mask_for(y, quarter)
+        return [
+            EquivarianceRow(degrees, "per-pixel", relative_error(turned, expected, mask), exact)
+        ]
+    if y.dim() == 6:
+        mask = _mask_for(y, quarter)
+        mag, mag_turned = y.square().sum(dim=3).sqrt(), turned.square().sum(dim=3).sqrt()
+        expected = rot90_harmonic(y, quarter) if exact else rotate_harmonic(y, angle)
+        return [
+            EquivarianceRow(
+                degrees,
+                "magnitudes",
+                relative_error(mag_turned, _turn_maps(mag, angle, quarter), mask),
+                exact,
+            ),
+            EquivarianceRow(degrees, "harmonic", relative_error(turned, expected, mask), exact),
+        ]
+    raise ValueError(
+        "check_equivariance: the module's output must be logits (B, K), per-pixel maps "
+        f"(B, K, H, W) or harmonic maps (B, C, M, 2, H, W); got {tuple(y.shape)}"
+    )

@@ -1,20 +1,36 @@
-"""Export trained models to plain PyTorch (no ``hnets`` needed to run them) and to ONNX.
+"""Export models built from hnets layers to plain PyTorch (no ``hnets`` needed) and to ONNX.
 
-:func:`export` turns a model into ordinary modules working on real feature maps
-``(B, C * M * 2, H, W)`` (the harmonic layout flattened, channel index
-``(c * M + m) * 2 + part``):
+:func:`export` walks *any* module tree (``nn.Sequential``, ``nn.ModuleList``/``ModuleDict``,
+your own classes, ordinary torch layers among the hnets ones) and replaces every hnets
+layer by its plain-PyTorch form, registered per layer type in :data:`PLAIN_FORMS`:
 
-* every :class:`~hnets.nn.HConv2d` becomes one ``nn.Conv2d`` holding the synthesised
-  dense filter (:meth:`~hnets.nn.HConv2d.dense_weight`); on the first layer, whose
-  input is real, only the real-part columns are kept;
-* an eval-mode :class:`~hnets.nn.HBatchNorm` is a fixed positive scale per stream,
-  folded into the preceding convolution's weights;
-* :class:`~hnets.nn.HNonLinearity` becomes :class:`MagnitudeReLU`, a few elementwise
-  operations with a fixed bias;
-* :class:`~hnets.nn.HAvgPool2d` becomes ``nn.AvgPool2d``.
+* :class:`~hnets.nn.HConv2d` -> :class:`PlainHConv2d`, one ``nn.Conv2d`` holding the
+  synthesised dense filter (:meth:`~hnets.nn.HConv2d.dense_weight`), between two
+  reshapes; a first layer (``in_max_order=0``) still takes real images ``(B, C, H, W)``,
+  through the real-input half of the filter;
+* an eval-mode :class:`~hnets.nn.HBatchNorm` is a fixed positive scale per stream: folded
+  into the convolution before it (inside an :class:`~hnets.nn.HBlock`, or directly after
+  an ``HConv2d`` in an ``nn.Sequential``), else :class:`StreamScale`;
+* :class:`~hnets.nn.HNonLinearity` (ReLU) -> :class:`MagnitudeReLU`;
+* :class:`~hnets.nn.HAvgPool2d` -> :class:`PlainAvgPool`; :class:`~hnets.nn.HBlock` ->
+  an ``nn.Sequential`` of the above.
 
-The result is scriptable (``torch.jit.script``), traceable by ``torch.export`` and
-exportable to ONNX. :class:`~hnets.models.RegularCNN` is already plain and is copied.
+Every plain form takes and returns the same tensors as the layer it replaces (harmonic
+maps ``(B, C, M, 2, H, W)``), so whatever surrounds it (``nn.Flatten``, ``nn.Linear``,
+your ``forward``) is left as it is. The other modules of ``hnets.nn``
+(:class:`~hnets.nn.HUpsample`, :class:`~hnets.nn.HSkip`, :class:`~hnets.nn.Lift`,
+:class:`~hnets.nn.Magnitude`, the read-outs, :class:`~hnets.nn.EvalBlur`) are plain
+PyTorch already and are kept.
+
+A ``forward`` that calls hnets *functions* keeps calling them: :func:`~hnets.lift`,
+:func:`~hnets.magnitude` and :func:`~hnets.nn.invariant_readout` are torch operations
+that trace (``torch.export``, ONNX) but are not all scriptable; for TorchScript use
+their module forms (:class:`~hnets.nn.Lift`, :class:`~hnets.nn.Magnitude`,
+:class:`~hnets.nn.InvariantReadout`). :class:`~hnets.models.HNet` and
+:class:`~hnets.models.HNetMNIST` call only scriptable code and export like any model.
+
+The result is in eval mode, scriptable (``torch.jit.script``) where its own classes'
+``forward`` are, traceable by ``torch.export`` and exportable to ONNX.
 """
 
 from __future__ import annotations
@@ -30,62 +46,108 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import HNetsError
-from .models import HNetMNIST, RegularCNN
-from .nn import EvalBlur, HAvgPool2d, HBatchNorm, HConv2d, HNonLinearity, invariant_readout
+from .nn import HAvgPool2d, HBatchNorm, HBlock, HConv2d, HNonLinearity
 from .nn.fused_relu import relu_pairs
 
-__all__ = ["export", "export_onnx", "MagnitudeReLU", "ExportedHNet"]
+__all__ = [
+    "export",
+    "export_onnx",
+    "export_checkpoint",
+    "plain_form",
+    "PLAIN_FORMS",
+    "PlainHConv2d",
+    "MagnitudeReLU",
+    "StreamScale",
+    "PlainAvgPool",
+]
+
+
+class PlainHConv2d(nn.Module):
+    """A harmonic convolution as one ``nn.Conv2d`` on the flattened maps.
+
+    ``conv`` works on ``(B, C * M * 2, H, W)`` (channel index ``(c * M + m) * 2 + part``);
+    the module reshapes around it. With ``real_input`` it also takes real images
+    ``(B, C, H, W)``, convolved with the real-input columns of the filter only.
+
+    Shape:
+        ``(B, C_in, M_in, 2, H, W)`` (or ``(B, C_in, H, W)``) ->
+        ``(B, C_out, M_out, 2, H_out, W_out)``.
+    """
+
+    def __init__(
+        self, conv: nn.Conv2d, out_channels: int, out_orders: int, real_input: bool
+    ) -> None:
+        super().__init__()
+        self.conv = conv
+        self.out_channels = out_channels
+        self.out_orders = out_orders
+        self.real_input = real_input
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4 and self.real_input:  # real images: imaginary input parts are zero
+            y = F.conv2d(
+                x, self.conv.weight[:, 0::2], self.conv.bias, self.conv.stride, self.conv.padding
+            )
+        else:
+            y = self.conv(x.flatten(1, 3))
+        return y.unflatten(1, (self.out_channels, self.out_orders, 2))
 
 
 class MagnitudeReLU(nn.Module):
-    """``z * relu(|z|_eps + b) / |z|_eps`` on flattened harmonic maps ``(B, S * 2, H, W)``.
+    """``z * relu(|z|_eps + b) / |z|_eps`` per stream (the :class:`~hnets.nn.HNonLinearity`).
 
-    ``bias`` has one entry per complex stream ``S = C * M``.
+    ``bias`` has one entry per (channel, order) stream, shape ``(C, M)``.
+
+    Shape:
+        ``(B, C, M, 2, H, W)`` -> same shape.
     """
 
     def __init__(self, bias: torch.Tensor, eps: float) -> None:
         super().__init__()
-        self.register_buffer("bias", bias.detach().flatten().clone())
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, s2, h, w = x.shape
-        pairs = x.reshape(b, s2 // 2, 2, h, w).permute(0, 3, 4, 1, 2)  # (B, H, W, S, 2)
-        out = relu_pairs(pairs, self.bias, self.eps)  # the definition hnets layers run
-        return out.permute(0, 3, 4, 1, 2).reshape(b, s2, h, w)
-
-
-class ExportedHNet(nn.Module):
-    """Plain-PyTorch :class:`~hnets.models.HNetMNIST`: images ``(B, C, H, W)`` -> logits."""
-
-    def __init__(
-        self,
-        features: nn.Sequential,
-        head: nn.Conv2d,
-        bias: torch.Tensor,
-        input_scale: float,
-        eps: float = 1e-6,
-        eval_blur: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.eval_blur = EvalBlur(eval_blur)
-        self.features = features
-        self.head = head
         self.register_buffer("bias", bias.detach().clone())
-        self.input_scale = input_scale
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.head(self.features(self.eval_blur(x) * self.input_scale))
-        b, _, h, w = z.shape
-        harmonic = z.reshape(b, self.bias.shape[0], -1, 2, h, w)  # (B, K, M, 2, H, W)
-        return invariant_readout(harmonic, self.bias, self.eps)
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        pairs = z.permute(0, 4, 5, 1, 2, 3)  # (B, H, W, C, M, 2)
+        out = relu_pairs(pairs, self.bias, self.eps)  # the definition hnets layers run
+        return out.permute(0, 3, 4, 5, 1, 2)
 
 
-def _plain_conv(conv: HConv2d, scale: torch.Tensor | None, real_input: bool) -> nn.Conv2d:
-    """One ``nn.Conv2d`` equal to ``conv`` (optionally followed by a per-stream ``scale``)."""
+class StreamScale(nn.Module):
+    """A fixed positive factor per stream (an eval-mode :class:`~hnets.nn.HBatchNorm`).
+
+    Shape:
+        ``(B, C, M, 2, H, W)`` -> same shape.
+    """
+
+    def __init__(self, scale: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("scale", scale.detach().clone().view(1, *scale.shape, 1, 1, 1))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.scale
+
+
+class PlainAvgPool(nn.Module):
+    """Mean pooling of every real and imaginary map (the :class:`~hnets.nn.HAvgPool2d`).
+
+    Shape:
+        ``(B, C, M, 2, H, W)`` -> ``(B, C, M, 2, H_out, W_out)``.
+    """
+
+    def __init__(self, kernel_size: int, stride: int) -> None:
+        super().__init__()
+        self.pool = nn.AvgPool2d(kernel_size, stride)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        y = self.pool(z.flatten(1, 3))
+        return y.unflatten(1, (z.shape[1], z.shape[2], 2))
+
+
+def _plain_conv(conv: HConv2d, scale: torch.Tensor | None = None) -> PlainHConv2d:
+    """``conv`` (then an optional per-stream ``scale`` ``(C, M)``) as a :class:`PlainHConv2d`."""
     with torch.no_grad():
-        weight = conv.dense_weight()
+        weight = conv.dense_weight().detach()
         bias = None
         if conv.bias is not None:
             bias = torch.zeros(conv.out_channels, conv.max_order + 1, 2, dtype=weight.dtype)
@@ -93,11 +155,9 @@ def _plain_conv(conv: HConv2d, scale: torch.Tensor | None, real_input: bool) -> 
             bias = bias.flatten()
         if scale is not None:
             per_row = scale.reshape(-1, 1).expand(-1, 2).reshape(-1)  # each stream's two parts
-            weight = weight * per_row.view(-1, 1, 1, 1)
+            weight = weight * per_row.view(-1, 1, 1, 1).to(weight.dtype)
             if bias is not None:
                 bias = bias * per_row
-        if real_input:
-            weight = weight[:, 0::2]  # imaginary input parts are zero
         plain = nn.Conv2d(
             weight.shape[1],
             weight.shape[0],
@@ -105,76 +165,107 @@ def _plain_conv(conv: HConv2d, scale: torch.Tensor | None, real_input: bool) -> 
             stride=conv.stride,
             padding=conv.padding,
             bias=bias is not None,
+            device=weight.device,
+            dtype=weight.dtype,
         )
         plain.weight.copy_(weight)
         if bias is not None:
             plain.bias.copy_(bias)
-    return plain
+    return PlainHConv2d(plain, conv.out_channels, conv.max_order + 1, conv.in_max_order == 0)
 
 
 def _bn_scale(bn: HBatchNorm) -> torch.Tensor:
     return bn.scale_of(bn.running_power).detach()
 
 
-def _flatten_layers(module: nn.Module) -> list[nn.Module]:
-    """The leaf layers of ``module`` in forward order (blocks and Sequentials unrolled)."""
-    if isinstance(module, (HConv2d, HBatchNorm, HNonLinearity, HAvgPool2d, nn.Identity)):
-        return [module]
-    return [leaf for child in module.children() for leaf in _flatten_layers(child)]
+def _plain_act(act: HNonLinearity) -> MagnitudeReLU:
+    if act.fn is not F.relu:
+        name = getattr(act.fn, "__name__", type(act.fn).__name__)
+        raise HNetsError(f"export supports HNonLinearity with ReLU only; got fn={name}")
+    return MagnitudeReLU(act.bias, act.eps)
 
 
-def _export_hnet(model: HNetMNIST) -> ExportedHNet:
-    layers = [m for m in _flatten_layers(model.features) if not isinstance(m, nn.Identity)]
-    plain: list[nn.Module] = []
-    first = True
-    i = 0
-    while i < len(layers):
-        layer = layers[i]
-        if isinstance(layer, HConv2d):
-            nxt = layers[i + 1] if i + 1 < len(layers) else None
-            scale = _bn_scale(nxt) if isinstance(nxt, HBatchNorm) else None
-            plain.append(_plain_conv(layer, scale, real_input=first))
-            first = False
-            i += 2 if scale is not None else 1
+def _plain_pool(pool: HAvgPool2d) -> PlainAvgPool:
+    return PlainAvgPool(pool.kernel_size, pool.stride)
+
+
+def _plain_block(block: HBlock) -> nn.Sequential:
+    scale = None if block.bn is None else _bn_scale(block.bn)
+    layers: list[nn.Module] = [_plain_conv(block.conv, scale), _plain_act(block.act)]
+    if block.pool is not None:
+        layers.append(_plain_pool(block.pool))
+    return nn.Sequential(*layers)
+
+
+#: The plain-PyTorch form of each hnets layer type: a function of an eval-mode layer.
+#: A type of your own can be added (``PLAIN_FORMS[MyLayer] = lambda m: ...``).
+PLAIN_FORMS: dict[type[nn.Module], Callable[[nn.Module], nn.Module]] = {
+    HBlock: _plain_block,
+    HConv2d: _plain_conv,
+    HBatchNorm: lambda bn: StreamScale(_bn_scale(bn)),
+    HNonLinearity: _plain_act,
+    HAvgPool2d: _plain_pool,
+}
+
+
+def plain_form(module: nn.Module) -> nn.Module | None:
+    """The plain-PyTorch form of one hnets layer in eval mode (``None``: not an hnets layer)."""
+    for kind in type(module).__mro__:
+        if kind in PLAIN_FORMS:
+            return PLAIN_FORMS[kind](module)
+    return None
+
+
+def _fold_sequential(seq: nn.Sequential) -> None:
+    """Fold each ``HBatchNorm`` that directly follows an ``HConv2d`` into it (in place)."""
+    names = list(seq._modules)
+    for first, second in zip(names, names[1:], strict=False):
+        conv, bn = seq._modules[first], seq._modules[second]
+        if isinstance(conv, HConv2d) and isinstance(bn, HBatchNorm):
+            seq._modules[first] = _plain_conv(conv, _bn_scale(bn))
+            seq._modules[second] = nn.Identity()
+
+
+def _replace(module: nn.Module) -> int:
+    """Replace every hnets layer below ``module`` by its plain form, in place; how many."""
+    if isinstance(module, nn.Sequential):
+        _fold_sequential(module)
+    count = 0
+    for name, child in list(module._modules.items()):
+        if child is None:
             continue
-        if isinstance(layer, HNonLinearity):
-            if layer.fn is not F.relu:
-                raise HNetsError("export supports HNonLinearity with ReLU only")
-            plain.append(MagnitudeReLU(layer.bias.detach().flatten(), layer.eps))
-        elif isinstance(layer, HAvgPool2d):
-            plain.append(nn.AvgPool2d(layer.kernel_size, layer.stride))
-        elif isinstance(layer, HBatchNorm):
-            raise HNetsError("export needs every HBatchNorm directly after an HConv2d")
-        i += 1
-    head = _plain_conv(model.head, None, real_input=False)
-    return ExportedHNet(
-        nn.Sequential(*plain),
-        head,
-        model.bias,
-        float(model.input_scale),
-        eval_blur=model.eval_blur.sigma,
-    )
+        plain = plain_form(child)
+        if plain is None:
+            count += _replace(child)
+        else:
+            module._modules[name] = plain
+            count += 1
+    return count
 
 
 def export(model: nn.Module) -> nn.Module:
     """A plain-PyTorch copy of ``model`` in eval mode, with the same outputs (to ~1e-6).
 
+    Works on any module tree: each hnets layer is replaced by its form in
+    :data:`PLAIN_FORMS`, everything else is copied as it is (``model`` itself is not
+    changed). A model without hnets layers (:class:`~hnets.models.RegularCNN`) comes
+    back as an eval-mode copy.
+
     Raises:
-        HNetsError: for a model type this function does not know.
+        HNetsError: for a layer without a plain form (an ``HNonLinearity`` other than ReLU).
     """
     was_training = model.training
     model.eval()
     try:
-        if isinstance(model, HNetMNIST):
-            plain = _export_hnet(model)
-        elif isinstance(model, RegularCNN):
-            plain = copy.deepcopy(model)
+        plain = copy.deepcopy(model)
+        root = plain_form(plain)
+        if root is not None:
+            plain = root
         else:
-            raise HNetsError(
-                f"cannot export a {type(model).__name__}: only HNetMNIST and RegularCNN"
-            )
+            _replace(plain)
     finally:
         model.train(was_training)
+    plain.__dict__.pop("hnets_checkpoint", None)  # metadata, not part of the plain model
     # channels-last convolutions are ~1.3x faster on x86 CPUs (oneDNN); outputs are unchanged
     return plain.to(memory_format=torch.channels_last).eval()
 
@@ -217,7 +308,7 @@ def export_onnx(
                 opset_version=opset,
                 input_names=["images"],
                 output_names=["logits"],
-                dynamic_shapes={"x": {0: batch}},
+                dynamic_shapes=({0: batch},),  # by position: any forward argument name
                 verbose=False,
             )
     finally:
@@ -237,17 +328,14 @@ def _input_shape(model: nn.Module) -> tuple[int, int, int]:
     return (int(options.get("in_channels", 1)), 28, 28)
 
 
-_TIMED_IMAGES = 5000
-
-
-def _over(fn, images: torch.Tensor, batch_size: int):  # noqa: ANN001, ANN202
-    """A callable that runs ``fn`` on ``images`` batch by batch."""
-
-    def run() -> None:
-        for i in range(0, len(images), batch_size):
-            fn(images[i : i + batch_size])
-
-    return run
+def _batched(
+    fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """``fn`` on ``images`` batch by batch, without autograd, outputs concatenated."""
+    with torch.inference_mode():
+        return torch.cat(
+            [fn(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+        )
 
 
 def _agreement(logits: torch.Tensor, reference: torch.Tensor) -> tuple[float, int]:
@@ -263,41 +351,18 @@ def _agreement(logits: torch.Tensor, reference: torch.Tensor) -> tuple[float, in
     return diff, int(changed.sum())
 
 
-def _logits(net: nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """``net``'s logits on ``images``, batch by batch, without autograd."""
-    with torch.inference_mode():
-        return torch.cat(
-            [net(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-        )
-
-
-def _inference(net: nn.Module) -> Callable[[torch.Tensor], None]:
-    """A callable that runs ``net`` on a batch without autograd, discarding the output."""
-
-    def run(x: torch.Tensor) -> None:
-        with torch.inference_mode():
-            net(x)
-
-    return run
-
-
-def _check_plain(
-    plain: nn.Module,
-    images: torch.Tensor,
-    reference: torch.Tensor,
-    tolerance: float,
-    batch_size: int,
+def _compare(
+    what: str, logits: torch.Tensor, reference: torch.Tensor, tolerance: float
 ) -> tuple[float, str]:
-    """The exported model's max logit difference and report line; HNetsError past ``tolerance``."""
-    exported = _logits(plain, images, batch_size)
-    diff, changed = _agreement(exported, reference)
+    """The max logit difference and a report line; HNetsError past ``tolerance``."""
+    diff, changed = _agreement(logits, reference)
     line = (
-        f"plain PyTorch: max |logit difference| {diff:.2e} on {len(images)} test images "
+        f"{what}: max |logit difference| {diff:.2e} on {len(reference)} test images "
         f"(largest |logit| {reference.abs().max().item():.1f}), {changed} predictions changed"
     )
     if diff > tolerance or changed:
         raise HNetsError(
-            f"exported model disagrees with the original (max diff {diff:.2e}, "
+            f"{what} disagrees with the original (max diff {diff:.2e}, "
             f"{changed} predictions changed)"
         )
     return diff, line
@@ -312,18 +377,12 @@ def _save_torchscript(plain: nn.Module, script_path: str | Path) -> None:
         torch.jit.save(scripted, fh)
 
 
-def _check_onnx(
-    model: nn.Module,
-    onnx_path: str | Path,
-    images: torch.Tensor,
-    reference: torch.Tensor,
-    tolerance: float,
-    batch_size: int,
-) -> tuple[str, Callable[[torch.Tensor], object]]:
-    """Write ``model`` as ONNX and compare onnxruntime's logits with ``reference``.
+def _onnx_runner(
+    model: nn.Module, onnx_path: str | Path, input_shape: tuple[int, ...]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Write ``model`` as ONNX; a function running it in onnxruntime on a batch.
 
-    Returns the report line and a callable that runs the ONNX model on a batch.
-    Raises HNetsError without onnxruntime (before writing anything) or past ``tolerance``.
+    Raises HNetsError without onnxruntime (before writing anything).
     """
     try:
         import onnxruntime as ort
@@ -331,26 +390,10 @@ def _check_onnx(
         raise HNetsError(
             "checking the ONNX model needs onnxruntime: pip install 'hnets[export]'"
         ) from None
-    export_onnx(model, onnx_path, input_shape=tuple(images.shape[1:]))
+    export_onnx(model, onnx_path, input_shape=tuple(input_shape))
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    onnx_out = torch.cat(
-        [
-            torch.from_numpy(session.run(None, {name: images[i : i + batch_size].numpy()})[0])
-            for i in range(0, len(images), batch_size)
-        ]
-    )
-    onnx_diff, onnx_changed = _agreement(onnx_out, reference)
-    line = (
-        f"ONNX ({onnx_path}, onnxruntime): max |logit difference| {onnx_diff:.2e}, "
-        f"{onnx_changed} predictions changed"
-    )
-    if onnx_diff > tolerance or onnx_changed:
-        raise HNetsError(
-            f"ONNX model disagrees with the original (max diff {onnx_diff:.2e}, "
-            f"{onnx_changed} predictions changed)"
-        )
-    return line, lambda x: session.run(None, {name: x.numpy()})
+    return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
 
 
 def export_checkpoint(
@@ -364,16 +407,16 @@ def export_checkpoint(
     batch_size: int = 256,
     dataset: str | None = None,
 ) -> dict:
-    """Export a checkpoint and check the copies against the original on test images.
+    """Export a checkpoint of any registered model and check the copies on test images.
 
     The logits must agree to 1e-5 (plain PyTorch) or 1e-4 (ONNX) plus 5e-5 of the
-    largest logit (float32 round-off grows with the logits' size), and no
-    prediction may change (ties aside); the images are the checkpoint's dataset's (or
-    a compatible ``dataset``'s) first test images; all are timed side by side (interleaved,
-    medians) with the original in eval mode on up to 5,000 of the images. Raises
-    :class:`HNetsError` when a check fails.
+    largest logit (float32 round-off grows with the logits' size), and no prediction
+    may change (ties aside); the images are the checkpoint's dataset's (or a compatible
+    ``dataset``'s) first test images. Nothing is timed (``hnets bench`` measures speed).
+    Raises :class:`HNetsError` when a check fails.
     """
-    from .checkpoint import load_checkpoint_data, load_model
+    from .checkpoint import load_model
+    from .data.model_data import load_checkpoint_data
 
     model = load_model(checkpoint)
     images = load_checkpoint_data(
@@ -386,28 +429,20 @@ def export_checkpoint(
         recorded_variant=False,
     ).images
     plain = export(model)
-    reference = _logits(model, images, batch_size)
+    reference = _batched(model, images, batch_size)
     # a trained model's logits reach tens, and float32 round-off grows with them (the
     # pretrained H-Net's own float32-vs-float64 error is ~1e-4): tolerances are 1e-5
     # (plain) and 1e-4 (ONNX) plus 5e-5 of the largest logit
     scale = 5e-5 * reference.abs().max().item()
-    diff, line = _check_plain(plain, images, reference, 1e-5 + scale, batch_size)
+    exported = _batched(plain, images, batch_size)
+    diff, line = _compare("plain PyTorch", exported, reference, 1e-5 + scale)
     lines = [line]
-    timed = images[:_TIMED_IMAGES]  # agreement is checked on all images, speed on these
-    candidates = {
-        "original (eval)": _over(_inference(model), timed, batch_size),
-        "exported plain PyTorch": _over(_inference(plain), timed, batch_size),
-    }
     if script_path is not None:
         _save_torchscript(plain, script_path)
         lines.append(f"TorchScript written to {script_path}")
     if onnx_path is not None:
-        line, run_onnx = _check_onnx(model, onnx_path, images, reference, 1e-4 + scale, batch_size)
+        run_onnx = _onnx_runner(model, onnx_path, images.shape[1:])
+        onnx_out = _batched(run_onnx, images, batch_size)
+        _, line = _compare(f"ONNX ({onnx_path}, onnxruntime)", onnx_out, reference, 1e-4 + scale)
         lines.append(line)
-        candidates["ONNX (onnxruntime)"] = _over(run_onnx, timed, batch_size)
-    from .bench import compare
-
-    speeds = {t.name: len(timed) / t.median_s for t in compare(candidates, repeats=5, warmup=1)}
-    base = speeds["original (eval)"]
-    lines += [f"  {k:24s} {v:8.0f} images/s  ({v / base:.2f}x)" for k, v in speeds.items()]
-    return {"lines": lines, "max_diff": diff, "speeds": speeds}
+    return {"lines": lines, "max_diff": diff}

@@ -1,25 +1,41 @@
-"""Rot-MNIST models and the model registry.
+"""The H-Net builder, the Rot-MNIST models and the model registry.
 
-Both models take raw images ``(B, 1, 28, 28)`` with values in ``[0, 1]`` and return
-logits ``(B, n_classes)``; input scaling lives inside the model. They know nothing
-about data loaders or files (see :mod:`hnets.checkpoint` for saving and loading).
+:class:`HNet` builds an H-Net for any input (stages, depth, orders, kernels, pooling or
+strides, an invariant or a per-pixel head); :class:`HNetMNIST` is its Rot-MNIST
+configuration and :class:`RegularCNN` the plain baseline. The models take raw images
+``(B, C, H, W)`` with values in ``[0, 1]`` and return logits ``(B, n_classes)`` (or per
+pixel); input scaling lives inside the model. They know nothing about data loaders or
+files (see :mod:`hnets.checkpoint` for saving and loading).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from .nn import EvalBlur, HBatchNorm, HBlock, HConv2d, HNonLinearity, invariant_readout
+from .nn import (
+    EvalBlur,
+    HBatchNorm,
+    HBlock,
+    HConv2d,
+    HNonLinearity,
+    HSkip,
+    HUpsample,
+    invariant_readout,
+    pixel_readout,
+)
 
 __all__ = [
+    "HNet",
     "HNetMNIST",
     "RegularCNN",
     "build_model",
     "model_names",
+    "default_hnet_options",
     "count_parameters",
     "upgrade_state_dict",
 ]
@@ -47,14 +63,6 @@ def _stage_widths(channels: Sequence[int], n: int, model: str) -> tuple[int, ...
     ):
         raise ValueError(f"{model} channels must be {n} positive integers, got {list(values)}")
     return values
-
-
-def _block(cin: int, cout: int, *, in_order: int, order: int, batch_norm: bool, pool: int,
-           kernel_size: int, n_rings: int | None) -> HBlock:  # fmt: skip
-    conv = HConv2d(cin, cout, kernel_size, max_order=order, in_max_order=in_order, n_rings=n_rings)
-    bn = HBatchNorm(cout, order) if batch_norm else None
-    act = HNonLinearity(cout, order, inplace=True)  # the conv output is ours to overwrite
-    return HBlock(conv, act, bn, pool=pool)
 
 
 #: Positions of the blocks in ``features`` before pooling moved into the blocks (the
@@ -88,7 +96,205 @@ def upgrade_state_dict(model: nn.Module, state_dict: dict[str, Any]) -> dict[str
     return state
 
 
-class HNetMNIST(nn.Module):
+def _per_stage(value: int | Sequence[int], n: int, name: str, minimum: int = 1) -> tuple[int, ...]:
+    """``value`` for each of ``n`` stages (one int for all, or ``n`` ints)."""
+    values = (
+        (value,) * n if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
+    )
+    if len(values) != n or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values
+    ):
+        raise ValueError(
+            f"HNet {name} must be an int >= {minimum} or {n} of them (one per stage); got {value!r}"
+        )
+    return values
+
+
+_BATCH_NORM = ("last", "all", "none")
+_HEADS = ("invariant", "dense")
+
+
+class _DecoderLevel(nn.Module):
+    """One level of the dense decoder: upsample to the skip's size, join it, one block."""
+
+    def __init__(self, block: HBlock, skip: str) -> None:
+        super().__init__()
+        self.up = HUpsample(2)
+        self.join = HSkip(skip)
+        self.block = block
+
+    def forward(self, z: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        up = self.up(z, [skip.shape[-2], skip.shape[-1]])
+        return self.block(self.join(up, skip))
+
+
+class HNet(nn.Module):
+    r"""A Harmonic Network for any input: stages of :class:`~hnets.nn.HBlock`, then a read-out.
+
+    Stage ``s`` has ``depth[s]`` blocks ``HConv2d -> [HBatchNorm] -> HNonLinearity`` with
+    ``channels[s] * width`` channels, rotation orders ``0..max_order`` and
+    ``kernel_size[s]`` filters; its first convolution has stride ``stride[s]`` and its last
+    block ends with ``pool[s] x pool[s]`` mean pooling. ``batch_norm`` puts the magnitude
+    batch norm on the ``"last"`` block of every stage (the H-Net of Worrall et al.), on
+    ``"all"`` blocks or on ``"none"``. The blocks form one ``nn.Sequential`` ``features``
+    (keys ``features.<i>.conv.weight`` ...), so :class:`HNetMNIST` is the configuration
+    ``channels=(8, 16, 32), depth=2, pool=(2, 2, 1), n_rings=4``.
+
+    Heads:
+
+    * ``"invariant"`` (classification): a last convolution to ``num_classes`` order-0
+      channels, then :func:`~hnets.nn.invariant_readout`
+      (:math:`s_k = \operatorname{mean}_x \sum_m |z_{k,m}(x)| + b_k`): logits ``(B, K)``
+      invariant to quarter turns up to float round-off where the grid allows (below).
+    * ``"dense"`` (per-pixel): a decoder climbs back through the stages: each level
+      upsamples (:class:`~hnets.nn.HUpsample`, to the size of the stage output it joins),
+      joins that stage's output (:class:`~hnets.nn.HSkip`, ``skip="concat"`` or
+      ``"add"``) and runs one block; a last upsampling returns to the input size, then the
+      last convolution and :func:`~hnets.nn.pixel_readout` give per-pixel scores
+      ``(B, K, H, W)`` whose maps turn with the input.
+
+    **Exact quarter turns.** Every layer commutes with ``torch.rot90`` when each
+    resolution change keeps the grid centred: ``k x k`` pooling needs the map's side
+    divisible by ``k`` (on 28: 28 -> 14 -> 7), a stride-2 convolution ("same" padding)
+    needs an odd side (9 -> 5 -> 3). Otherwise the sampling grid shifts by a pixel under a
+    rotation and equivariance holds only approximately. Other angles are equivariant up
+    to discretisation (see :func:`hnets.check_equivariance`).
+
+    Images are multiplied by ``input_scale`` (default ``1 / 0.3``, about the inverse
+    standard deviation of MNIST-like images; nothing is subtracted, so a zero background
+    stays zero) after the optional eval-mode blur ``eval_blur`` (:class:`~hnets.nn.EvalBlur`).
+
+    Args:
+        in_channels: image channels.
+        num_classes: classes (outputs per image, or per pixel with ``head="dense"``).
+        channels: base channels per stage (times ``width``); their number sets the stages.
+        depth: blocks per stage (an int for all stages, or one per stage).
+        width: channel multiplier.
+        max_order: highest rotation order of every block.
+        kernel_size: odd filter size (per stage or one for all).
+        n_rings: rings of the radial profiles (default: from the kernel size).
+        pool: mean pooling at the end of each stage (1: none). Default: 2 after every stage
+            but the last (``"invariant"``), 2 after every stage but the first (``"dense"``,
+            so that the first stage is at full resolution for its skip connection).
+        stride: stride of each stage's first convolution (1: none).
+        batch_norm: ``"last"``, ``"all"`` or ``"none"`` (see above).
+        head: ``"invariant"`` or ``"dense"``.
+        skip: ``"concat"`` or ``"add"``: how the dense decoder joins each stage's output.
+        input_scale: factor on the images.
+        eval_blur: Gaussian sigma (pixels) of the eval-mode input blur, 0 for none.
+
+    Shape:
+        ``(B, in_channels, H, W)`` -> ``(B, num_classes)`` (``"invariant"``) or
+        ``(B, num_classes, H, W)`` (``"dense"``).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1,
+        num_classes: int = 10,
+        channels: Sequence[int] = (8, 16, 32),
+        depth: int | Sequence[int] = 2,
+        width: float = 1.0,
+        max_order: int = 1,
+        kernel_size: int | Sequence[int] = 5,
+        n_rings: int | None = None,
+        pool: int | Sequence[int] | None = None,
+        stride: int | Sequence[int] = 1,
+        batch_norm: str = "last",
+        head: str = "invariant",
+        skip: str = "concat",
+        input_scale: float = 1.0 / _INPUT_STD,
+        eval_blur: float = 0.0,
+    ) -> None:
+        super().__init__()
+        n = len(tuple(channels))
+        if n < 1:
+            raise ValueError("HNet needs at least one stage (channels)")
+        if batch_norm not in _BATCH_NORM:
+            raise ValueError(
+                f"HNet batch_norm must be one of {', '.join(_BATCH_NORM)}; got {batch_norm!r}"
+            )
+        if head not in _HEADS:
+            raise ValueError(f"HNet head must be one of {', '.join(_HEADS)}; got {head!r}")
+        if skip not in ("concat", "add"):
+            raise ValueError(f"HNet skip must be 'concat' or 'add'; got {skip!r}")
+        if pool is None:
+            pool = (2,) * (n - 1) + (1,) if head == "invariant" else (1,) + (2,) * (n - 1)
+        widths = _scaled(width, _stage_widths(channels, n, "HNet"))
+        depths = _per_stage(depth, n, "depth")
+        kernels = _per_stage(kernel_size, n, "kernel_size")
+        pools = _per_stage(pool, n, "pool")
+        strides = _per_stage(stride, n, "stride")
+        if any(k % 2 == 0 for k in kernels):
+            raise ValueError(f"HNet kernel sizes must be odd; got {list(kernels)}")
+        self.head_kind = head
+        self.eval_blur = EvalBlur(eval_blur)
+        blocks: list[HBlock] = []
+        stage_ends: list[int] = []
+        cin, in_order = in_channels, 0
+        for s in range(n):
+            for j in range(depths[s]):
+                last = j == depths[s] - 1
+                conv = HConv2d(cin, widths[s], kernels[s], max_order=max_order,
+                               in_max_order=in_order, n_rings=n_rings,
+                               stride=strides[s] if j == 0 else 1)  # fmt: skip
+                bn = HBatchNorm(widths[s], max_order) if (
+                    batch_norm == "all" or (batch_norm == "last" and last)
+                ) else None  # fmt: skip
+                act = HNonLinearity(widths[s], max_order, inplace=True)
+                blocks.append(HBlock(conv, act, bn, pool=pools[s] if last else 1))
+                cin, in_order = widths[s], max_order
+            stage_ends.append(len(blocks) - 1)
+        self.features = nn.Sequential(*blocks)
+        #: index in ``features`` of each stage's last block (the dense decoder's skips)
+        self.stage_ends = stage_ends
+        decoder: list[_DecoderLevel] = []
+        if head == "dense":
+            c = widths[-1]
+            for s in range(n - 2, -1, -1):
+                if skip == "add" and c != widths[s]:
+                    raise ValueError(
+                        "HNet skip='add' needs equal widths in neighbouring stages; got "
+                        f"{list(widths)}"
+                    )
+                joined = c + widths[s] if skip == "concat" else widths[s]
+                conv = HConv2d(joined, widths[s], kernels[s], max_order=max_order, n_rings=n_rings)
+                act = HNonLinearity(widths[s], max_order, inplace=True)
+                bn = HBatchNorm(widths[s], max_order) if batch_norm != "none" else None
+                decoder.append(_DecoderLevel(HBlock(conv, act, bn), skip))
+                c = widths[s]
+        self.decoder = nn.ModuleList(decoder)
+        self.upsample = HUpsample(2)  # the dense head's last step, back to the input size
+        self.head = HConv2d(
+            widths[-1] if head == "invariant" else widths[0],
+            num_classes,
+            kernels[-1] if head == "invariant" else kernels[0],
+            max_order=0,
+            in_max_order=max_order,
+            n_rings=n_rings,
+        )
+        self.bias = nn.Parameter(torch.zeros(num_classes))
+        self.register_buffer("input_scale", torch.tensor(float(input_scale)), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # real images go straight into the first HConv2d (same as lift(), half the work)
+        z = self.eval_blur(x) * self.input_scale
+        if self.head_kind == "invariant":
+            return invariant_readout(self.head(self.features(z)), self.bias)
+        outs: list[torch.Tensor] = []
+        for i, block in enumerate(self.features):
+            z = block(z)
+            if i in self.stage_ends:
+                outs.append(z)
+        n = len(outs)
+        for j, level in enumerate(self.decoder):
+            z = level(z, outs[n - 2 - j])
+        z = self.upsample(z, [x.shape[-2], x.shape[-1]])
+        return pixel_readout(self.head(z), self.bias)
+
+
+class HNetMNIST(HNet):
     """The Harmonic Network for Rot-MNIST of Worrall et al. (2017), "DeepMNIST".
 
     Seven ``k x k`` harmonic convolutions with 8, 8, 16, 16, 32, 32 and ``n_classes``
@@ -100,6 +306,9 @@ class HNetMNIST(nn.Module):
     read-out sums its magnitudes over orders, averages them over space and adds a
     bias per class. Magnitudes are rotation invariant, so the logits are invariant
     to 90-degree rotations of the input up to float round-off.
+
+    It is the :class:`HNet` ``HNet(channels=channels, depth=2, pool=(2, 2, 1),
+    n_rings=4, batch_norm="last")``, with the same parameters and state-dict keys.
 
     ``features`` is six :class:`~hnets.nn.HBlock` (the second and fourth end with the
     pools), which run their layers fused; ``hnets.nn.unfuse(model)`` runs every layer
@@ -132,42 +341,20 @@ class HNetMNIST(nn.Module):
         channels: Sequence[int] = (8, 16, 32),
         eval_blur: float = 0.0,
     ) -> None:
-        super().__init__()
-        self.eval_blur = EvalBlur(eval_blur)
-        c1, c2, c3 = _scaled(width, _stage_widths(channels, 3, "HNetMNIST"))
-        spec = [
-            (in_channels, c1, False),
-            (c1, c1, True),
-            (c1, c2, False),
-            (c2, c2, True),
-            (c2, c3, False),
-            (c3, c3, True),
-        ]
-        blocks = [
-            _block(
-                cin,
-                cout,
-                in_order=0 if i == 0 else max_order,
-                order=max_order,
-                batch_norm=bn,
-                pool=2 if i in (1, 3) else 1,
-                kernel_size=kernel_size,
-                n_rings=n_rings,
-            )
-            for i, (cin, cout, bn) in enumerate(spec)
-        ]
-        self.features = nn.Sequential(*blocks)
-        self.head = HConv2d(
-            c3, n_classes, kernel_size, max_order=0, in_max_order=max_order, n_rings=n_rings
+        super().__init__(
+            in_channels=in_channels,
+            num_classes=n_classes,
+            channels=_stage_widths(channels, 3, "HNetMNIST"),
+            depth=2,
+            width=width,
+            max_order=max_order,
+            kernel_size=kernel_size,
+            n_rings=n_rings,
+            pool=(2, 2, 1),
+            batch_norm="last",
+            eval_blur=eval_blur,
         )
-        self.bias = nn.Parameter(torch.zeros(n_classes))
-        self.register_buffer("input_scale", torch.tensor(1.0 / _INPUT_STD), persistent=False)
         self.register_load_state_dict_pre_hook(_renumber_hook)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # real images go straight into the first HConv2d (same as lift(), half the work)
-        z = self.head(self.features(self.eval_blur(x) * self.input_scale))
-        return invariant_readout(z, self.bias)
 
 
 class RegularCNN(nn.Module):
@@ -213,7 +400,50 @@ class RegularCNN(nn.Module):
         return self.classifier(h.mean(dim=(-2, -1)))
 
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {"hnet": HNetMNIST, "cnn": RegularCNN}
+_MNIST_OPTIONS = frozenset(inspect.signature(HNetMNIST).parameters)
+
+
+def _build_hnet(**options: Any) -> HNet:
+    """``"hnet"``: :class:`HNetMNIST` for its own options, else an :class:`HNet`.
+
+    Any :class:`HNet` option that :class:`HNetMNIST` lacks (``depth``, ``pool``, ``head``...)
+    builds the general :class:`HNet`; ``n_classes`` is read as ``num_classes`` there, so
+    the options the training code passes work for both.
+    """
+    if set(options) <= _MNIST_OPTIONS:
+        return HNetMNIST(**options)
+    if "n_classes" in options:
+        options["num_classes"] = options.pop("n_classes")
+    return HNet(**options)
+
+
+def default_hnet_options(height: int, width: int) -> dict[str, Any]:
+    """The ``"hnet"`` options for images of ``height x width`` pixels (``{}``: :class:`HNetMNIST`).
+
+    Up to 32 pixels a side the three stages of :class:`HNetMNIST` (28 -> 14 -> 7) see the
+    whole image. Larger images get one more stage of 2x2 pooling per doubling of the
+    side, until the last stage runs at 12 pixels or less, with the channels doubling per
+    stage from 8 (96 x 96: stages at 96, 48, 24 and 12 pixels, 8, 16, 32 and 64
+    channels), so the receptive field covers the image. Every stage has two blocks but
+    the first, at full resolution, which has one: it would otherwise cost as much
+    arithmetic as all the others together (each stage costs about half the one before).
+    Pooling by 2 keeps quarter turns exact on sides divisible by ``2 ** (stages - 1)``
+    (96 is).
+    """
+    side = max(height, width)
+    if side <= 32:
+        return {}
+    stages = 3
+    while side / 2 ** (stages - 1) > 12:
+        stages += 1
+    return {
+        "channels": [8 * 2**s for s in range(stages)],
+        "depth": [1] + [2] * (stages - 1),
+        "pool": [2] * (stages - 1) + [1],
+    }
+
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {"hnet": _build_hnet, "cnn": RegularCNN}
 
 
 def model_names() -> list[str]:
@@ -223,6 +453,9 @@ def model_names() -> list[str]:
 
 def build_model(name: str, **options: Any) -> nn.Module:
     """Build a model by name (``"hnet"`` or ``"cnn"``) with options (``width``, ``max_order``, ...).
+
+    ``"hnet"`` is :class:`HNetMNIST` for that class's options and the general :class:`HNet`
+    as soon as an option only the latter has is given (``depth``, ``pool``, ``head``...).
 
     The returned module carries ``model.hnets_config = {"name": ..., "options": ...}``,
     everything :func:`hnets.load_model` needs to rebuild it.

@@ -315,8 +315,15 @@ def test_hnets_train_keeps_every_flag_it_had():
     flags = [s for action in train_parser()._actions for s in action.option_strings]
     assert len(flags) == len(set(flags))
     # --skip-bad is a boolean setting like the others now, so it gained its negation;
-    # --quarter-turns, --eval-blur, --valid-every and --model-channels were added since
-    added = {"--quarter-turns", "--eval-blur", "--valid-every", "--model-channels"}
+    # --quarter-turns, --eval-blur, --valid-every, --model-channels and --model-options
+    # were added since
+    added = {
+        "--quarter-turns",
+        "--eval-blur",
+        "--valid-every",
+        "--model-channels",
+        "--model-options",
+    }
     assert set(flags) == {*TRAIN_FLAGS_BEFORE, "--no-skip-bad", *added}
 
 
@@ -392,3 +399,13 @@ def test_test_crisp_scores_the_unrotated_originals(tmp_path, data_env, capsys, m
     assert main(argv) == 2
     assert "crisp originals need the Rot-MNIST idx files" in one_error_line(capsys)
     assert not figure.exists()
+
+
+def test_model_options_take_a_json_object_and_refuse_anything_else(capsys):
+    args = train_parser().parse_args(["--model-options", '{"depth": 1, "pool": [2, 1]}'])
+    assert args.model_options_json == {"depth": 1, "pool": [2, 1]}
+    for bad in ("[1, 2]", "{depth: 1}"):
+        with pytest.raises(SystemExit) as exc:
+            main(["train", "--model-options", bad])
+        assert exc.value.code == 2
+        assert "--model-options: not a JSON object" in capsys.readouterr().err

@@ -21,7 +21,7 @@ from torch import nn
 from .._io import save_figure, write_json
 from .._outputs import EQUIVARIANCE_OUT
 from ..data import rotate_images
-from ..equivariance import disc_mask, relative_error
+from ..equivariance import check_equivariance, disc_mask, relative_error
 from ..nn import magnitude
 from ._shared import load, load_test_split
 
@@ -65,7 +65,7 @@ def feature_equivariance(
     base = _feature_maps(model, images)
     report: dict[str, Any] = {
         "angles_degrees": list(angles_degrees),
-        "logits": [],
+        "logits": [row.error for row in check_equivariance(model, images, angles_degrees)],
         "logits_resampling_floor": [],
         "layers": [],
     }
@@ -81,7 +81,6 @@ def feature_equivariance(
             )
 
         turned = _feature_maps(model, turn(images))
-        report["logits"].append(relative_error(turned[0], base[0]))
         floor = None
         if not quarter:
             there_and_back = rotate_images(

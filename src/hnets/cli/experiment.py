@@ -105,9 +105,31 @@ def _flag_help(f: dataclasses.Field) -> str:
     return text.replace("%", "%%")  # argparse formats help texts with %
 
 
+def _model_options(text: str) -> dict[str, Any]:
+    """``--model-options``: a JSON object of :func:`hnets.build_model` options."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not a JSON object: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"not a JSON object: {text!r}")
+    return value
+
+
 def _add_model_option_flags(p: argparse.ArgumentParser) -> None:
-    """``--width``, ``--model-channels``, ``--max-order``, ``--eval-blur``: model options."""
+    """``--width``, ``--model-channels``, ``--max-order``, ``--eval-blur``, ``--model-options``."""
     s = argparse.SUPPRESS
+    p.add_argument(
+        "--model-options",
+        dest="model_options_json",
+        type=_model_options,
+        default=s,
+        metavar="JSON",
+        help="more model options as a JSON object: for the hnet any option of "
+        'hnets.models.HNet, e.g. \'{"channels": [8, 16, 32, 64], "pool": [2, 2, 2, 1]}\' '
+        "(default: the stages of hnets.models.default_hnet_options for the images' size); "
+        "the flags above win where both set an option",
+    )
     p.add_argument(
         MODEL_OPTION_FLAGS["width"],
         type=float,
@@ -123,7 +145,8 @@ def _add_model_option_flags(p: argparse.ArgumentParser) -> None:
         default=s,
         metavar="C1,C2,...",
         help="channels per stage, times --width (pass --width 1 for exactly these): three "
-        "for the hnet (its 28x28, 14x14 and 7x7 stages; default 8,16,32), six for the cnn "
+        "for the hnet (its 28x28, 14x14 and 7x7 stages; default 8,16,32; one per stage with "
+        "--model-options), six for the cnn "
         "(default 12,12,24,24,30,30)",
     )
     p.add_argument(
@@ -208,7 +231,8 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     """The TrainConfig fields (and model options) an ``hnets train`` command line gives."""
     given = {name: getattr(args, name) for name in _CONFIG_FLAGS if hasattr(args, name)}
-    options = {
+    options = dict(getattr(args, "model_options_json", {}))
+    options |= {
         option: getattr(args, dest) for dest, option in _MODEL_OPTION_FLAGS.items()
         if hasattr(args, dest)
     }  # fmt: skip

@@ -10,6 +10,11 @@ operations they run are defined once, as functions, in :mod:`hnets.nn.functional
 * :mod:`~hnets.nn.nonlinearity`, :mod:`~hnets.nn.batchnorm`, :mod:`~hnets.nn.pooling`:
   the pointwise layers;
 * :mod:`~hnets.nn.block`: :class:`HBlock`, the three run fused, with ``fuse()``/``unfuse()``;
+* :mod:`~hnets.nn.upsample`, :mod:`~hnets.nn.skip`: :class:`HUpsample` and :class:`HSkip`,
+  for per-pixel (dense) outputs;
+* :mod:`~hnets.nn.readout`: module forms of :func:`lift`, :func:`magnitude` and the
+  read-outs (:class:`Lift`, :class:`Magnitude`, :class:`InvariantReadout`,
+  :class:`PixelReadout`), which export as they are;
 * :mod:`~hnets.nn.blur`: :class:`EvalBlur`, the models' input low-pass at inference;
 * :mod:`~hnets.nn.fused_relu`: the magnitude ReLU's definition and accelerated forms.
 """
@@ -30,6 +35,9 @@ from .functional import (
 )
 from .nonlinearity import HNonLinearity
 from .pooling import HAvgPool2d
+from .readout import InvariantReadout, Lift, Magnitude, PixelReadout, pixel_readout
+from .skip import HSkip, harmonic_cat
+from .upsample import HUpsample, upsample
 
 __all__ = [
     "HConv2d",
@@ -37,6 +45,15 @@ __all__ = [
     "HBatchNorm",
     "HAvgPool2d",
     "HBlock",
+    "HUpsample",
+    "HSkip",
+    "Lift",
+    "Magnitude",
+    "InvariantReadout",
+    "PixelReadout",
+    "pixel_readout",
+    "harmonic_cat",
+    "upsample",
     "EvalBlur",
     "gaussian_blur",
     "gaussian_kernel",

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models import build_model
+from ..models import build_model, default_hnet_options
 from ..nn import HConv2d
 from .batches import RunData
 from .config import TrainConfig
@@ -30,10 +30,15 @@ def build_for(config: TrainConfig, data: RunData) -> nn.Module:
     """The model of ``config`` for ``data``'s input channels and number of classes.
 
     The two enter the model's options only where they differ from the defaults
-    (one channel, ten classes), so Rot-MNIST checkpoints read as they always did.
+    (one channel, ten classes), so Rot-MNIST checkpoints read as they always did. An
+    H-Net for images larger than 32 pixels a side gets the stages of
+    :func:`hnets.models.default_hnet_options` (recorded in its options) unless
+    ``model_options`` set its stages themselves.
     """
     shape = {"in_channels": data.train.channels, "n_classes": len(data.train.classes)}
     options = {k: v for k, v in shape.items() if v != {"in_channels": 1, "n_classes": 10}[k]}
+    if config.model == "hnet" and not {"channels", "depth", "pool"} & set(config.model_options):
+        options |= default_hnet_options(*data.train.images.shape[-2:])
     options |= config.model_options
     try:
         return build_model(config.model, **options)
