@@ -206,12 +206,12 @@ def checkpoint_dataset(config: Mapping[str, Any]) -> str:
 
 def checkpoint_classes(config: Mapping[str, Any]) -> tuple[str, ...]:
     """The class names a checkpoint predicts, in logit order (digits for older ones)."""
-    from .data.registry import DATASETS, DIGITS
-
     extra = config.get("extra", {})
     classes = extra.get("classes")
     if classes:
         return tuple(str(c) for c in classes)
+    from .data.registry import DATASETS, DIGITS  # only for checkpoints that name none
+
     spec = DATASETS.get(checkpoint_dataset(config))
     return spec.classes if spec is not None else DIGITS
 

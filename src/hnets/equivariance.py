@@ -19,8 +19,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .data.transforms import rotate_images
 from .nn.functional import check_harmonic, rot90_harmonic
+
+
+def rotate_images(images: torch.Tensor, angle: float) -> torch.Tensor:
+    """:func:`hnets.data.rotate_images`, imported when first used: importing
+    ``hnets.data`` loads the dataset machinery, which the layers do not need."""
+    from .data.transforms import rotate_images as rotate
+
+    return rotate(images, angle)
+
 
 __all__ = [
     "check_equivariance",

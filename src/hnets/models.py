@@ -128,6 +128,73 @@ class _DecoderLevel(nn.Module):
         return self.block(self.join(up, skip))
 
 
+def _check_choices(n: int, batch_norm: str, head: str, skip: str) -> None:
+    """HNet's string options and stage count, checked with one clear message each."""
+    if n < 1:
+        raise ValueError("HNet needs at least one stage (channels)")
+    if batch_norm not in _BATCH_NORM:
+        raise ValueError(
+            f"HNet batch_norm must be one of {', '.join(_BATCH_NORM)}; got {batch_norm!r}"
+        )
+    if head not in _HEADS:
+        raise ValueError(f"HNet head must be one of {', '.join(_HEADS)}; got {head!r}")
+    if skip not in ("concat", "add"):
+        raise ValueError(f"HNet skip must be 'concat' or 'add'; got {skip!r}")
+
+
+def _encoder(
+    in_channels: int,
+    stages: Sequence[tuple[int, int, int, int, int]],
+    max_order: int,
+    n_rings: int | None,
+    batch_norm: str,
+) -> tuple[list[HBlock], list[int]]:
+    """The blocks of the stages ``(width, depth, kernel, pool, stride)`` and the index of
+    each stage's last block: the stride on a stage's first block, the pool (and, with
+    ``batch_norm="last"``, the batch norm) on its last."""
+    blocks: list[HBlock] = []
+    stage_ends: list[int] = []
+    cin, in_order = in_channels, 0
+    for width, depth, kernel, pool, stride in stages:
+        for j in range(depth):
+            last = j == depth - 1
+            conv = HConv2d(cin, width, kernel, max_order=max_order, in_max_order=in_order,
+                           n_rings=n_rings, stride=stride if j == 0 else 1)  # fmt: skip
+            norm = batch_norm == "all" or (batch_norm == "last" and last)
+            bn = HBatchNorm(width, max_order) if norm else None
+            act = HNonLinearity(width, max_order, inplace=True)
+            blocks.append(HBlock(conv, act, bn, pool=pool if last else 1))
+            cin, in_order = width, max_order
+        stage_ends.append(len(blocks) - 1)
+    return blocks, stage_ends
+
+
+def _decoder(
+    widths: Sequence[int],
+    kernels: Sequence[int],
+    max_order: int,
+    n_rings: int | None,
+    batch_norm: str,
+    skip: str,
+) -> list[_DecoderLevel]:
+    """The dense head's levels, deepest first: each joins the level below's upsampled
+    maps with the encoder stage of its size and runs one block at that stage's width."""
+    levels: list[_DecoderLevel] = []
+    c = widths[-1]
+    for s in range(len(widths) - 2, -1, -1):
+        if skip == "add" and c != widths[s]:
+            raise ValueError(
+                f"HNet skip='add' needs equal widths in neighbouring stages; got {list(widths)}"
+            )
+        joined = c + widths[s] if skip == "concat" else widths[s]
+        conv = HConv2d(joined, widths[s], kernels[s], max_order=max_order, n_rings=n_rings)
+        act = HNonLinearity(widths[s], max_order, inplace=True)
+        bn = HBatchNorm(widths[s], max_order) if batch_norm != "none" else None
+        levels.append(_DecoderLevel(HBlock(conv, act, bn), skip))
+        c = widths[s]
+    return levels
+
+
 class HNet(nn.Module):
     r"""A Harmonic Network for any input: stages of :class:`~hnets.nn.HBlock`, then a read-out.
 
@@ -209,16 +276,7 @@ class HNet(nn.Module):
     ) -> None:
         super().__init__()
         n = len(tuple(channels))
-        if n < 1:
-            raise ValueError("HNet needs at least one stage (channels)")
-        if batch_norm not in _BATCH_NORM:
-            raise ValueError(
-                f"HNet batch_norm must be one of {', '.join(_BATCH_NORM)}; got {batch_norm!r}"
-            )
-        if head not in _HEADS:
-            raise ValueError(f"HNet head must be one of {', '.join(_HEADS)}; got {head!r}")
-        if skip not in ("concat", "add"):
-            raise ValueError(f"HNet skip must be 'concat' or 'add'; got {skip!r}")
+        _check_choices(n, batch_norm, head, skip)
         if pool is None:
             pool = (2,) * (n - 1) + (1,) if head == "invariant" else (1,) + (2,) * (n - 1)
         widths = _scaled(width, _stage_widths(channels, n, "HNet"))
@@ -230,40 +288,16 @@ class HNet(nn.Module):
             raise ValueError(f"HNet kernel sizes must be odd; got {list(kernels)}")
         self.head_kind = head
         self.eval_blur = EvalBlur(eval_blur)
-        blocks: list[HBlock] = []
-        stage_ends: list[int] = []
-        cin, in_order = in_channels, 0
-        for s in range(n):
-            for j in range(depths[s]):
-                last = j == depths[s] - 1
-                conv = HConv2d(cin, widths[s], kernels[s], max_order=max_order,
-                               in_max_order=in_order, n_rings=n_rings,
-                               stride=strides[s] if j == 0 else 1)  # fmt: skip
-                bn = HBatchNorm(widths[s], max_order) if (
-                    batch_norm == "all" or (batch_norm == "last" and last)
-                ) else None  # fmt: skip
-                act = HNonLinearity(widths[s], max_order, inplace=True)
-                blocks.append(HBlock(conv, act, bn, pool=pools[s] if last else 1))
-                cin, in_order = widths[s], max_order
-            stage_ends.append(len(blocks) - 1)
+        stages = list(zip(widths, depths, kernels, pools, strides, strict=True))
+        blocks, stage_ends = _encoder(in_channels, stages, max_order, n_rings, batch_norm)
         self.features = nn.Sequential(*blocks)
         #: index in ``features`` of each stage's last block (the dense decoder's skips)
         self.stage_ends = stage_ends
-        decoder: list[_DecoderLevel] = []
-        if head == "dense":
-            c = widths[-1]
-            for s in range(n - 2, -1, -1):
-                if skip == "add" and c != widths[s]:
-                    raise ValueError(
-                        "HNet skip='add' needs equal widths in neighbouring stages; got "
-                        f"{list(widths)}"
-                    )
-                joined = c + widths[s] if skip == "concat" else widths[s]
-                conv = HConv2d(joined, widths[s], kernels[s], max_order=max_order, n_rings=n_rings)
-                act = HNonLinearity(widths[s], max_order, inplace=True)
-                bn = HBatchNorm(widths[s], max_order) if batch_norm != "none" else None
-                decoder.append(_DecoderLevel(HBlock(conv, act, bn), skip))
-                c = widths[s]
+        decoder = (
+            _decoder(widths, kernels, max_order, n_rings, batch_norm, skip)
+            if head == "dense"
+            else []
+        )
         self.decoder = nn.ModuleList(decoder)
         self.upsample = HUpsample(2)  # the dense head's last step, back to the input size
         self.head = HConv2d(

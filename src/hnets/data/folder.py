@@ -34,14 +34,13 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm import tqdm
 
 from .._io import file_digest
 from ..errors import DataError, HNetsError
-from ..images import ImageInfo, image_info, load_image_as
 from .cache import (
     FOLDER_DATASET,
     SplitArrays,
@@ -139,6 +138,25 @@ def scan_folder(path: str | os.PathLike[str]) -> FolderScan:
             entries.extend((labels[name], rel) for rel in found)
         files[split] = entries
     return FolderScan(root, classes, files)
+
+
+if TYPE_CHECKING:
+    from ..images import ImageInfo
+
+
+# hnets.images (PIL) loads when a folder is read, not with hnets
+def image_info(path: Path) -> ImageInfo:
+    """:func:`hnets.images.image_info`."""
+    from .. import images
+
+    return images.image_info(path)
+
+
+def load_image_as(path: Path, *, size: int, channels: int) -> np.ndarray:
+    """:func:`hnets.images.load_image_as`."""
+    from .. import images
+
+    return images.load_image_as(path, size=size, channels=channels)
 
 
 def default_channels(infos: list[ImageInfo]) -> int:

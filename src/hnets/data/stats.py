@@ -9,10 +9,9 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from .._io import save_figure
 from .cache import (
@@ -24,6 +23,9 @@ from .cache import (
     read_manifest,
 )
 from .locate import locate_variant
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["dataset_stats", "format_stats", "write_stats_figures"]
 
@@ -170,6 +172,8 @@ def _split_stats(arrays: SplitArrays, n_classes: int = 10) -> dict[str, Any]:
 
 
 def _sample_grid(arrays: SplitArrays, title: str, classes: tuple[str, ...]) -> Figure:
+    from matplotlib.figure import Figure  # plotting loads matplotlib, not the import
+
     fig = Figure(figsize=(_GRID_COLS * 1.1, _GRID_ROWS * 1.3))
     fig.suptitle(title)
     for i in range(_GRID_ROWS * _GRID_COLS):
@@ -192,6 +196,8 @@ def _sample_grid(arrays: SplitArrays, title: str, classes: tuple[str, ...]) -> F
 
 def _class_histogram(data: dict[str, SplitArrays], title: str, classes: tuple[str, ...]) -> Figure:
     n_classes = len(classes)
+    from matplotlib.figure import Figure  # plotting loads matplotlib, not the import
+
     fig = Figure(figsize=(max(7.0, 0.7 * n_classes), 3.5), layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
     width = 0.8 / len(data)
@@ -216,6 +222,8 @@ def _class_histogram(data: dict[str, SplitArrays], title: str, classes: tuple[st
 
 
 def _angle_histogram(data: dict[str, SplitArrays], title: str) -> Figure:
+    from matplotlib.figure import Figure  # plotting loads matplotlib, not the import
+
     fig = Figure(figsize=(7, 3.5), layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
     bins = np.linspace(0.0, 360.0, _ANGLE_BINS + 1)
