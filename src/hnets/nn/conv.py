@@ -105,7 +105,8 @@ class HConv2d(nn.Module):
             stream where a constant commutes with rotations).
         impl: ``"auto"``, ``"dense"``, ``"dense-nchw"``, ``"gauss"`` or ``"karatsuba"``:
             how the convolution runs (same result up to float round-off; see
-            :mod:`hnets.nn.schemes`). ``"auto"`` measures which is fastest here.
+            :mod:`hnets.nn.schemes`). ``"auto"``: what ``hnets tune`` stored for this
+            layer's shape, else the fixed table (see *Speed* above).
 
     Shape:
         - Input: ``(B, in_channels, in_max_order + 1, 2, H, W)``; with ``in_max_order=0``
