@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .nn.functional import check_harmonic, rot90_harmonic
+from .nn.functional import check_harmonic, magnitude, rot90_harmonic
 
 
 def rotate_images(images: torch.Tensor, angle: float) -> torch.Tensor:
@@ -205,15 +205,15 @@ def _compare(
     if y.dim() == 2:
         return [EquivarianceRow(degrees, "logits", relative_error(turned, y), exact)]
     if y.dim() == 4:
-        expected = _turn_maps(y, angle, quarter)
+        expected = _turn_input(y, angle, quarter)
         mask = _mask_for(y, quarter)
         return [
             EquivarianceRow(degrees, "per-pixel", relative_error(turned, expected, mask), exact)
         ]
     if y.dim() == 6:
         mask = _mask_for(y, quarter)
-        mag, mag_turned = y.square().sum(dim=3).sqrt(), turned.square().sum(dim=3).sqrt()
-        expected = rot90_harmonic(y, quarter) if exact else rotate_harmonic(y, angle)
+        mag, mag_turned = magnitude(y), magnitude(turned)
+        expected = _turn_input(y, angle, quarter)
         return [
             EquivarianceRow(
                 degrees,

@@ -332,10 +332,10 @@ def _batched(
     fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int
 ) -> torch.Tensor:
     """``fn`` on ``images`` batch by batch, without autograd, outputs concatenated."""
-    with torch.inference_mode():
-        return torch.cat(
-            [fn(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-        )
+    from .evaluation import batched_logits
+
+    batches = batched_logits(fn, images, batch_size=batch_size, device=images.device)
+    return torch.cat([logits for (logits,) in batches])
 
 
 def _agreement(logits: torch.Tensor, reference: torch.Tensor) -> tuple[float, int]:

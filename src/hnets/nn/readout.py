@@ -66,7 +66,19 @@ class Magnitude(nn.Module):
         return f"eps={self.eps}, flatten={self.flatten}"
 
 
-class InvariantReadout(nn.Module):
+class _Readout(nn.Module):
+    """A learned bias per class and the ``eps`` under the magnitudes' square root."""
+
+    def __init__(self, num_classes: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(num_classes))
+        self.eps = eps
+
+    def extra_repr(self) -> str:
+        return f"{self.bias.shape[0]}, eps={self.eps}"
+
+
+class InvariantReadout(_Readout):
     r"""Class scores invariant to rotations: magnitudes summed over orders, averaged over space.
 
     :math:`s_k = \operatorname{mean}_{x} \sum_m |z_{k,m}(x)|_\epsilon + b_k` with a learned
@@ -76,19 +88,11 @@ class InvariantReadout(nn.Module):
         ``(B, K, M, 2, H, W)`` -> ``(B, K)``.
     """
 
-    def __init__(self, num_classes: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.bias = nn.Parameter(torch.zeros(num_classes))
-        self.eps = eps
-
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return invariant_readout(z, self.bias, self.eps)
 
-    def extra_repr(self) -> str:
-        return f"{self.bias.shape[0]}, eps={self.eps}"
 
-
-class PixelReadout(nn.Module):
+class PixelReadout(_Readout):
     r"""Per-pixel class scores invariant to rotations (:func:`pixel_readout`).
 
     :math:`s_k(x) = \sum_m |z_{k,m}(x)|_\epsilon + b_k`: the scores at a pixel do not
@@ -98,13 +102,5 @@ class PixelReadout(nn.Module):
         ``(B, K, M, 2, H, W)`` -> ``(B, K, H, W)``.
     """
 
-    def __init__(self, num_classes: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.bias = nn.Parameter(torch.zeros(num_classes))
-        self.eps = eps
-
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return pixel_readout(z, self.bias, self.eps)
-
-    def extra_repr(self) -> str:
-        return f"{self.bias.shape[0]}, eps={self.eps}"
