@@ -251,7 +251,8 @@ def train_config(args: argparse.Namespace, base: TrainConfig | None = None) -> T
 def _train(args: argparse.Namespace) -> int:
     from ..training import run_config, train
 
-    out = Path(args.out) if args.out else Path("runs") / str(getattr(args, "model", "hnet"))
+    model = getattr(args, "model", TrainConfig.model)
+    out = Path(args.out) if args.out else Path("runs") / str(model)
     config = run_config(out, _settings(args), resume=args.resume)
     summary = train(
         config, out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress

@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from ..checkpoint import checkpoint_classes, checkpoint_dataset
+from ..checkpoint import _some, checkpoint_classes, checkpoint_dataset
 from ..errors import DataError
 from .dataset import ImageDataset
 from .sources import data_source
@@ -84,11 +84,6 @@ def _check_classes(
 ) -> None:
     if tuple(data_classes) != tuple(model_classes):
         raise DataError(
-            f"the model was trained on {trained_on} ({_some(list(model_classes))}), "
-            f"{name} has other classes ({_some(list(data_classes))})"
+            f"the model was trained on {trained_on} ({_some(list(model_classes), 4)}), "
+            f"{name} has other classes ({_some(list(data_classes), 4)})"
         )
-
-
-def _some(items: list[str], shown: int = 4) -> str:
-    head = ", ".join(items[:shown])
-    return head if len(items) <= shown else f"{head} and {len(items) - shown} more"

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.protocol import STANDIN_SIZES as _PROTOCOL_SIZES
+from ..data.protocol import rotated_variant
 from ..data.registry import DATASETS, get_dataset
 from ..errors import HNetsError
 from ..training import DEFAULT_EVAL_BLUR, TrainConfig, train_argv
@@ -189,7 +190,7 @@ def plan_study(config: StudyConfig) -> list[StudyRun]:
     config.check()
     runs = []
     for dataset in config.datasets:
-        variant = _rotated_variant(dataset)
+        variant = rotated_variant(DATASETS[dataset])
         for size in config.sizes:
             for seed in config.seeds:
                 for model in config.models:
@@ -225,9 +226,3 @@ def plan_study(config: StudyConfig) -> list[StudyRun]:
                     )
                 )
     return runs
-
-
-def _rotated_variant(dataset: str) -> str:
-    from ..data.protocol import rotated_variant
-
-    return rotated_variant(DATASETS[dataset])
